@@ -1,0 +1,197 @@
+"""Value types shared by every layer: run state as frozen dataclasses, never ORM rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "Checkpoint",
+    "Event",
+    "NewEvent",
+    "ProblemResult",
+    "RunPatch",
+    "StageUpdate",
+    "Phase",
+    "Run",
+    "Stage",
+    "Step",
+    "Workload",
+    "WorkloadStatus",
+]
+
+
+class Phase(str, Enum):
+    """Where a run is in its lifecycle (see ``orchestrator.core.lifecycle``)."""
+
+    PENDING = "Pending"
+    ADMITTED = "Admitted"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    RESUMING = "Resuming"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class WorkloadStatus(str, Enum):
+    PENDING = "Pending"  # recorded in SQL, not yet seen running in the cluster
+    RUNNING = "Running"
+    FAILED = "Failed"
+    DELETED = "Deleted"
+
+    @property
+    def live(self) -> bool:
+        return self in (WorkloadStatus.PENDING, WorkloadStatus.RUNNING)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    name: str
+    spec: dict[str, Any]
+    phase: Phase
+    stage_index: int
+    steps_done: int
+    attempt: int
+    resume_step: int
+    advance_requested: bool
+    sim_seconds: float
+    gpu_busy_seconds: float
+    gpu_held_seconds: float
+    message: str
+    version: int
+    queue: str
+    priority: int
+    created_at: float
+    updated_at: float
+
+    @property
+    def gpu_busy_fraction(self) -> float:
+        return self.gpu_busy_seconds / self.gpu_held_seconds if self.gpu_held_seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    run_id: str
+    index: int
+    name: str
+    max_response_tokens: int
+    max_turns: int
+    planned_steps: int | None
+    start_after_step: int | None  # None: not started yet
+    end_step: int | None  # None: not finished
+    problems_in: int | None = None
+    problems_kept: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.start_after_step is not None
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    run_id: str
+    role: str
+    index: int
+    attempt: int
+    pool: str
+    node: str
+    gpus: int
+    status: WorkloadStatus
+    reason: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    run_id: str
+    step: int
+    stage_index: int
+    attempt: int
+    max_response_tokens: int
+    max_turns: int
+    rollouts: int
+    generated_tokens: int
+    rollout_seconds: float
+    train_seconds: float
+    preemptions: int
+    correct: int
+    superseded: bool
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    run_id: str
+    step: int
+    uri: str
+    sim_seconds: float
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    run_id: str | None
+    at: float
+    reason: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    reason: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageUpdate:
+    index: int
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProblemResult:
+    problem_id: int
+    samples: int
+    correct: int
+    dropped: bool
+
+
+@dataclass(frozen=True)
+class RunPatch:
+    """Everything one decision changes about a run, applied by the store as one transaction.
+
+    ``expected_version`` makes the write optimistic: if anyone changed the run since it was
+    read, the whole patch is rejected and the controller decides again from fresh state.
+    """
+
+    run_id: str
+    expected_version: int
+    run: dict[str, Any] = field(default_factory=dict)
+    stages: tuple[StageUpdate, ...] = ()
+    workloads: tuple[Workload, ...] = ()
+    step: Step | None = None
+    checkpoint: Checkpoint | None = None
+    supersede_steps_after: int | None = None
+    problems: tuple[ProblemResult, ...] = ()
+    events: tuple[NewEvent, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.run or self.stages or self.workloads or self.step or self.checkpoint
+            or self.supersede_steps_after is not None or self.problems or self.events
+        )

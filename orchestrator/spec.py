@@ -1,0 +1,278 @@
+"""The run spec: what a user writes in ``run.yaml``, validated by pydantic.
+
+Every model rejects unknown fields, so a typo is an error that names the field instead
+of a setting silently ignored. ``load_spec`` turns any problem into one ``SpecError``
+line of the form ``<file>: <field path>: <what is wrong>``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.errors import SpecError
+
+__all__ = [
+    "DTYPE_BYTES",
+    "CheckpointSpec",
+    "DatasetSpec",
+    "EntryFilterSpec",
+    "ModelSpec",
+    "PoolSpec",
+    "RolloutSpec",
+    "RunSpec",
+    "SchedulingSpec",
+    "StageSpec",
+    "ToolsSpec",
+    "TrainerSpec",
+    "load_spec",
+    "parse_spec",
+]
+
+DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+GPU_TYPES = ("H100-80GB",)
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """The policy model: enough of its shape to size weights and KV cache."""
+
+    name: str
+    params_b: float = Field(gt=0, description="parameters, in billions")
+    layers: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    dtype: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V for every layer: 2 × layers × kv_heads × head_dim × bytes."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def weight_bytes(self) -> int:
+        return int(self.params_b * 1e9 * self.dtype_bytes)
+
+
+class PoolSpec(_Strict):
+    """A pool of identical GPU nodes."""
+
+    gpu_type: Literal["H100-80GB"] = "H100-80GB"
+    gpus: int = Field(gt=0, description="GPUs in the pool, in whole nodes")
+    gpus_per_node: int = Field(default=8, gt=0)
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> PoolSpec:
+        if self.gpus % self.gpus_per_node:
+            raise ValueError(
+                f"gpus: {self.gpus} is not a multiple of gpus_per_node ({self.gpus_per_node}); "
+                "pools are made of whole nodes"
+            )
+        return self
+
+    @property
+    def nodes(self) -> int:
+        return self.gpus // self.gpus_per_node
+
+
+class TrainerSpec(_Strict):
+    """The training gang: placed all-or-nothing."""
+
+    pool: str
+    gpus: int = Field(gt=0)
+
+
+class RolloutSpec(_Strict):
+    """Inference engines that generate rollouts."""
+
+    pool: str
+    engines: int = Field(gt=0)
+    gpus_per_engine: int = Field(default=1, gt=0)
+    samples_per_prompt: int = Field(gt=0)
+    prompts_per_step: int = Field(gt=0)
+    dispatch: Literal["round_robin"] = "round_robin"
+
+    @property
+    def gpus(self) -> int:
+        return self.engines * self.gpus_per_engine
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.samples_per_prompt * self.prompts_per_step
+
+
+class ToolsSpec(_Strict):
+    max_concurrent_calls: int = Field(default=1024, gt=0)
+    call_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class EntryFilterSpec(_Strict):
+    """Drop problems that the current policy solves in ``correct`` of ``samples`` fresh tries."""
+
+    samples: int = Field(gt=0)
+    drop_if_correct_at_least: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _k_of_k(self) -> EntryFilterSpec:
+        threshold = self.threshold
+        if threshold > self.samples:
+            raise ValueError(
+                f"drop_if_correct_at_least: {threshold} exceeds samples ({self.samples}); use at most {self.samples}"
+            )
+        return self
+
+    @property
+    def threshold(self) -> int:
+        return self.samples if self.drop_if_correct_at_least is None else self.drop_if_correct_at_least
+
+
+class StageSpec(_Strict):
+    """One curriculum stage. It ends after ``steps`` steps or when ``orch stage --advance`` says so."""
+
+    name: str | None = None
+    max_response_tokens: int = Field(gt=0)
+    max_turns: int = Field(gt=0)
+    steps: int | None = Field(default=None, gt=0)
+    entry_filter: EntryFilterSpec | None = None
+
+
+class CheckpointSpec(_Strict):
+    every_steps: int = Field(gt=0)
+    uri: str = Field(min_length=1)
+
+
+class SchedulingSpec(_Strict):
+    queue: str = "default"
+    priority: int = 0
+    preemptible: bool = False
+
+
+class DatasetSpec(_Strict):
+    name: str
+    problems: int = Field(gt=0)
+    prompt_tokens: int = Field(default=512, gt=0, description="mean prompt length")
+
+
+class RunSpec(_Strict):
+    """A whole training run."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    image: str = Field(min_length=1)
+    model: ModelSpec
+    dataset: DatasetSpec
+    pools: dict[str, PoolSpec] = Field(min_length=1)
+    trainer: TrainerSpec
+    rollout: RolloutSpec
+    tools: ToolsSpec = ToolsSpec()
+    curriculum: list[StageSpec] = Field(min_length=1)
+    checkpoint: CheckpointSpec
+    scheduling: SchedulingSpec = SchedulingSpec()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunSpec:
+        for field, pool_name, gpus in (
+            ("trainer", self.trainer.pool, self.trainer.gpus),
+            ("rollout", self.rollout.pool, self.rollout.gpus),
+        ):
+            pool = self.pools.get(pool_name)
+            if pool is None:
+                known = ", ".join(sorted(self.pools))
+                raise ValueError(f"{field}.pool: unknown pool {pool_name!r}; define it under pools ({known})")
+            if gpus > pool.gpus:
+                raise ValueError(
+                    f"{field}: asks for {gpus} GPUs but pool {pool_name!r} has {pool.gpus}; "
+                    f"lower {field} GPUs or grow the pool"
+                )
+        previous = 0
+        for index, stage in enumerate(self.curriculum):
+            if stage.max_response_tokens < previous:
+                raise ValueError(
+                    f"curriculum[{index}].max_response_tokens: {stage.max_response_tokens} is below the "
+                    f"previous stage's {previous}; list stages in order of growing response length"
+                )
+            previous = stage.max_response_tokens
+        for index, stage in enumerate(self.curriculum[:-1]):
+            if stage.steps is None:
+                raise ValueError(
+                    f"curriculum[{index}].steps: only the last stage may run without a step count"
+                )
+        if self.curriculum[-1].steps is None:
+            raise ValueError("curriculum[-1].steps: the last stage needs a step count so the run can finish")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps or 0 for stage in self.curriculum)
+
+    @property
+    def colocated(self) -> bool:
+        """Trainer and engines share a pool and take turns on its GPUs."""
+        return self.trainer.pool == self.rollout.pool
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    message = re.sub(r"^(Value error|Assertion failed), ", "", first["msg"])
+    path = _field_path(tuple(first["loc"]))
+    if first["type"] == "extra_forbidden":
+        return f"{path}: unknown field; remove it or check its spelling"
+    if first["type"] == "missing":
+        return f"{path}: required field is missing"
+    # Validators on a whole model already name the field inside their message.
+    if not path or re.match(r"^[\w.\[\]-]+: ", message):
+        return message if not path or message.startswith(path.split(".")[-1]) else f"{path}.{message}"
+    return f"{path}: {message}"
+
+
+def parse_spec(data: Any, source: str = "spec") -> RunSpec:
+    """Validate already-parsed YAML/JSON data, raising one-line ``SpecError``s."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(f"{source}: {_one_line(error)}") from error
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read and validate a run spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read the file ({error.strerror})") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise SpecError(f"{path}: broken YAML{where}: {problem}") from error
+    return parse_spec(data, source=str(path))
+
+
+def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json")

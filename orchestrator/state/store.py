@@ -1,0 +1,454 @@
+"""The store: owns the SQL engine; every state change is one transaction that writes its events."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.errors import ConflictError, NotFound, OrchError
+from orchestrator.records import (
+    Checkpoint,
+    Event,
+    NewEvent,
+    Phase,
+    Run,
+    RunPatch,
+    Stage,
+    Step,
+    Workload,
+    WorkloadStatus,
+)
+from orchestrator.spec import RunSpec
+from orchestrator.state.migrations_runner import upgrade_to_head
+from orchestrator.state.models import (
+    CheckpointRow,
+    EventRow,
+    ProblemRow,
+    RunRow,
+    StageRow,
+    StepRow,
+    WorkloadRow,
+)
+
+__all__ = ["Store", "default_database_url"]
+
+DATABASE_URL_ENV = "ORCH_DATABASE_URL"
+TERMINAL = [phase.value for phase in Phase if phase.terminal]
+
+
+def default_database_url() -> str:
+    """``ORCH_DATABASE_URL`` if set, else a SQLite file in the user's data directory."""
+    url = os.environ.get(DATABASE_URL_ENV)
+    if url:
+        return url
+    directory = Path(platformdirs.user_data_dir("orch"))
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / 'orch.db'}"
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Let pysqlite leave transactions to us, so BEGIN IMMEDIATE takes the write lock up front.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _run(row: RunRow) -> Run:
+    return Run(
+        id=row.id,
+        name=row.name,
+        spec=row.spec,
+        phase=Phase(row.phase),
+        stage_index=row.stage_index,
+        steps_done=row.steps_done,
+        attempt=row.attempt,
+        resume_step=row.resume_step,
+        advance_requested=row.advance_requested,
+        sim_seconds=row.sim_seconds,
+        gpu_busy_seconds=row.gpu_busy_seconds,
+        gpu_held_seconds=row.gpu_held_seconds,
+        message=row.message,
+        version=row.version,
+        queue=row.queue,
+        priority=row.priority,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _stage(row: StageRow) -> Stage:
+    return Stage(
+        run_id=row.run_id,
+        index=row.index,
+        name=row.name,
+        max_response_tokens=row.max_response_tokens,
+        max_turns=row.max_turns,
+        planned_steps=row.planned_steps,
+        start_after_step=row.start_after_step,
+        end_step=row.end_step,
+        problems_in=row.problems_in,
+        problems_kept=row.problems_kept,
+    )
+
+
+def _workload(row: WorkloadRow) -> Workload:
+    return Workload(
+        name=row.name,
+        run_id=row.run_id,
+        role=row.role,
+        index=row.index,
+        attempt=row.attempt,
+        pool=row.pool,
+        node=row.node,
+        gpus=row.gpus,
+        status=WorkloadStatus(row.status),
+        reason=row.reason,
+        env=dict(row.env),
+    )
+
+
+def _step(row: StepRow) -> Step:
+    return Step(
+        run_id=row.run_id,
+        step=row.step,
+        stage_index=row.stage_index,
+        attempt=row.attempt,
+        max_response_tokens=row.max_response_tokens,
+        max_turns=row.max_turns,
+        rollouts=row.rollouts,
+        generated_tokens=row.generated_tokens,
+        rollout_seconds=row.rollout_seconds,
+        train_seconds=row.train_seconds,
+        preemptions=row.preemptions,
+        correct=row.correct,
+        superseded=row.superseded,
+    )
+
+
+class Store:
+    """SQL state of every run. Open one per process; it is safe to share between threads."""
+
+    def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
+        self.url = url or default_database_url()
+        self.engine = _make_engine(self.url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if migrate:
+            self.upgrade()
+
+    def upgrade(self) -> str:
+        """Apply Alembic migrations up to head; return the revision now in force."""
+        try:
+            return upgrade_to_head(self.engine)
+        except OperationalError as error:
+            raise OrchError(f"database {self.engine.url!r}: cannot connect ({error.orig})") from error
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @staticmethod
+    def _add_events(session: Session, run_id: str | None, events: Sequence[NewEvent]) -> None:
+        now = time.time()
+        for new in events:
+            session.add(EventRow(run_id=run_id, at=now, reason=new.reason, message=new.message, data=new.data))
+
+    # ---- runs -------------------------------------------------------------------------------
+
+    def create_run(self, spec: RunSpec) -> Run:
+        """Store a validated spec as a Pending run with its stages, in one transaction."""
+        now = time.time()
+        run_id = f"{spec.name}-{secrets.token_hex(3)}"
+        first = spec.curriculum[0]
+        with self._transaction() as session:
+            row = RunRow(
+                id=run_id,
+                name=spec.name,
+                spec=spec.model_dump(mode="json"),
+                phase=Phase.PENDING.value,
+                stage_index=0,
+                steps_done=0,
+                attempt=0,
+                resume_step=0,
+                advance_requested=False,
+                sim_seconds=0.0,
+                gpu_busy_seconds=0.0,
+                gpu_held_seconds=0.0,
+                message="waiting for a controller",
+                queue=spec.scheduling.queue,
+                priority=spec.scheduling.priority,
+                lease_owner=None,
+                lease_expires_at=0.0,
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            for index, stage in enumerate(spec.curriculum):
+                session.add(
+                    StageRow(
+                        run_id=run_id,
+                        index=index,
+                        name=stage.name or f"stage-{index + 1}",
+                        max_response_tokens=stage.max_response_tokens,
+                        max_turns=stage.max_turns,
+                        planned_steps=stage.steps,
+                        start_after_step=None,
+                        end_step=None,
+                    )
+                )
+            self._add_events(
+                session,
+                run_id,
+                [
+                    NewEvent(
+                        "Submitted",
+                        f"run {run_id} submitted: {len(spec.curriculum)} stages, {spec.total_steps} steps, "
+                        f"stage 1 at {first.max_response_tokens} response tokens",
+                    )
+                ],
+            )
+            session.flush()
+            return _run(row)
+
+    def get_run(self, ref: str) -> Run:
+        """A run by id, or by name when exactly one run has that name."""
+        with self._sessions() as session:
+            row = session.get(RunRow, ref)
+            if row is None:
+                rows = session.scalars(select(RunRow).where(RunRow.name == ref)).all()
+                if len(rows) > 1:
+                    ids = ", ".join(r.id for r in rows)
+                    raise NotFound(f"run {ref!r}: {len(rows)} runs have that name ({ids}); give the run id")
+                row = rows[0] if rows else None
+            if row is None:
+                raise NotFound(f"run {ref!r} not found; `orch list` shows the runs")
+            return _run(row)
+
+    def list_runs(self, *, active_only: bool = False) -> list[Run]:
+        with self._sessions() as session:
+            query = select(RunRow).order_by(RunRow.created_at)
+            if active_only:
+                query = query.where(RunRow.phase.not_in(TERMINAL))
+            return [_run(row) for row in session.scalars(query)]
+
+    def apply(self, patch: RunPatch) -> Run:
+        """Apply one decision atomically. Raises ``ConflictError`` if the run changed meanwhile."""
+        now = time.time()
+        with self._transaction() as session:
+            values = dict(patch.run, version=RunRow.version + 1, updated_at=now)
+            result = session.execute(
+                update(RunRow)
+                .where(RunRow.id == patch.run_id, RunRow.version == patch.expected_version)
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                if session.get(RunRow, patch.run_id) is None:
+                    raise NotFound(f"run {patch.run_id!r} not found; `orch list` shows the runs")
+                raise ConflictError(
+                    f"run {patch.run_id}: changed by another writer since version {patch.expected_version}; "
+                    "read it again and retry"
+                )
+            for stage in patch.stages:
+                session.execute(
+                    update(StageRow)
+                    .where(StageRow.run_id == patch.run_id, StageRow.index == stage.index)
+                    .values(**stage.fields)
+                )
+            for workload in patch.workloads:
+                self._upsert_workload(session, workload, now)
+            if patch.supersede_steps_after is not None:
+                session.execute(
+                    update(StepRow)
+                    .where(
+                        StepRow.run_id == patch.run_id,
+                        StepRow.step > patch.supersede_steps_after,
+                        StepRow.superseded.is_(False),
+                    )
+                    .values(superseded=True)
+                )
+            if patch.step is not None:
+                session.add(
+                    StepRow(**asdict(patch.step), finished_sim_seconds=patch.run.get("sim_seconds", 0.0))
+                )
+            if patch.checkpoint is not None:
+                session.add(CheckpointRow(**asdict(patch.checkpoint), created_at=now))
+            if patch.problems:
+                session.execute(
+                    insert(ProblemRow),
+                    [
+                        dict(asdict(problem), run_id=patch.run_id, stage_index=patch.run["stage_index"])
+                        for problem in patch.problems
+                    ],
+                )
+            self._add_events(session, patch.run_id, patch.events)
+            try:
+                session.flush()
+            except IntegrityError as error:
+                raise ConflictError(
+                    f"run {patch.run_id}: write collides with a row another writer made ({error.orig}); "
+                    "read it again and retry"
+                ) from error
+            row = session.get(RunRow, patch.run_id)
+            session.refresh(row)
+            return _run(row)
+
+    @staticmethod
+    def _upsert_workload(session: Session, workload: Workload, now: float) -> None:
+        row = session.get(WorkloadRow, workload.name)
+        fields = asdict(workload)
+        fields["status"] = workload.status.value
+        if row is None:
+            session.add(WorkloadRow(**fields, created_at=now, updated_at=now))
+            return
+        for key, value in fields.items():
+            setattr(row, key, value)
+        row.updated_at = now
+
+    def record_event(self, run_id: str | None, new: NewEvent) -> None:
+        with self._transaction() as session:
+            self._add_events(session, run_id, [new])
+
+    # ---- leases -----------------------------------------------------------------------------
+
+    def acquire_leases(self, owner: str, seconds: float) -> list[str]:
+        """Take or renew the lease of every unfinished run that no live controller holds.
+
+        One conditional UPDATE, so two controllers can never both hold a run: whichever
+        commits second matches no row for runs the first one took.
+        """
+        now = time.time()
+        with self._transaction() as session:
+            session.execute(
+                update(RunRow)
+                .where(
+                    RunRow.phase.not_in(TERMINAL),
+                    or_(
+                        RunRow.lease_owner.is_(None),
+                        RunRow.lease_owner == owner,
+                        RunRow.lease_expires_at < now,
+                    ),
+                )
+                .values(lease_owner=owner, lease_expires_at=now + seconds)
+            )
+            return list(
+                session.scalars(
+                    select(RunRow.id)
+                    .where(RunRow.lease_owner == owner, RunRow.phase.not_in(TERMINAL))
+                    .order_by(RunRow.priority.desc(), RunRow.created_at)
+                )
+            )
+
+    def release_leases(self, owner: str) -> None:
+        with self._transaction() as session:
+            session.execute(
+                update(RunRow).where(RunRow.lease_owner == owner).values(lease_owner=None, lease_expires_at=0.0)
+            )
+
+    def holds_lease(self, run_id: str, owner: str) -> bool:
+        with self._sessions() as session:
+            row = session.get(RunRow, run_id)
+            return bool(row and row.lease_owner == owner and row.lease_expires_at >= time.time())
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    def stages(self, run_id: str) -> list[Stage]:
+        with self._sessions() as session:
+            rows = session.scalars(select(StageRow).where(StageRow.run_id == run_id).order_by(StageRow.index))
+            return [_stage(row) for row in rows]
+
+    def workloads(self, run_id: str | None = None, *, live_only: bool = False) -> list[Workload]:
+        with self._sessions() as session:
+            query = select(WorkloadRow).order_by(WorkloadRow.run_id, WorkloadRow.attempt, WorkloadRow.name)
+            if run_id is not None:
+                query = query.where(WorkloadRow.run_id == run_id)
+            if live_only:
+                query = query.where(WorkloadRow.status.in_([s.value for s in WorkloadStatus if s.live]))
+            return [_workload(row) for row in session.scalars(query)]
+
+    def steps(self, run_id: str, *, include_superseded: bool = False) -> list[Step]:
+        with self._sessions() as session:
+            query = select(StepRow).where(StepRow.run_id == run_id).order_by(StepRow.step, StepRow.id)
+            if not include_superseded:
+                query = query.where(StepRow.superseded.is_(False))
+            return [_step(row) for row in session.scalars(query)]
+
+    def checkpoints(self, run_id: str) -> list[Checkpoint]:
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(CheckpointRow).where(CheckpointRow.run_id == run_id).order_by(CheckpointRow.step)
+            )
+            return [Checkpoint(run_id=r.run_id, step=r.step, uri=r.uri, sim_seconds=r.sim_seconds) for r in rows]
+
+    def dropped_problems(self, run_id: str) -> frozenset[int]:
+        with self._sessions() as session:
+            ids = session.scalars(
+                select(ProblemRow.problem_id).where(ProblemRow.run_id == run_id, ProblemRow.dropped.is_(True))
+            )
+            return frozenset(ids)
+
+    def problem_count(self, run_id: str, stage_index: int) -> int:
+        with self._sessions() as session:
+            return session.scalar(
+                select(func.count()).where(
+                    and_(ProblemRow.run_id == run_id, ProblemRow.stage_index == stage_index)
+                )
+            ) or 0
+
+    def events(self, run_id: str | None = None, *, after_id: int = 0, limit: int | None = None) -> list[Event]:
+        with self._sessions() as session:
+            query = select(EventRow).where(EventRow.id > after_id).order_by(EventRow.id)
+            if run_id is not None:
+                query = query.where(EventRow.run_id == run_id)
+            if limit is not None:
+                query = query.limit(limit)
+            return [
+                Event(id=r.id, run_id=r.run_id, at=r.at, reason=r.reason, message=r.message, data=dict(r.data))
+                for r in session.scalars(query)
+            ]
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table: lets tests prove that a rejected command wrote nothing."""
+        counts = {}
+        with self._sessions() as session:
+            for model in (RunRow, StageRow, WorkloadRow, StepRow, CheckpointRow, ProblemRow, EventRow):
+                counts[model.__tablename__] = session.scalar(select(func.count()).select_from(model)) or 0
+        return counts
+
+    def delete_everything(self) -> None:
+        """Empty every table (tests only)."""
+        with self._transaction() as session:
+            for model in (EventRow, ProblemRow, CheckpointRow, StepRow, WorkloadRow, StageRow, RunRow):
+                session.execute(delete(model))
+
