@@ -224,7 +224,7 @@ class Store:
                         max_response_tokens=stage.max_response_tokens,
                         max_turns=stage.max_turns,
                         planned_steps=stage.steps,
-                        start_after_step=None,
+                        start_after_step=0 if index == 0 else None,
                         end_step=None,
                     )
                 )

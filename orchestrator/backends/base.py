@@ -1,0 +1,68 @@
+"""The cluster backend protocol that the simulated pool and Kubernetes both implement.
+
+A backend only knows nodes and workloads: it lists them, creates and deletes workloads by
+deterministic name (a create that finds the name taken, or a delete that finds it gone, is
+success), and streams changes. Training work (steps, checkpoints, problem evaluation) goes
+through a ``TrainingExecutor``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from orchestrator.core.placement import NodeView
+from orchestrator.core.snapshot import ObservedWorkload
+from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
+from orchestrator.errors import OrchError
+from orchestrator.records import Workload
+from orchestrator.spec import PoolSpec, RunSpec
+
+__all__ = [
+    "ClusterBackend",
+    "ClusterEvent",
+    "ExecutionInterrupted",
+    "TrainingExecutor",
+]
+
+
+class ExecutionInterrupted(OrchError):
+    """Work stopped because a workload it ran on failed; the next reconcile sees why."""
+
+
+@dataclass(frozen=True)
+class ClusterEvent:
+    resource_version: int
+    type: str  # ADDED | MODIFIED | DELETED
+    workload: ObservedWorkload
+
+
+class ClusterBackend(Protocol):
+    name: str
+
+    def prepare_pools(self, pools: Mapping[str, PoolSpec]) -> None:
+        """Make sure the pools a run names exist (the simulator creates them; a real cluster checks)."""
+
+    def list_nodes(self) -> list[NodeView]: ...
+
+    def list_workloads(self, run_id: str | None = None) -> list[ObservedWorkload]: ...
+
+    def create_workload(self, workload: Workload) -> bool:
+        """Create it; return False if a workload of that name already existed (still success)."""
+
+    def delete_workload(self, name: str) -> bool:
+        """Delete it; return False if it was already gone (still success)."""
+
+    def watch(self, since: int, timeout_s: float) -> tuple[int, list[ClusterEvent]]:
+        """Changes after resource version ``since`` (waiting up to ``timeout_s``), and the newest version."""
+
+
+class TrainingExecutor(Protocol):
+    def execute_step(self, spec: RunSpec, plan: StepPlan) -> StepOutcome:
+        """Run one step; repeating a step already done by the same attempt returns its outcome again."""
+
+    def save_checkpoint(self, spec: RunSpec, plan: CheckpointPlan) -> float:
+        """Save a checkpoint now; return the seconds it took."""
+
+    def evaluate_problems(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome: ...

@@ -1,0 +1,167 @@
+"""The controller: the imperative shell around ``orchestrator.core``.
+
+Every pass is level-triggered: observe (SQL + cluster), decide (pure core), act (one SQL
+transaction, then idempotent cluster calls). It keeps nothing in memory that SQL or the
+cluster does not also hold, so it may be SIGKILLed at any line and simply started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.backends.base import ClusterBackend, ExecutionInterrupted, TrainingExecutor
+from orchestrator.core.reconcile import cluster_diff, decide, record_checkpoint, record_filter, record_step
+from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
+from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan, Work
+from orchestrator.errors import ConflictError
+from orchestrator.records import RunPatch
+from orchestrator.spec import RunSpec
+from orchestrator.state.store import Store
+
+__all__ = ["Controller", "PassReport", "default_identity"]
+
+log = logging.getLogger("orch.controller")
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class PassReport:
+    runs: int
+    changes: int
+
+    @property
+    def progressed(self) -> bool:
+        return self.changes > 0
+
+
+class Controller:
+    """Reconciles every unfinished run it holds the lease for."""
+
+    def __init__(
+        self,
+        store: Store,
+        cluster: ClusterBackend,
+        executor: TrainingExecutor,
+        *,
+        identity: str | None = None,
+        lease_seconds: float = 15.0,
+    ) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.executor = executor
+        self.identity = identity or default_identity()
+        self.lease_seconds = lease_seconds
+        self._cluster_version = 0
+
+    # ---- one pass ---------------------------------------------------------------------------
+
+    def reconcile_once(self) -> PassReport:
+        run_ids = self.store.acquire_leases(self.identity, self.lease_seconds)
+        changes = 0
+        for run_id in run_ids:
+            changes += self._reconcile_run(run_id)
+        changes += self._delete_orphans()
+        return PassReport(runs=len(run_ids), changes=changes)
+
+    def _snapshot(self, run_id: str) -> RunSnapshot:
+        run = self.store.get_run(run_id)
+        spec = RunSpec.model_validate(run.spec)
+        self.cluster.prepare_pools(spec.pools)
+        live = self.store.workloads(live_only=True)
+        used: dict[str, int] = defaultdict(int)
+        for workload in live:
+            if workload.run_id != run_id:
+                used[workload.node] += workload.gpus
+        checkpoints = self.store.checkpoints(run_id)
+        observed = {w.name: w for w in self.cluster.list_workloads(run_id)}
+        return RunSnapshot(
+            run=run,
+            spec=spec,
+            stages=tuple(self.store.stages(run_id)),
+            workloads=tuple(self.store.workloads(run_id)),
+            observed=observed,
+            nodes=tuple(self.cluster.list_nodes()),
+            used_by_others=dict(used),
+            last_checkpoint=max((c.step for c in checkpoints if c.step <= run.steps_done), default=0),
+            dropped_problems=self.store.dropped_problems(run_id),
+        )
+
+    def _reconcile_run(self, run_id: str) -> int:
+        snapshot = self._snapshot(run_id)
+        decision = decide(snapshot)
+        changed = 0
+        if decision.patch:
+            changed += self._apply(decision.patch)
+        elif decision.work is not None:
+            changed += self._do(snapshot, decision.work)
+        return changed + self._sync_cluster(run_id)
+
+    def _apply(self, patch: RunPatch | None) -> int:
+        if not patch:
+            return 0
+        try:
+            self.store.apply(patch)
+        except ConflictError as error:
+            log.info("%s; deciding again on the next pass", error)
+            return 0
+        return 1
+
+    def _do(self, snapshot: RunSnapshot, work: Work) -> int:
+        spec = snapshot.spec
+        try:
+            if isinstance(work, StepPlan):
+                patch = record_step(snapshot, work, self.executor.execute_step(spec, work))
+            elif isinstance(work, CheckpointPlan):
+                patch = record_checkpoint(snapshot, work, self.executor.save_checkpoint(spec, work))
+            elif isinstance(work, FilterPlan):
+                patch = record_filter(snapshot, work, self.executor.evaluate_problems(spec, work))
+            else:  # pragma: no cover - Work is a closed union
+                raise TypeError(f"unknown work {work!r}")
+        except ExecutionInterrupted as error:
+            log.info("%s", error)
+            return 1
+        return self._apply(patch)
+
+    def _sync_cluster(self, run_id: str) -> int:
+        creates, deletes = cluster_diff(self.store.workloads(run_id), self.cluster.list_workloads(run_id))
+        for workload in creates:
+            self.cluster.create_workload(workload)
+        for name in deletes:
+            self.cluster.delete_workload(name)
+        return len(creates) + len(deletes)
+
+    def _delete_orphans(self) -> int:
+        """Delete cluster workloads that SQL no longer wants (finished, cancelled or unknown runs)."""
+        wanted = {w.name for w in self.store.workloads(live_only=True)}
+        orphans: list[ObservedWorkload] = [w for w in self.cluster.list_workloads() if w.name not in wanted]
+        for workload in orphans:
+            self.cluster.delete_workload(workload.name)
+        return len(orphans)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        until: Callable[[], bool] = lambda: False,
+        stop: threading.Event | None = None,
+        idle_wait_s: float = 0.5,
+    ) -> None:
+        """Reconcile until ``until()`` is true or ``stop`` is set; idle passes wait on the cluster's watch."""
+        stop = stop or threading.Event()
+        try:
+            while not stop.is_set() and not until():
+                report = self.reconcile_once()
+                if not report.progressed:
+                    self._cluster_version, _ = self.cluster.watch(self._cluster_version, idle_wait_s)
+        finally:
+            self.store.release_leases(self.identity)

@@ -1,0 +1,405 @@
+"""The decisions of one reconcile pass over one run, as pure functions of a ``RunSnapshot``.
+
+``decide`` reads the snapshot and returns a ``Decision``: a patch to apply (one SQL
+transaction) or a piece of work for the executor, never both. After the work is done,
+``record_step`` / ``record_checkpoint`` / ``record_filter`` turn its outcome into the patch.
+Nothing here reads a clock or performs I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from orchestrator.core.curriculum import checkpoint_due, split_by_filter, stage_ends_at
+from orchestrator.core.lifecycle import check_transition
+from orchestrator.core.placement import MemberRequest, place_all
+from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
+from orchestrator.core.work import (
+    CheckpointPlan,
+    FilterOutcome,
+    FilterPlan,
+    StepOutcome,
+    StepPlan,
+    Work,
+)
+from orchestrator.records import (
+    Checkpoint,
+    NewEvent,
+    Phase,
+    ProblemResult,
+    RunPatch,
+    StageUpdate,
+    Step,
+    Workload,
+    WorkloadStatus,
+)
+from orchestrator.spec import RunSpec
+
+__all__ = [
+    "Decision",
+    "cluster_diff",
+    "decide",
+    "desired_members",
+    "record_checkpoint",
+    "record_filter",
+    "record_step",
+    "workload_name",
+]
+
+TRAINER = "trainer"
+ENGINE = "engine"
+
+
+@dataclass(frozen=True)
+class Decision:
+    patch: RunPatch | None = None
+    work: Work | None = None
+
+
+def workload_name(run_id: str, role: str, index: int, attempt: int) -> str:
+    """Deterministic: a restarted controller recreates the same names, never duplicates."""
+    return f"{run_id}-{role}-{index}-a{attempt}"
+
+
+def checkpoint_uri(spec: RunSpec, step: int) -> str:
+    return f"{spec.checkpoint.uri.rstrip('/')}/step-{step:06d}"
+
+
+def desired_members(spec: RunSpec, run_id: str, attempt: int) -> list[MemberRequest]:
+    """The trainer gang (whole nodes first) and the rollout engines of one attempt."""
+    pool = spec.pools[spec.trainer.pool]
+    count = math.ceil(spec.trainer.gpus / pool.gpus_per_node)
+    members: list[MemberRequest] = []
+    remaining = spec.trainer.gpus
+    for rank in range(count):
+        gpus = min(pool.gpus_per_node, remaining)
+        remaining -= gpus
+        members.append(MemberRequest(
+            workload_name(run_id, TRAINER, rank, attempt), spec.trainer.pool, gpus, role=TRAINER, index=rank
+        ))
+    for index in range(spec.rollout.engines):
+        name = workload_name(run_id, ENGINE, index, attempt)
+        if spec.colocated:
+            host = members[index * count // spec.rollout.engines].key
+            members.append(MemberRequest(name, spec.rollout.pool, 0, same_node_as=host, role=ENGINE, index=index))
+        else:
+            members.append(
+                MemberRequest(name, spec.rollout.pool, spec.rollout.gpus_per_engine, role=ENGINE, index=index)
+            )
+    return members
+
+
+def _env(snapshot: RunSnapshot, role: str, index: int, attempt: int, world: int) -> dict[str, str]:
+    run, spec = snapshot.run, snapshot.spec
+    env = {"ORCH_RUN_ID": run.id, "ORCH_ROLE": role, "ORCH_ATTEMPT": str(attempt)}
+    if role == TRAINER:
+        resume = snapshot.last_checkpoint
+        env |= {
+            "ORCH_RANK": str(index),
+            "ORCH_WORLD_SIZE": str(world),
+            "ORCH_CHECKPOINT_URI": spec.checkpoint.uri,
+            "ORCH_RESUME_STEP": str(resume),
+            "ORCH_RESUME_FROM": checkpoint_uri(spec, resume) if resume else "",
+        }
+    else:
+        env["ORCH_ENGINE_INDEX"] = str(index)
+    return env
+
+
+def _release(snapshot: RunSnapshot, only_stale: bool) -> tuple[Workload, ...]:
+    run = snapshot.run
+    return tuple(
+        _with_status(w, WorkloadStatus.DELETED, w.reason)
+        for w in snapshot.workloads
+        if w.status.live and not (only_stale and w.attempt == run.attempt)
+    )
+
+
+def _with_status(workload: Workload, status: WorkloadStatus, reason: str) -> Workload:
+    return Workload(**{**workload.__dict__, "status": status, "reason": reason})
+
+
+def _patch(snapshot: RunSnapshot, **fields: object) -> RunPatch:
+    return RunPatch(run_id=snapshot.run.id, expected_version=snapshot.run.version, **fields)  # type: ignore[arg-type]
+
+
+def _failures(snapshot: RunSnapshot) -> list[tuple[Workload, str]]:
+    """Members of the current attempt that failed or vanished after they were seen running."""
+    failed = []
+    for workload in snapshot.current_workloads:
+        seen: ObservedWorkload | None = snapshot.observed.get(workload.name)
+        if seen is not None and seen.phase == "Failed":
+            failed.append((workload, seen.reason or "Failed"))
+        elif seen is None and workload.status is WorkloadStatus.RUNNING:
+            failed.append((workload, "Lost: no longer in the cluster"))
+    return failed
+
+
+def decide(snapshot: RunSnapshot) -> Decision:
+    """One level-triggered step for one run: what to change, or what work to do next."""
+    run = snapshot.run
+    if run.phase.terminal or run.phase is Phase.SUSPENDED:
+        released = _release(snapshot, only_stale=False)
+        if released:
+            return Decision(
+                _patch(snapshot, workloads=released, events=(
+                    NewEvent("Released", f"released {len(released)} workload(s) of a {run.phase.value} run"),
+                ))
+            )
+        return Decision()
+
+    stale = _release(snapshot, only_stale=True)
+    failures = _failures(snapshot)
+    if failures:
+        return Decision(_gang_failure(snapshot, failures, stale))
+    if not snapshot.current_workloads:
+        return Decision(_place(snapshot, stale))
+    if stale:
+        return Decision(_patch(snapshot, workloads=stale))
+
+    starting = [
+        w for w in snapshot.current_workloads
+        if w.status is WorkloadStatus.PENDING
+        and (seen := snapshot.observed.get(w.name)) is not None and seen.phase == "Running"
+    ]
+    waiting = [w for w in snapshot.current_workloads if (seen := snapshot.observed.get(w.name)) is None
+               or seen.phase != "Running"]
+    if starting or waiting:
+        running = tuple(
+            Workload(**{**w.__dict__, "status": WorkloadStatus.RUNNING, "node": snapshot.observed[w.name].node})
+            for w in starting
+        )
+        return Decision(_patch(snapshot, workloads=running) if running else None)
+
+    if run.phase in (Phase.ADMITTED, Phase.RESUMING):
+        check_transition(run.phase, Phase.RUNNING)
+        how = "started" if run.phase is Phase.ADMITTED else f"resumed from step {snapshot.last_checkpoint}"
+        message = f"attempt {run.attempt}: {how}, stage {run.stage_index + 1}"
+        return Decision(_patch(
+            snapshot, run={"phase": Phase.RUNNING.value, "message": message},
+            events=(NewEvent("Running", message, {"attempt": run.attempt, "resume_step": snapshot.last_checkpoint}),),
+        ))
+    return _next_work(snapshot)
+
+
+def _gang_failure(
+    snapshot: RunSnapshot, failures: Sequence[tuple[Workload, str]], stale: tuple[Workload, ...]
+) -> RunPatch:
+    run = snapshot.run
+    target = Phase.RESUMING
+    if run.phase is not Phase.RESUMING:
+        check_transition(run.phase, target)
+    reasons = "; ".join(f"{w.name}: {reason}" for w, reason in failures)
+    failed_names = {w.name for w, _ in failures}
+    torn_down = tuple(
+        _with_status(w, WorkloadStatus.FAILED if w.name in failed_names else WorkloadStatus.DELETED,
+                     dict((f.name, r) for f, r in failures).get(w.name, "gang torn down"))
+        for w in snapshot.current_workloads
+    )
+    resume = snapshot.last_checkpoint
+    lost = run.steps_done - resume
+    message = (
+        f"gang failed at attempt {run.attempt} ({reasons}); recreating it at attempt {run.attempt + 1} "
+        f"from the checkpoint at step {resume} ({lost} step(s) to redo)"
+    )
+    return _patch(
+        snapshot,
+        run={
+            "phase": target.value,
+            "attempt": run.attempt + 1,
+            "resume_step": resume,
+            "steps_done": resume,
+            "message": message,
+        },
+        workloads=stale + torn_down,
+        supersede_steps_after=resume,
+        events=(NewEvent("GangFailed", message, {"failed": sorted(failed_names), "resume_step": resume,
+                                                 "lost_steps": lost}),),
+    )
+
+
+def _place(snapshot: RunSnapshot, stale: tuple[Workload, ...]) -> RunPatch | None:
+    run, spec = snapshot.run, snapshot.spec
+    attempt = max(run.attempt, 1)
+    members = desired_members(spec, run.id, attempt)
+    placement = place_all(members, snapshot.nodes, snapshot.used_by_others)
+    if not placement.ok:
+        message = f"waiting for GPUs: {placement.reason}"
+        if message == run.message and not stale:
+            return None
+        events = () if message == run.message else (NewEvent("Unschedulable", message),)
+        return _patch(snapshot, run={"message": message}, workloads=stale, events=events)
+    trainers = sum(1 for m in members if m.role == TRAINER)
+    workloads = []
+    for member in members:
+        role, index = member.role, member.index
+        env = _env(snapshot, role, index, attempt, trainers)
+        if member.same_node_as:
+            env["ORCH_COLOCATED_WITH"] = member.same_node_as
+        workloads.append(Workload(
+            name=member.key, run_id=run.id, role=role, index=index, attempt=attempt, pool=member.pool,
+            node=placement.nodes[member.key], gpus=member.gpus, status=WorkloadStatus.PENDING, env=env,
+        ))
+    fields: dict[str, object] = {"attempt": attempt, "message": f"placing attempt {attempt}"}
+    if run.phase is Phase.PENDING:
+        fields["phase"] = check_transition(run.phase, Phase.ADMITTED).value
+    nodes = sorted(set(placement.nodes.values()))
+    message = f"attempt {attempt}: placed {len(members)} workload(s) on {', '.join(nodes)}"
+    return _patch(snapshot, run=fields, workloads=stale + tuple(workloads),
+                  events=(NewEvent("Placed", message, {"attempt": attempt, "nodes": nodes}),))
+
+
+def _next_work(snapshot: RunSnapshot) -> Decision:
+    run, spec, stage = snapshot.run, snapshot.spec, snapshot.stage
+    if run.advance_requested:
+        if snapshot.last_checkpoint < run.steps_done:
+            return Decision(work=CheckpointPlan(run.id, run.steps_done, run.attempt,
+                                                checkpoint_uri(spec, run.steps_done)))
+        return Decision(_advance(snapshot, reason="requested by user"))
+    entry_filter = spec.curriculum[stage.index].entry_filter
+    if entry_filter is not None and stage.problems_kept is None:
+        return Decision(work=FilterPlan(
+            run.id, stage.index, run.attempt, run.steps_done, entry_filter.samples, entry_filter.threshold,
+            snapshot.dropped_problems,
+        ))
+    step = run.steps_done + 1
+    ends = stage_ends_at(stage, step)
+    return Decision(work=StepPlan(
+        run_id=run.id, step=step, stage_index=stage.index, attempt=run.attempt,
+        max_response_tokens=stage.max_response_tokens, max_turns=stage.max_turns,
+        checkpoint_after=checkpoint_due(step, spec.checkpoint.every_steps, ends),
+        checkpoint_uri=checkpoint_uri(spec, step), dropped_problems=snapshot.dropped_problems,
+    ))
+
+
+def _advance(snapshot: RunSnapshot, reason: str, fields: dict[str, object] | None = None,
+             events: tuple[NewEvent, ...] = ()) -> RunPatch:
+    """End the current stage after ``steps_done`` and start the next one, or finish the run."""
+    run, stage = snapshot.run, snapshot.stage
+    at = int(fields["steps_done"]) if fields and "steps_done" in fields else run.steps_done
+    fields = dict(fields or {}, advance_requested=False)
+    updates = [StageUpdate(stage.index, {"end_step": at})]
+    if stage.index + 1 >= len(snapshot.stages):
+        fields |= {"phase": check_transition(run.phase, Phase.SUCCEEDED).value,
+                   "message": f"finished all {len(snapshot.stages)} stages after {at} steps"}
+        new = NewEvent("Succeeded", str(fields["message"]), {"steps": at})
+        released = _release(snapshot, only_stale=False)
+    else:
+        released = ()
+        following = snapshot.stages[stage.index + 1]
+        updates.append(StageUpdate(following.index, {"start_after_step": at}))
+        fields |= {"stage_index": following.index,
+                   "message": f"stage {following.index + 1} ({following.name}) from step {at + 1}"}
+        new = NewEvent(
+            "StageChanged",
+            f"{stage.name} → {following.name} after step {at} ({reason}): max_response_tokens "
+            f"{stage.max_response_tokens} → {following.max_response_tokens}, max_turns "
+            f"{stage.max_turns} → {following.max_turns}",
+            {"from": stage.index, "to": following.index, "after_step": at, "reason": reason},
+        )
+    return _patch(snapshot, run=fields, stages=tuple(updates), workloads=released, events=(*events, new))
+
+
+def _stale(snapshot: RunSnapshot, attempt: int, step: int) -> bool:
+    run = snapshot.run
+    return run.phase is not Phase.RUNNING or run.attempt != attempt or run.steps_done != step
+
+
+def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> RunPatch | None:
+    """The patch for a finished step, or None if the run moved on while the step ran."""
+    run = snapshot.run
+    if _stale(snapshot, plan.attempt, plan.step - 1):
+        return None
+    sim_seconds = run.sim_seconds + outcome.seconds
+    fields: dict[str, object] = {
+        "steps_done": plan.step,
+        "sim_seconds": sim_seconds,
+        "gpu_busy_seconds": run.gpu_busy_seconds + outcome.gpu_busy_seconds,
+        "gpu_held_seconds": run.gpu_held_seconds + outcome.gpu_held_seconds,
+        "message": f"step {plan.step} done in stage {plan.stage_index + 1}",
+    }
+    step = Step(
+        run_id=run.id, step=plan.step, stage_index=plan.stage_index, attempt=plan.attempt,
+        max_response_tokens=plan.max_response_tokens, max_turns=plan.max_turns, rollouts=outcome.rollouts,
+        generated_tokens=outcome.generated_tokens, rollout_seconds=outcome.rollout_seconds,
+        train_seconds=outcome.train_seconds, preemptions=outcome.preemptions, correct=outcome.correct,
+        superseded=False,
+    )
+    events = [NewEvent(
+        "StepCompleted",
+        f"step {plan.step}: {outcome.rollouts} rollouts, {outcome.generated_tokens} tokens at "
+        f"{plan.max_response_tokens} max, rollout {outcome.rollout_seconds:.1f}s + train "
+        f"{outcome.train_seconds:.1f}s simulated, {outcome.preemptions} preemption(s)",
+        {"step": plan.step, "attempt": plan.attempt},
+    )]
+    checkpoint = None
+    if plan.checkpoint_after:
+        checkpoint = Checkpoint(run.id, plan.step, plan.checkpoint_uri, sim_seconds)
+        events.append(NewEvent("CheckpointSaved", f"checkpoint at step {plan.step}: {plan.checkpoint_uri}",
+                               {"step": plan.step}))
+    if stage_ends_at(snapshot.stage, plan.step):
+        patch = _advance(snapshot, "planned steps done", fields, tuple(events))
+        return RunPatch(**{**patch.__dict__, "step": step, "checkpoint": checkpoint})
+    return _patch(snapshot, run=fields, step=step, checkpoint=checkpoint, events=tuple(events))
+
+
+def record_checkpoint(snapshot: RunSnapshot, plan: CheckpointPlan, seconds: float) -> RunPatch | None:
+    """A stage-boundary checkpoint, then the stage advance it was taken for."""
+    run = snapshot.run
+    if _stale(snapshot, plan.attempt, plan.step):
+        return None
+    sim_seconds = run.sim_seconds + seconds
+    event = NewEvent("CheckpointSaved", f"checkpoint at step {plan.step}: {plan.checkpoint_uri}",
+                     {"step": plan.step})
+    patch = _advance(snapshot, "requested by user", {"sim_seconds": sim_seconds}, (event,))
+    checkpoint = Checkpoint(run.id, plan.step, plan.checkpoint_uri, sim_seconds)
+    return RunPatch(**{**patch.__dict__, "checkpoint": checkpoint})
+
+
+def record_filter(snapshot: RunSnapshot, plan: FilterPlan, outcome: FilterOutcome) -> RunPatch | None:
+    """Record every problem's pass rate and drop those solved ``threshold`` of ``samples`` times."""
+    run = snapshot.run
+    if _stale(snapshot, plan.attempt, plan.step) or run.stage_index != plan.stage_index:
+        return None
+    active = [p for p in range(snapshot.spec.dataset.problems) if p not in plan.dropped_problems]
+    kept, dropped = split_by_filter(outcome.correct, plan.threshold, active)
+    dropped_set = set(dropped)
+    problems = tuple(
+        ProblemResult(problem, plan.samples, outcome.correct.get(problem, 0), problem in dropped_set)
+        for problem in active
+    )
+    stage = snapshot.stage
+    message = (
+        f"{stage.name} entry filter: {len(active)} → {len(kept)} problems "
+        f"({len(dropped)} solved {plan.threshold} of {plan.samples} samples)"
+    )
+    return _patch(
+        snapshot,
+        run={
+            "stage_index": stage.index,
+            "sim_seconds": run.sim_seconds + outcome.seconds,
+            "gpu_busy_seconds": run.gpu_busy_seconds + outcome.gpu_busy_seconds,
+            "gpu_held_seconds": run.gpu_held_seconds + outcome.gpu_held_seconds,
+            "message": message,
+        },
+        stages=(StageUpdate(stage.index, {"problems_in": len(active), "problems_kept": len(kept)}),),
+        problems=problems,
+        events=(NewEvent("ProblemsFiltered", message, {"in": len(active), "kept": len(kept)}),),
+    )
+
+
+def cluster_diff(
+    desired: Sequence[Workload], observed: Sequence[ObservedWorkload]
+) -> tuple[list[Workload], list[str]]:
+    """What to create (recorded, never seen) and delete (seen, no longer wanted) in the cluster.
+
+    A workload recorded as Running but missing is not recreated here: that is a gang failure,
+    which ``decide`` turns into a new attempt.
+    """
+    seen = {w.name for w in observed}
+    wanted = {w.name for w in desired if w.status.live}
+    creates = [w for w in desired if w.status is WorkloadStatus.PENDING and w.name not in seen]
+    deletes = sorted(name for name in seen if name not in wanted)
+    return creates, deletes

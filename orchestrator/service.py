@@ -1,0 +1,118 @@
+"""The SDK behind ``orch``: every command as one function over a ``Store``; ``cli.py`` only prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.core import commands
+from orchestrator.records import Checkpoint, Event, Run, Stage, Step, Workload
+from orchestrator.spec import RunSpec, load_spec
+from orchestrator.state.store import Store
+
+__all__ = [
+    "RunReport",
+    "advance_stage",
+    "cancel_run",
+    "events",
+    "report",
+    "resume_run",
+    "submit",
+    "validate",
+]
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Everything ``orch status`` shows about one run."""
+
+    run: Run
+    stages: list[Stage]
+    steps: list[Step]
+    checkpoints: list[Checkpoint]
+    workloads: list[Workload]
+    superseded_steps: int
+
+    @property
+    def stage_changes(self) -> int:
+        return sum(1 for stage in self.stages if stage.started) - 1
+
+    def as_dict(self) -> dict[str, object]:
+        run = self.run
+        return {
+            "id": run.id,
+            "name": run.name,
+            "phase": run.phase.value,
+            "stage": run.stage_index + 1,
+            "stage_name": self.stages[run.stage_index].name,
+            "steps_done": run.steps_done,
+            "steps_planned": sum(s.planned_steps or 0 for s in self.stages),
+            "attempt": run.attempt,
+            "checkpoints": [c.step for c in self.checkpoints],
+            "last_checkpoint": self.checkpoints[-1].uri if self.checkpoints else None,
+            "stage_changes": self.stage_changes,
+            "superseded_steps": self.superseded_steps,
+            "gpu_busy_fraction": round(run.gpu_busy_fraction, 4),
+            "simulated_seconds": round(run.sim_seconds, 1),
+            "message": run.message,
+            "stages": [
+                {
+                    "name": s.name,
+                    "max_response_tokens": s.max_response_tokens,
+                    "max_turns": s.max_turns,
+                    "planned_steps": s.planned_steps,
+                    "start_after_step": s.start_after_step,
+                    "end_step": s.end_step,
+                    "problems_in": s.problems_in,
+                    "problems_kept": s.problems_kept,
+                }
+                for s in self.stages
+            ],
+            "workloads": [
+                {"name": w.name, "role": w.role, "node": w.node, "gpus": w.gpus, "status": w.status.value}
+                for w in self.workloads
+                if w.status.live
+            ],
+        }
+
+
+def validate(path: str | Path) -> RunSpec:
+    """Parse and check a spec without storing anything."""
+    return load_spec(path)
+
+
+def submit(store: Store, path: str | Path) -> Run:
+    return store.create_run(load_spec(path))
+
+
+def report(store: Store, ref: str) -> RunReport:
+    run = store.get_run(ref)
+    all_steps = store.steps(run.id, include_superseded=True)
+    return RunReport(
+        run=run,
+        stages=store.stages(run.id),
+        steps=[s for s in all_steps if not s.superseded],
+        checkpoints=store.checkpoints(run.id),
+        workloads=store.workloads(run.id),
+        superseded_steps=sum(1 for s in all_steps if s.superseded),
+    )
+
+
+def events(store: Store, ref: str, after_id: int = 0) -> list[Event]:
+    return store.events(store.get_run(ref).id, after_id=after_id)
+
+
+def cancel_run(store: Store, ref: str) -> Run:
+    run = store.get_run(ref)
+    return store.apply(commands.cancel(run, store.workloads(run.id)))
+
+
+def resume_run(store: Store, ref: str) -> Run:
+    run = store.get_run(ref)
+    last = max((c.step for c in store.checkpoints(run.id) if c.step <= run.steps_done), default=0)
+    return store.apply(commands.resume(run, store.workloads(run.id), last))
+
+
+def advance_stage(store: Store, ref: str) -> Run:
+    run = store.get_run(ref)
+    return store.apply(commands.request_advance(run, store.stages(run.id)))
