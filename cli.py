@@ -1,0 +1,321 @@
+"""``orch``: click commands that parse, call ``orchestrator.service`` / the controller, and print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestrator import service
+from orchestrator.backends import make_backend
+from orchestrator.controller import Controller
+from orchestrator.errors import OrchError
+from orchestrator.records import Event, Run
+from orchestrator.state.store import Store
+
+OUTPUT = click.option(
+    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
+    help="table for people, json or yaml for machines",
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+class Context:
+    def __init__(self, database_url: str | None, debug: bool) -> None:
+        self.database_url = database_url
+        self.debug = debug
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.database_url)
+        return self._store
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+class OrchGroup(click.Group):
+    """Turns every ``OrchError`` into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OrchError as error:
+            if ctx.params.get("debug"):
+                raise
+            errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+            ctx.exit(error.exit_code)
+
+
+@click.group(cls=OrchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database-url", envvar="ORCH_DATABASE_URL", help="SQLAlchemy URL (default: a SQLite file)")
+@click.option("--debug", is_flag=True, help="show tracebacks and controller logs")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None, debug: bool) -> None:
+    """orch: keeps every GPU busy while running agentic RL training."""
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(name)s: %(message)s")
+    if not debug:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    ctx.obj = Context(database_url, debug)
+
+
+def emit(data: Any, output: str, table: Callable[[], Table | str]) -> None:
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif output == "yaml":
+        click.echo(yaml.safe_dump(data, sort_keys=False))
+    else:
+        console.print(table())
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "phase": run.phase.value,
+        "stage": run.stage_index + 1,
+        "step": run.steps_done,
+        "attempt": run.attempt,
+        "queue": run.queue,
+        "priority": run.priority,
+        "gpu_busy_fraction": round(run.gpu_busy_fraction, 4),
+        "message": run.message,
+    }
+
+
+def rows_table(rows: Sequence[dict[str, Any]], title: str | None = None) -> Table:
+    table = Table(title=title)
+    for column in rows[0] if rows else ["(none)"]:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*(str(value) if value is not None else "-" for value in row.values()))
+    return table
+
+
+# ---- specs and runs ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate(file: str) -> None:
+    """Check a run spec without storing it."""
+    spec = service.validate(file)
+    click.echo(
+        f"{file}: valid: run {spec.name}, {len(spec.curriculum)} stages, {spec.total_steps} steps, "
+        f"{spec.trainer.gpus} trainer GPUs, {spec.rollout.engines} engines"
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--wait", is_flag=True, help="run the controller embedded until the run finishes")
+@click.option("--backend", envvar="ORCH_BACKEND", default="sim", show_default=True, help="cluster backend")
+@OUTPUT
+@pass_context
+def submit(obj: Context, file: str, wait: bool, backend: str, output: str) -> None:
+    """Store a run spec as a new run (and with --wait, run it to the end)."""
+    spec = service.validate(file)
+    run = service.submit(obj.store, file)
+    if not wait:
+        emit(run_row(run), output, lambda: f"submitted {run.id} ({spec.total_steps} steps)")
+        return
+    run = _run_embedded(obj.store, run, backend, quiet=output != "table")
+    summary = service.report(obj.store, run.id).as_dict()
+    emit(summary, output, lambda: _summary_table(summary))
+    if run.phase.value != "Succeeded":
+        sys.exit(1)
+
+
+def _run_embedded(store: Store, run: Run, backend: str, *, quiet: bool) -> Run:
+    cluster, executor = make_backend(backend)
+    controller = Controller(store, cluster, executor)
+    total = sum(s.planned_steps or 0 for s in store.stages(run.id))
+    started = time.monotonic()
+    finished = threading.Event()
+
+    def done() -> bool:
+        return store.get_run(run.id).phase.terminal
+
+    with _progress(quiet) as progress:
+        task = progress.add_task("starting", total=total)
+        thread = threading.Thread(target=controller.run, kwargs={"until": done, "stop": finished}, daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                current = store.get_run(run.id)
+                progress.update(
+                    task, completed=current.steps_done,
+                    description=f"stage {current.stage_index + 1} · step {current.steps_done}/{total} · "
+                                f"GPU busy {current.gpu_busy_fraction:.0%} · {current.phase.value}",
+                )
+                thread.join(0.2)
+        except KeyboardInterrupt:
+            finished.set()
+            thread.join()
+            raise
+    final = store.get_run(run.id)
+    if not quiet:
+        console.print(f"{final.id}: {final.phase.value} in {time.monotonic() - started:.1f}s wall time")
+    return final
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Progress]:
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=quiet,
+    )
+    with progress:
+        yield progress
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"run {summary['id']}", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    hours = float(summary["simulated_seconds"]) / 3600
+    for label, value in (
+        ("phase", summary["phase"]),
+        ("steps", f"{summary['steps_done']} of {summary['steps_planned']}"),
+        ("stage", f"{summary['stage']} ({summary['stage_name']})"),
+        ("stage changes", summary["stage_changes"]),
+        ("checkpoints", ", ".join(map(str, summary["checkpoints"])) or "-"),
+        ("attempts", summary["attempt"]),
+        ("steps redone after failures", summary["superseded_steps"]),
+        ("GPU busy fraction", f"{float(summary['gpu_busy_fraction']):.1%}"),
+        ("simulated time", f"{summary['simulated_seconds']}s ({hours:.2f} h)"),
+        ("message", summary["message"]),
+    ):
+        table.add_row(label, str(value))
+    return table
+
+
+@main.command("list")
+@OUTPUT
+@pass_context
+def list_runs(obj: Context, output: str) -> None:
+    """List runs."""
+    rows = [run_row(run) for run in obj.store.list_runs()]
+    emit(rows, output, lambda: rows_table(rows))
+
+
+@main.command()
+@click.argument("run")
+@OUTPUT
+@pass_context
+def status(obj: Context, run: str, output: str) -> None:
+    """Show one run: phase, stage, steps, checkpoints, GPU busy fraction."""
+    summary = service.report(obj.store, run).as_dict()
+    emit(summary, output, lambda: _summary_table(summary))
+
+
+def _event_row(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "time": time.strftime("%H:%M:%S", time.localtime(event.at)),
+        "reason": event.reason,
+        "message": event.message,
+    }
+
+
+@main.command()
+@click.argument("run")
+@OUTPUT
+@pass_context
+def events(obj: Context, run: str, output: str) -> None:
+    """Show a run's events, oldest first."""
+    rows = [_event_row(event) for event in service.events(obj.store, run)]
+    emit(rows, output, lambda: rows_table(rows))
+
+
+@main.command()
+@click.argument("run")
+@pass_context
+def cancel(obj: Context, run: str) -> None:
+    """Cancel a run and release its GPUs."""
+    done = service.cancel_run(obj.store, run)
+    click.echo(f"{done.id}: {done.phase.value}")
+
+
+@main.command()
+@click.argument("run")
+@pass_context
+def resume(obj: Context, run: str) -> None:
+    """Resume a Suspended or Failed run from its last checkpoint."""
+    done = service.resume_run(obj.store, run)
+    click.echo(f"{done.id}: {done.phase.value}: {done.message}")
+
+
+@main.command()
+@click.argument("run")
+@click.option("--advance", is_flag=True, help="end the current stage at the next step boundary")
+@OUTPUT
+@pass_context
+def stage(obj: Context, run: str, advance: bool, output: str) -> None:
+    """Show a run's curriculum stages, or advance to the next one."""
+    if advance:
+        done = service.advance_stage(obj.store, run)
+        click.echo(f"{done.id}: {done.message}")
+        return
+    summary = service.report(obj.store, run).as_dict()
+    rows = summary["stages"]
+    emit(rows, output, lambda: rows_table(rows, title=f"{summary['id']}: stage {summary['stage']} current"))
+
+
+# ---- controller and database ------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="run one reconcile pass and exit")
+@click.option("--backend", envvar="ORCH_BACKEND", default="sim", show_default=True, help="cluster backend")
+@click.option("--id", "identity", default=None, help="controller identity for leases (default host-pid)")
+@click.option("--lease-seconds", default=15.0, show_default=True, help="how long a run's lease lasts")
+@click.option("--exit-when-idle", is_flag=True, help="exit once no unfinished run is left")
+@pass_context
+def controller(obj: Context, once: bool, backend: str, identity: str | None, lease_seconds: float,
+               exit_when_idle: bool) -> None:
+    """Run the reconcile loop (Ctrl-C stops it cleanly)."""
+    cluster, executor = make_backend(backend)
+    ctl = Controller(obj.store, cluster, executor, identity=identity, lease_seconds=lease_seconds)
+    if once:
+        report = ctl.reconcile_once()
+        ctl.store.release_leases(ctl.identity)
+        click.echo(f"reconciled {report.runs} run(s), {report.changes} change(s)")
+        return
+    stop = threading.Event()
+    until = (lambda: not obj.store.list_runs(active_only=True)) if exit_when_idle else (lambda: False)
+    try:
+        ctl.run(until=until, stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command()
+@pass_context
+def upgrade(obj: Context) -> None:
+    """Apply migrations up to the newest schema."""
+    store = Store(obj.database_url, migrate=False)
+    revision = store.upgrade()
+    click.echo(f"database at revision {revision}")
+
+
+if __name__ == "__main__":
+    main()
