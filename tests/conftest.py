@@ -47,3 +47,18 @@ def store(db_url: str) -> Iterator[Store]:
 @pytest.fixture
 def quickstart() -> Path:
     return EXAMPLES / "quickstart.yaml"
+
+
+def spec_data(name: str = "quickstart.yaml") -> dict:
+    """An example spec as plain data, for a test to change one field of."""
+    import yaml
+
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+def write_spec(directory: Path, data: dict, filename: str = "run.yaml") -> Path:
+    import yaml
+
+    path = directory / filename
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
