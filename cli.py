@@ -25,7 +25,11 @@ from orchestrator.records import Event, Run
 from orchestrator.state.store import Store
 
 OUTPUT = click.option(
-    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
     help="table for people, json or yaml for machines",
 )
 console = Console()
@@ -151,15 +155,18 @@ def _run_embedded(store: Store, run: Run, backend: str, *, quiet: bool) -> Run:
 
     with _progress(quiet) as progress:
         task = progress.add_task("starting", total=total)
-        thread = threading.Thread(target=controller.run, kwargs={"until": done, "stop": finished}, daemon=True)
+        thread = threading.Thread(
+            target=controller.run, kwargs={"until": done, "stop": finished}, daemon=True
+        )
         thread.start()
         try:
             while thread.is_alive():
                 current = store.get_run(run.id)
                 progress.update(
-                    task, completed=current.steps_done,
+                    task,
+                    completed=current.steps_done,
                     description=f"stage {current.stage_index + 1} · step {current.steps_done}/{total} · "
-                                f"GPU busy {current.gpu_busy_fraction:.0%} · {current.phase.value}",
+                    f"GPU busy {current.gpu_busy_fraction:.0%} · {current.phase.value}",
                 )
                 thread.join(0.2)
         except KeyboardInterrupt:
@@ -175,8 +182,12 @@ def _run_embedded(store: Store, run: Run, backend: str, *, quiet: bool) -> Run:
 @contextmanager
 def _progress(quiet: bool) -> Iterator[Progress]:
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=quiet,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
     )
     with progress:
         yield progress
@@ -285,8 +296,9 @@ def stage(obj: Context, run: str, advance: bool, output: str) -> None:
 @click.option("--lease-seconds", default=15.0, show_default=True, help="how long a run's lease lasts")
 @click.option("--exit-when-idle", is_flag=True, help="exit once no unfinished run is left")
 @pass_context
-def controller(obj: Context, once: bool, backend: str, identity: str | None, lease_seconds: float,
-               exit_when_idle: bool) -> None:
+def controller(
+    obj: Context, once: bool, backend: str, identity: str | None, lease_seconds: float, exit_when_idle: bool
+) -> None:
     """Run the reconcile loop (Ctrl-C stops it cleanly)."""
     cluster, executor = make_backend(backend)
     ctl = Controller(obj.store, cluster, executor, identity=identity, lease_seconds=lease_seconds)

@@ -10,12 +10,12 @@ __all__ = [
     "Checkpoint",
     "Event",
     "NewEvent",
-    "ProblemResult",
-    "RunPatch",
-    "StageUpdate",
     "Phase",
+    "ProblemResult",
     "Run",
+    "RunPatch",
     "Stage",
+    "StageUpdate",
     "Step",
     "Workload",
     "WorkloadStatus",
@@ -192,6 +192,12 @@ class RunPatch:
 
     def __bool__(self) -> bool:
         return bool(
-            self.run or self.stages or self.workloads or self.step or self.checkpoint
-            or self.supersede_steps_after is not None or self.problems or self.events
+            self.run
+            or self.stages
+            or self.workloads
+            or self.step
+            or self.checkpoint
+            or self.supersede_steps_after is not None
+            or self.problems
+            or self.events
         )

@@ -129,7 +129,8 @@ class EntryFilterSpec(_Strict):
         threshold = self.threshold
         if threshold > self.samples:
             raise ValueError(
-                f"drop_if_correct_at_least: {threshold} exceeds samples ({self.samples}); use at most {self.samples}"
+                f"drop_if_correct_at_least: {threshold} exceeds samples ({self.samples}); "
+                f"use at most {self.samples}"
             )
         return self
 
@@ -229,8 +230,15 @@ def _field_path(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
-            path += f".{part}" if path else str(part)
+            # A key a user typed may hold spaces or line breaks: quote it so the message stays one line.
+            name = str(part) if re.fullmatch(r"[\w-]+", str(part)) else repr(str(part))
+            path += f".{name}" if path else name
     return path
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _one_line(error: ValidationError) -> str:
@@ -240,7 +248,11 @@ def _one_line(error: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"{path}: unknown field; remove it or check its spelling"
     if first["type"] == "missing":
-        return f"{path}: required field is missing"
+        return f"{path}: required field is missing; add it"
+    should = re.match(r"^(?:Input|String|List|Dictionary|Value) should (.+)$", message)
+    if path and should:
+        # pydantic says "Input should be greater than 0": name the value the user gave, too.
+        return f"{path}: got {_short(first.get('input'))}; it should {should.group(1)}"
     # Validators on a whole model already name the field inside their message.
     if not path or re.match(r"^[\w.\[\]-]+: ", message):
         return message if not path or message.startswith(path.split(".")[-1]) else f"{path}.{message}"

@@ -22,7 +22,7 @@ def _reset_postgres(url: str) -> None:
         with engine.begin() as connection:
             connection.execute(text("DROP SCHEMA public CASCADE"))
             connection.execute(text("CREATE SCHEMA public"))
-    except Exception as error:  # noqa: BLE001 - turn any connection problem into one clear failure
+    except Exception as error:
         pytest.fail(f"PostgreSQL at {url} is required for the SQL tests ({error}); .ci/run starts it")
     finally:
         engine.dispose()

@@ -24,20 +24,30 @@ EVERY = 3
 
 def start_controller(db_url: str, identity: str, faults: str = "") -> subprocess.Popen[bytes]:
     env = dict(os.environ, ORCH_DATABASE_URL=db_url, ORCH_SIM_FAULTS=faults)
-    command = [sys.executable, str(ROOT / "cli.py"), "controller", "--id", identity, "--lease-seconds", "1",
-               "--exit-when-idle"]
+    command = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "controller",
+        "--id",
+        identity,
+        "--lease-seconds",
+        "1",
+        "--exit-when-idle",
+    ]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def long_spec(tmp_path: Path) -> Path:
     data = spec_data()
-    for stage, steps in zip(data["curriculum"], STAGE_STEPS):
+    for stage, steps in zip(data["curriculum"], STAGE_STEPS, strict=True):
         stage["steps"] = steps
     data["checkpoint"]["every_steps"] = EVERY
     return write_spec(tmp_path, data)
 
 
-def wait_for(store: Store, run_id: str, steps: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_for(
+    store: Store, run_id: str, steps: int, process: subprocess.Popen[bytes], timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if store.get_run(run_id).steps_done >= steps or process.poll() is not None:

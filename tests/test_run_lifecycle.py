@@ -83,7 +83,9 @@ def test_the_quickstart_run_completes_exactly_as_its_spec_says(store: Store, qui
     assert done.sim_seconds > 0
 
 
-def test_stage_advance_mid_run_changes_the_token_limit_from_the_next_step(store: Store, quickstart: Path) -> None:
+def test_stage_advance_mid_run_changes_the_token_limit_from_the_next_step(
+    store: Store, quickstart: Path
+) -> None:
     run = service.submit(store, quickstart)
     controller = make_controller(store)
     drive(controller, run.id, until=lambda r: r.steps_done == 3)
@@ -99,7 +101,11 @@ def test_stage_advance_mid_run_changes_the_token_limit_from_the_next_step(store:
     assert 3 in [c.step for c in store.checkpoints(run.id)], "a stage boundary is always checkpointed"
     reasons = [e.reason for e in store.events(run.id)]
     assert "AdvanceRequested" in reasons
-    requested = [e for e in store.events(run.id) if e.reason == "StageChanged" and e.data["reason"] == "requested by user"]
+    requested = [
+        e
+        for e in store.events(run.id)
+        if e.reason == "StageChanged" and e.data["reason"] == "requested by user"
+    ]
     assert [e.data["after_step"] for e in requested] == [3]
     assert store.get_run(run.id).phase is Phase.SUCCEEDED
 
@@ -124,13 +130,15 @@ def test_a_failed_gang_member_recreates_the_whole_gang_from_the_last_checkpoint(
     every = store.steps(run.id, include_superseded=True)
     assert [(s.step, s.attempt) for s in every if s.superseded] == [(3, 1)]
     assert min(s.step for s in live if s.attempt == 2) == 3, "attempt 2 resumed after the step-2 checkpoint"
-    assert [step for _, attempt, step in trainer.executed if attempt == 2][0] == 3
+    assert next(step for _, attempt, step in trainer.executed if attempt == 2) == 3
     assert Counter(cluster.created).most_common(1)[0][1] == 1, "no workload created twice"
     workloads = store.workloads(run.id)
     assert {w.attempt for w in workloads} == {1, 2}
     assert all(w.env["ORCH_RESUME_STEP"] == "2" for w in workloads if w.role == "trainer" and w.attempt == 2)
     if fault == "node_loss":
-        assert {w.node for w in workloads if w.attempt == 2} == {"sim-node-r1"}, "moved to the replacement node"
+        assert {w.node for w in workloads if w.attempt == 2} == {"sim-node-r1"}, (
+            "moved to the replacement node"
+        )
 
 
 def test_a_gang_one_gpu_short_waits_with_an_event_and_places_nothing(db_url: str, tmp_path: Path) -> None:
@@ -164,7 +172,9 @@ def test_two_controllers_never_act_on_the_same_run(db_url: str, quickstart: Path
         second.reconcile_once()
 
     assert all(first_store.get_run(r).phase is Phase.SUCCEEDED for r in runs)
-    assert first_cluster.created and not second_cluster.created, "the second controller found every run leased"
+    assert first_cluster.created and not second_cluster.created, (
+        "the second controller found every run leased"
+    )
     for run_id in runs:
         assert [s.step for s in first_store.steps(run_id)] == list(range(1, 10))
     first_store.close()
@@ -175,9 +185,11 @@ def test_racing_controllers_split_runs_but_each_run_has_one_owner(db_url: str, q
     stores = [Store(db_url) for _ in range(2)]
     runs = [service.submit(stores[0], quickstart).id for _ in range(4)]
     clusters = [SimCluster(), SimCluster()]
-    controllers = [make_controller(s, c, f"ctl-{i}") for i, (s, c) in enumerate(zip(stores, clusters))]
+    controllers = [make_controller(s, c, f"ctl-{i}") for i, (s, c) in enumerate(zip(stores, clusters, strict=True))]
     finished = lambda: all(stores[0].get_run(r).phase.terminal for r in runs)  # noqa: E731
-    threads = [threading.Thread(target=c.run, kwargs={"until": finished, "idle_wait_s": 0.05}) for c in controllers]
+    threads = [
+        threading.Thread(target=c.run, kwargs={"until": finished, "idle_wait_s": 0.05}) for c in controllers
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -185,7 +197,9 @@ def test_racing_controllers_split_runs_but_each_run_has_one_owner(db_url: str, q
 
     for run_id in runs:
         assert stores[0].get_run(run_id).phase is Phase.SUCCEEDED
-        creators = [i for i, cluster in enumerate(clusters) if any(n.startswith(run_id) for n in cluster.created)]
+        creators = [
+            i for i, cluster in enumerate(clusters) if any(n.startswith(run_id) for n in cluster.created)
+        ]
         assert len(creators) == 1, f"{run_id} was acted on by controllers {creators}"
         assert [s.step for s in stores[0].steps(run_id)] == list(range(1, 10))
     for store in stores:

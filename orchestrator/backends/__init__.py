@@ -21,4 +21,6 @@ def make_backend(name: str | None = None) -> tuple[ClusterBackend, TrainingExecu
 
         cluster = SimCluster.from_env()
         return cluster, SimTrainer(cluster)
-    raise SpecError(f"{BACKEND_ENV}: unknown backend {name!r}; use 'sim' (kube arrives with the Kubernetes backend)")
+    raise SpecError(
+        f"{BACKEND_ENV}: unknown backend {name!r}; use 'sim' (kube arrives with the Kubernetes backend)"
+    )

@@ -66,8 +66,13 @@ class SimCluster:
 
     name = "sim"
 
-    def __init__(self, pools: Mapping[str, PoolSpec] | None = None, *, autoprovision: bool = True,
-                 faults: Iterable[Fault] = ()) -> None:
+    def __init__(
+        self,
+        pools: Mapping[str, PoolSpec] | None = None,
+        *,
+        autoprovision: bool = True,
+        faults: Iterable[Fault] = (),
+    ) -> None:
         self._lock = threading.Condition()
         self._nodes: dict[str, _Node] = {}
         self._pods: dict[str, _Pod] = {}
@@ -105,8 +110,11 @@ class SimCluster:
 
     def list_workloads(self, run_id: str | None = None) -> list[ObservedWorkload]:
         with self._lock:
-            return [self._observed(pod) for pod in self._pods.values()
-                    if run_id is None or pod.workload.run_id == run_id]
+            return [
+                self._observed(pod)
+                for pod in self._pods.values()
+                if run_id is None or pod.workload.run_id == run_id
+            ]
 
     def create_workload(self, workload: Workload) -> bool:
         with self._lock:
@@ -139,13 +147,19 @@ class SimCluster:
 
     def pods_of(self, run_id: str, attempt: int) -> list[Workload]:
         with self._lock:
-            return [p.workload for p in self._pods.values()
-                    if p.workload.run_id == run_id and p.workload.attempt == attempt]
+            return [
+                p.workload
+                for p in self._pods.values()
+                if p.workload.run_id == run_id and p.workload.attempt == attempt
+            ]
 
     def gang_running(self, run_id: str, attempt: int) -> bool:
         with self._lock:
-            pods = [p for p in self._pods.values()
-                    if p.workload.run_id == run_id and p.workload.attempt == attempt]
+            pods = [
+                p
+                for p in self._pods.values()
+                if p.workload.run_id == run_id and p.workload.attempt == attempt
+            ]
             return bool(pods) and all(p.phase == "Running" for p in pods)
 
     def due_fault(self, run_id: str, step: int) -> Fault | None:

@@ -81,16 +81,31 @@ class SimTrainer:
             self._difficulty[key] = [rng.gauss(0.0, 1.5) for _ in range(spec.dataset.problems)]
         return self._difficulty[key]
 
-    def solve_probability(self, spec: RunSpec, step: int):  # noqa: ANN201 - returns a closure
+    def solve_probability(self, spec: RunSpec, step: int):
         skill = -1.0 + 3.5 * min(1.0, step / max(1, spec.total_steps))
         difficulty = self.difficulties(spec)
         return lambda problem: 1.0 / (1.0 + math.exp(difficulty[problem] - skill))
 
-    def _rollouts(self, spec: RunSpec, seed: str, problems: list[int], samples: int, max_tokens: int,
-                  max_turns: int, step: int) -> RolloutPhaseResult:
+    def _rollouts(
+        self,
+        spec: RunSpec,
+        seed: str,
+        problems: list[int],
+        samples: int,
+        max_tokens: int,
+        max_turns: int,
+        step: int,
+    ) -> RolloutPhaseResult:
         rng = random.Random(seed)
-        shapes = sample_rollouts(rng, problems, samples, spec.dataset.prompt_tokens, max_tokens, max_turns,
-                                 self.solve_probability(spec, step))
+        shapes = sample_rollouts(
+            rng,
+            problems,
+            samples,
+            spec.dataset.prompt_tokens,
+            max_tokens,
+            max_turns,
+            self.solve_probability(spec, step),
+        )
         gpu = GPU_TYPES[spec.pools[spec.rollout.pool].gpu_type]
         cost = EngineCost.for_engine(spec.model, gpu, spec.rollout.gpus_per_engine)
         return simulate_rollout_phase(shapes, spec.rollout.engines, cost)
@@ -102,7 +117,9 @@ class SimTrainer:
 
     def _checkpoint_seconds(self, spec: RunSpec) -> float:
         nodes = math.ceil(spec.trainer.gpus / spec.pools[spec.trainer.pool].gpus_per_node)
-        return CHECKPOINT_BYTES_PER_PARAM * spec.model.params_b * 1e9 / (nodes * CHECKPOINT_BYTES_PER_S_PER_NODE)
+        return (
+            CHECKPOINT_BYTES_PER_PARAM * spec.model.params_b * 1e9 / (nodes * CHECKPOINT_BYTES_PER_S_PER_NODE)
+        )
 
     def _held_gpus(self, spec: RunSpec) -> int:
         return spec.trainer.gpus if spec.colocated else spec.trainer.gpus + spec.rollout.gpus
@@ -120,8 +137,15 @@ class SimTrainer:
         rng = random.Random(f"{spec.seed}-prompts-{plan.step}")
         active = [p for p in range(spec.dataset.problems) if p not in plan.dropped_problems]
         problems = rng.sample(active, min(spec.rollout.prompts_per_step, len(active)))
-        phase = self._rollouts(spec, f"{spec.seed}-rollouts-{plan.step}", problems, spec.rollout.samples_per_prompt,
-                               plan.max_response_tokens, plan.max_turns, plan.step)
+        phase = self._rollouts(
+            spec,
+            f"{spec.seed}-rollouts-{plan.step}",
+            problems,
+            spec.rollout.samples_per_prompt,
+            plan.max_response_tokens,
+            plan.max_turns,
+            plan.step,
+        )
         tokens = phase.generated_tokens + phase.rollouts * spec.dataset.prompt_tokens
         train = self._train_seconds(spec, tokens)
         checkpoint = self._checkpoint_seconds(spec) if plan.checkpoint_after else 0.0
@@ -155,14 +179,26 @@ class SimTrainer:
         probability = self.solve_probability(spec, plan.step)
         rng = random.Random(f"{spec.seed}-filter-{plan.stage_index}")
         correct = {
-            problem: sum(rng.random() < probability(problem) for _ in range(plan.samples)) for problem in active
+            problem: sum(rng.random() < probability(problem) for _ in range(plan.samples))
+            for problem in active
         }
         stage = spec.curriculum[plan.stage_index]
         sample = active[: max(1, FILTER_SAMPLE_ROLLOUTS // plan.samples)]
-        phase = self._rollouts(spec, f"{spec.seed}-filter-cost-{plan.stage_index}", sample, plan.samples,
-                               stage.max_response_tokens, stage.max_turns, plan.step)
+        phase = self._rollouts(
+            spec,
+            f"{spec.seed}-filter-cost-{plan.stage_index}",
+            sample,
+            plan.samples,
+            stage.max_response_tokens,
+            stage.max_turns,
+            plan.step,
+        )
         scale = len(active) / len(sample)
         seconds = phase.seconds * scale
         busy = sum(phase.engine_busy_seconds) * spec.rollout.gpus_per_engine * scale
-        return FilterOutcome(correct=correct, seconds=seconds, gpu_busy_seconds=busy,
-                             gpu_held_seconds=self._held_gpus(spec) * seconds)
+        return FilterOutcome(
+            correct=correct,
+            seconds=seconds,
+            gpu_busy_seconds=busy,
+            gpu_held_seconds=self._held_gpus(spec) * seconds,
+        )

@@ -48,7 +48,9 @@ def resume(run: Run, workloads: Sequence[Workload], last_checkpoint: int) -> Run
         },
         workloads=_released(workloads, "run resumed"),
         supersede_steps_after=last_checkpoint,
-        events=(NewEvent("ResumeRequested", message, {"from": run.phase.value, "resume_step": last_checkpoint}),),
+        events=(
+            NewEvent("ResumeRequested", message, {"from": run.phase.value, "resume_step": last_checkpoint}),
+        ),
     )
 
 

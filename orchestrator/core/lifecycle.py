@@ -35,6 +35,7 @@ def check_transition(current: Phase, target: Phase) -> Phase:
     if target not in ALLOWED[current]:
         options = ", ".join(sorted(phase.value for phase in ALLOWED[current])) or "none: it is final"
         raise IllegalTransition(
-            f"illegal transition {current.value} → {target.value}; from {current.value} a run may go to {options}"
+            f"illegal transition {current.value} → {target.value}; "
+            f"from {current.value} a run may go to {options}"
         )
     return target

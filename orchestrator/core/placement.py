@@ -67,7 +67,10 @@ def place_all(
 
 
 def _why_not(
-    member: MemberRequest, members: Sequence[MemberRequest], nodes: Sequence[NodeView], used: Mapping[str, int]
+    member: MemberRequest,
+    members: Sequence[MemberRequest],
+    nodes: Sequence[NodeView],
+    used: Mapping[str, int],
 ) -> str:
     pool_nodes = [node for node in nodes if node.pool == member.pool]
     if not pool_nodes:
@@ -77,5 +80,6 @@ def _why_not(
     wanted = sum(m.gpus for m in members if m.pool == member.pool and m.same_node_as is None)
     return (
         f"pool {member.pool!r} has {free} of {sum(n.gpus for n in pool_nodes)} GPUs free on "
-        f"{len(ready)} ready node(s); the gang needs {wanted} (member {member.key} needs {member.gpus} on one node)"
+        f"{len(ready)} ready node(s); the gang needs {wanted} "
+        f"(member {member.key} needs {member.gpus} on one node)"
     )

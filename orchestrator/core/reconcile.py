@@ -76,14 +76,22 @@ def desired_members(spec: RunSpec, run_id: str, attempt: int) -> list[MemberRequ
     for rank in range(count):
         gpus = min(pool.gpus_per_node, remaining)
         remaining -= gpus
-        members.append(MemberRequest(
-            workload_name(run_id, TRAINER, rank, attempt), spec.trainer.pool, gpus, role=TRAINER, index=rank
-        ))
+        members.append(
+            MemberRequest(
+                workload_name(run_id, TRAINER, rank, attempt),
+                spec.trainer.pool,
+                gpus,
+                role=TRAINER,
+                index=rank,
+            )
+        )
     for index in range(spec.rollout.engines):
         name = workload_name(run_id, ENGINE, index, attempt)
         if spec.colocated:
             host = members[index * count // spec.rollout.engines].key
-            members.append(MemberRequest(name, spec.rollout.pool, 0, same_node_as=host, role=ENGINE, index=index))
+            members.append(
+                MemberRequest(name, spec.rollout.pool, 0, same_node_as=host, role=ENGINE, index=index)
+            )
         else:
             members.append(
                 MemberRequest(name, spec.rollout.pool, spec.rollout.gpus_per_engine, role=ENGINE, index=index)
@@ -144,9 +152,15 @@ def decide(snapshot: RunSnapshot) -> Decision:
         released = _release(snapshot, only_stale=False)
         if released:
             return Decision(
-                _patch(snapshot, workloads=released, events=(
-                    NewEvent("Released", f"released {len(released)} workload(s) of a {run.phase.value} run"),
-                ))
+                _patch(
+                    snapshot,
+                    workloads=released,
+                    events=(
+                        NewEvent(
+                            "Released", f"released {len(released)} workload(s) of a {run.phase.value} run"
+                        ),
+                    ),
+                )
             )
         return Decision()
 
@@ -160,15 +174,22 @@ def decide(snapshot: RunSnapshot) -> Decision:
         return Decision(_patch(snapshot, workloads=stale))
 
     starting = [
-        w for w in snapshot.current_workloads
+        w
+        for w in snapshot.current_workloads
         if w.status is WorkloadStatus.PENDING
-        and (seen := snapshot.observed.get(w.name)) is not None and seen.phase == "Running"
+        and (seen := snapshot.observed.get(w.name)) is not None
+        and seen.phase == "Running"
     ]
-    waiting = [w for w in snapshot.current_workloads if (seen := snapshot.observed.get(w.name)) is None
-               or seen.phase != "Running"]
+    waiting = [
+        w
+        for w in snapshot.current_workloads
+        if (seen := snapshot.observed.get(w.name)) is None or seen.phase != "Running"
+    ]
     if starting or waiting:
         running = tuple(
-            Workload(**{**w.__dict__, "status": WorkloadStatus.RUNNING, "node": snapshot.observed[w.name].node})
+            Workload(
+                **{**w.__dict__, "status": WorkloadStatus.RUNNING, "node": snapshot.observed[w.name].node}
+            )
             for w in starting
         )
         return Decision(_patch(snapshot, workloads=running) if running else None)
@@ -177,10 +198,17 @@ def decide(snapshot: RunSnapshot) -> Decision:
         check_transition(run.phase, Phase.RUNNING)
         how = "started" if run.phase is Phase.ADMITTED else f"resumed from step {snapshot.last_checkpoint}"
         message = f"attempt {run.attempt}: {how}, stage {run.stage_index + 1}"
-        return Decision(_patch(
-            snapshot, run={"phase": Phase.RUNNING.value, "message": message},
-            events=(NewEvent("Running", message, {"attempt": run.attempt, "resume_step": snapshot.last_checkpoint}),),
-        ))
+        return Decision(
+            _patch(
+                snapshot,
+                run={"phase": Phase.RUNNING.value, "message": message},
+                events=(
+                    NewEvent(
+                        "Running", message, {"attempt": run.attempt, "resume_step": snapshot.last_checkpoint}
+                    ),
+                ),
+            )
+        )
     return _next_work(snapshot)
 
 
@@ -194,8 +222,11 @@ def _gang_failure(
     reasons = "; ".join(f"{w.name}: {reason}" for w, reason in failures)
     failed_names = {w.name for w, _ in failures}
     torn_down = tuple(
-        _with_status(w, WorkloadStatus.FAILED if w.name in failed_names else WorkloadStatus.DELETED,
-                     dict((f.name, r) for f, r in failures).get(w.name, "gang torn down"))
+        _with_status(
+            w,
+            WorkloadStatus.FAILED if w.name in failed_names else WorkloadStatus.DELETED,
+            dict((f.name, r) for f, r in failures).get(w.name, "gang torn down"),
+        )
         for w in snapshot.current_workloads
     )
     resume = snapshot.last_checkpoint
@@ -215,8 +246,13 @@ def _gang_failure(
         },
         workloads=stale + torn_down,
         supersede_steps_after=resume,
-        events=(NewEvent("GangFailed", message, {"failed": sorted(failed_names), "resume_step": resume,
-                                                 "lost_steps": lost}),),
+        events=(
+            NewEvent(
+                "GangFailed",
+                message,
+                {"failed": sorted(failed_names), "resume_step": resume, "lost_steps": lost},
+            ),
+        ),
     )
 
 
@@ -238,60 +274,97 @@ def _place(snapshot: RunSnapshot, stale: tuple[Workload, ...]) -> RunPatch | Non
         env = _env(snapshot, role, index, attempt, trainers)
         if member.same_node_as:
             env["ORCH_COLOCATED_WITH"] = member.same_node_as
-        workloads.append(Workload(
-            name=member.key, run_id=run.id, role=role, index=index, attempt=attempt, pool=member.pool,
-            node=placement.nodes[member.key], gpus=member.gpus, status=WorkloadStatus.PENDING, env=env,
-        ))
+        workloads.append(
+            Workload(
+                name=member.key,
+                run_id=run.id,
+                role=role,
+                index=index,
+                attempt=attempt,
+                pool=member.pool,
+                node=placement.nodes[member.key],
+                gpus=member.gpus,
+                status=WorkloadStatus.PENDING,
+                env=env,
+            )
+        )
     fields: dict[str, object] = {"attempt": attempt, "message": f"placing attempt {attempt}"}
     if run.phase is Phase.PENDING:
         fields["phase"] = check_transition(run.phase, Phase.ADMITTED).value
     nodes = sorted(set(placement.nodes.values()))
     message = f"attempt {attempt}: placed {len(members)} workload(s) on {', '.join(nodes)}"
-    return _patch(snapshot, run=fields, workloads=stale + tuple(workloads),
-                  events=(NewEvent("Placed", message, {"attempt": attempt, "nodes": nodes}),))
+    return _patch(
+        snapshot,
+        run=fields,
+        workloads=stale + tuple(workloads),
+        events=(NewEvent("Placed", message, {"attempt": attempt, "nodes": nodes}),),
+    )
 
 
 def _next_work(snapshot: RunSnapshot) -> Decision:
     run, spec, stage = snapshot.run, snapshot.spec, snapshot.stage
     if run.advance_requested:
         if snapshot.last_checkpoint < run.steps_done:
-            return Decision(work=CheckpointPlan(run.id, run.steps_done, run.attempt,
-                                                checkpoint_uri(spec, run.steps_done)))
+            return Decision(
+                work=CheckpointPlan(run.id, run.steps_done, run.attempt, checkpoint_uri(spec, run.steps_done))
+            )
         return Decision(_advance(snapshot, reason="requested by user"))
     entry_filter = spec.curriculum[stage.index].entry_filter
     if entry_filter is not None and stage.problems_kept is None:
-        return Decision(work=FilterPlan(
-            run.id, stage.index, run.attempt, run.steps_done, entry_filter.samples, entry_filter.threshold,
-            snapshot.dropped_problems,
-        ))
+        return Decision(
+            work=FilterPlan(
+                run.id,
+                stage.index,
+                run.attempt,
+                run.steps_done,
+                entry_filter.samples,
+                entry_filter.threshold,
+                snapshot.dropped_problems,
+            )
+        )
     step = run.steps_done + 1
     ends = stage_ends_at(stage, step)
-    return Decision(work=StepPlan(
-        run_id=run.id, step=step, stage_index=stage.index, attempt=run.attempt,
-        max_response_tokens=stage.max_response_tokens, max_turns=stage.max_turns,
-        checkpoint_after=checkpoint_due(step, spec.checkpoint.every_steps, ends),
-        checkpoint_uri=checkpoint_uri(spec, step), dropped_problems=snapshot.dropped_problems,
-    ))
+    return Decision(
+        work=StepPlan(
+            run_id=run.id,
+            step=step,
+            stage_index=stage.index,
+            attempt=run.attempt,
+            max_response_tokens=stage.max_response_tokens,
+            max_turns=stage.max_turns,
+            checkpoint_after=checkpoint_due(step, spec.checkpoint.every_steps, ends),
+            checkpoint_uri=checkpoint_uri(spec, step),
+            dropped_problems=snapshot.dropped_problems,
+        )
+    )
 
 
-def _advance(snapshot: RunSnapshot, reason: str, fields: dict[str, object] | None = None,
-             events: tuple[NewEvent, ...] = ()) -> RunPatch:
+def _advance(
+    snapshot: RunSnapshot,
+    reason: str,
+    fields: dict[str, object] | None = None,
+    events: tuple[NewEvent, ...] = (),
+) -> RunPatch:
     """End the current stage after ``steps_done`` and start the next one, or finish the run."""
     run, stage = snapshot.run, snapshot.stage
     at = int(fields["steps_done"]) if fields and "steps_done" in fields else run.steps_done
     fields = dict(fields or {}, advance_requested=False)
     updates = [StageUpdate(stage.index, {"end_step": at})]
     if stage.index + 1 >= len(snapshot.stages):
-        fields |= {"phase": check_transition(run.phase, Phase.SUCCEEDED).value,
-                   "message": f"finished all {len(snapshot.stages)} stages after {at} steps"}
+        fields |= {
+            "phase": check_transition(run.phase, Phase.SUCCEEDED).value,
+            "message": f"finished all {len(snapshot.stages)} stages after {at} steps",
+        }
         new = NewEvent("Succeeded", str(fields["message"]), {"steps": at})
         released = _release(snapshot, only_stale=False)
     else:
         released = ()
         following = snapshot.stages[stage.index + 1]
         updates.append(StageUpdate(following.index, {"start_after_step": at}))
-        fields |= {"stage_index": following.index,
-                   "message": f"stage {following.index + 1} ({following.name}) from step {at + 1}"}
+        fields |= {
+            "stage_index": following.index,
+            "message": f"stage {following.index + 1} ({following.name}) from step {at + 1}",
+        }
         new = NewEvent(
             "StageChanged",
             f"{stage.name} → {following.name} after step {at} ({reason}): max_response_tokens "
@@ -321,24 +394,39 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
         "message": f"step {plan.step} done in stage {plan.stage_index + 1}",
     }
     step = Step(
-        run_id=run.id, step=plan.step, stage_index=plan.stage_index, attempt=plan.attempt,
-        max_response_tokens=plan.max_response_tokens, max_turns=plan.max_turns, rollouts=outcome.rollouts,
-        generated_tokens=outcome.generated_tokens, rollout_seconds=outcome.rollout_seconds,
-        train_seconds=outcome.train_seconds, preemptions=outcome.preemptions, correct=outcome.correct,
+        run_id=run.id,
+        step=plan.step,
+        stage_index=plan.stage_index,
+        attempt=plan.attempt,
+        max_response_tokens=plan.max_response_tokens,
+        max_turns=plan.max_turns,
+        rollouts=outcome.rollouts,
+        generated_tokens=outcome.generated_tokens,
+        rollout_seconds=outcome.rollout_seconds,
+        train_seconds=outcome.train_seconds,
+        preemptions=outcome.preemptions,
+        correct=outcome.correct,
         superseded=False,
     )
-    events = [NewEvent(
-        "StepCompleted",
-        f"step {plan.step}: {outcome.rollouts} rollouts, {outcome.generated_tokens} tokens at "
-        f"{plan.max_response_tokens} max, rollout {outcome.rollout_seconds:.1f}s + train "
-        f"{outcome.train_seconds:.1f}s simulated, {outcome.preemptions} preemption(s)",
-        {"step": plan.step, "attempt": plan.attempt},
-    )]
+    events = [
+        NewEvent(
+            "StepCompleted",
+            f"step {plan.step}: {outcome.rollouts} rollouts, {outcome.generated_tokens} tokens at "
+            f"{plan.max_response_tokens} max, rollout {outcome.rollout_seconds:.1f}s + train "
+            f"{outcome.train_seconds:.1f}s simulated, {outcome.preemptions} preemption(s)",
+            {"step": plan.step, "attempt": plan.attempt},
+        )
+    ]
     checkpoint = None
     if plan.checkpoint_after:
         checkpoint = Checkpoint(run.id, plan.step, plan.checkpoint_uri, sim_seconds)
-        events.append(NewEvent("CheckpointSaved", f"checkpoint at step {plan.step}: {plan.checkpoint_uri}",
-                               {"step": plan.step}))
+        events.append(
+            NewEvent(
+                "CheckpointSaved",
+                f"checkpoint at step {plan.step}: {plan.checkpoint_uri}",
+                {"step": plan.step},
+            )
+        )
     if stage_ends_at(snapshot.stage, plan.step):
         patch = _advance(snapshot, "planned steps done", fields, tuple(events))
         return RunPatch(**{**patch.__dict__, "step": step, "checkpoint": checkpoint})
@@ -351,8 +439,9 @@ def record_checkpoint(snapshot: RunSnapshot, plan: CheckpointPlan, seconds: floa
     if _stale(snapshot, plan.attempt, plan.step):
         return None
     sim_seconds = run.sim_seconds + seconds
-    event = NewEvent("CheckpointSaved", f"checkpoint at step {plan.step}: {plan.checkpoint_uri}",
-                     {"step": plan.step})
+    event = NewEvent(
+        "CheckpointSaved", f"checkpoint at step {plan.step}: {plan.checkpoint_uri}", {"step": plan.step}
+    )
     patch = _advance(snapshot, "requested by user", {"sim_seconds": sim_seconds}, (event,))
     checkpoint = Checkpoint(run.id, plan.step, plan.checkpoint_uri, sim_seconds)
     return RunPatch(**{**patch.__dict__, "checkpoint": checkpoint})

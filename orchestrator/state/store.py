@@ -182,7 +182,9 @@ class Store:
     def _add_events(session: Session, run_id: str | None, events: Sequence[NewEvent]) -> None:
         now = time.time()
         for new in events:
-            session.add(EventRow(run_id=run_id, at=now, reason=new.reason, message=new.message, data=new.data))
+            session.add(
+                EventRow(run_id=run_id, at=now, reason=new.reason, message=new.message, data=new.data)
+            )
 
     # ---- runs -------------------------------------------------------------------------------
 
@@ -373,7 +375,9 @@ class Store:
     def release_leases(self, owner: str) -> None:
         with self._transaction() as session:
             session.execute(
-                update(RunRow).where(RunRow.lease_owner == owner).values(lease_owner=None, lease_expires_at=0.0)
+                update(RunRow)
+                .where(RunRow.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=0.0)
             )
 
     def holds_lease(self, run_id: str, owner: str) -> bool:
@@ -409,7 +413,9 @@ class Store:
             rows = session.scalars(
                 select(CheckpointRow).where(CheckpointRow.run_id == run_id).order_by(CheckpointRow.step)
             )
-            return [Checkpoint(run_id=r.run_id, step=r.step, uri=r.uri, sim_seconds=r.sim_seconds) for r in rows]
+            return [
+                Checkpoint(run_id=r.run_id, step=r.step, uri=r.uri, sim_seconds=r.sim_seconds) for r in rows
+            ]
 
     def dropped_problems(self, run_id: str) -> frozenset[int]:
         with self._sessions() as session:
@@ -420,13 +426,18 @@ class Store:
 
     def problem_count(self, run_id: str, stage_index: int) -> int:
         with self._sessions() as session:
-            return session.scalar(
-                select(func.count()).where(
-                    and_(ProblemRow.run_id == run_id, ProblemRow.stage_index == stage_index)
+            return (
+                session.scalar(
+                    select(func.count()).where(
+                        and_(ProblemRow.run_id == run_id, ProblemRow.stage_index == stage_index)
+                    )
                 )
-            ) or 0
+                or 0
+            )
 
-    def events(self, run_id: str | None = None, *, after_id: int = 0, limit: int | None = None) -> list[Event]:
+    def events(
+        self, run_id: str | None = None, *, after_id: int = 0, limit: int | None = None
+    ) -> list[Event]:
         with self._sessions() as session:
             query = select(EventRow).where(EventRow.id > after_id).order_by(EventRow.id)
             if run_id is not None:
@@ -434,7 +445,9 @@ class Store:
             if limit is not None:
                 query = query.limit(limit)
             return [
-                Event(id=r.id, run_id=r.run_id, at=r.at, reason=r.reason, message=r.message, data=dict(r.data))
+                Event(
+                    id=r.id, run_id=r.run_id, at=r.at, reason=r.reason, message=r.message, data=dict(r.data)
+                )
                 for r in session.scalars(query)
             ]
 
@@ -451,4 +464,3 @@ class Store:
         with self._transaction() as session:
             for model in (EventRow, ProblemRow, CheckpointRow, StepRow, WorkloadRow, StageRow, RunRow):
                 session.execute(delete(model))
-
