@@ -185,7 +185,7 @@ def test_racing_controllers_split_runs_but_each_run_has_one_owner(db_url: str, q
     stores = [Store(db_url) for _ in range(2)]
     runs = [service.submit(stores[0], quickstart).id for _ in range(4)]
     clusters = [SimCluster(), SimCluster()]
-    controllers = [make_controller(s, c, f"ctl-{i}") for i, (s, c) in enumerate(zip(stores, clusters, strict=True))]
+    controllers = [make_controller(stores[i], clusters[i], f"ctl-{i}") for i in range(2)]
     finished = lambda: all(stores[0].get_run(r).phase.terminal for r in runs)  # noqa: E731
     threads = [
         threading.Thread(target=c.run, kwargs={"until": finished, "idle_wait_s": 0.05}) for c in controllers
