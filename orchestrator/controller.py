@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.backends.base import ClusterBackend, ExecutionInterrupted, TrainingExecutor
+from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.core.reconcile import cluster_diff, decide, record_checkpoint, record_filter, record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan, Work
@@ -91,7 +92,7 @@ class Controller:
             observed=observed,
             nodes=tuple(self.cluster.list_nodes()),
             used_by_others=dict(used),
-            last_checkpoint=max((c.step for c in checkpoints if c.step <= run.steps_done), default=0),
+            last_checkpoint=last_checkpoint((c.step for c in checkpoints), run.steps_done),
             dropped_problems=self.store.dropped_problems(run_id),
         )
 

@@ -165,6 +165,7 @@ class StageUpdate:
 
 @dataclass(frozen=True)
 class ProblemResult:
+    stage_index: int
     problem_id: int
     samples: int
     correct: int

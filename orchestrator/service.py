@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.core import commands
+from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.records import Checkpoint, Event, Run, Stage, Step, Workload
 from orchestrator.spec import RunSpec, load_spec
 from orchestrator.state.store import Store
@@ -109,7 +110,7 @@ def cancel_run(store: Store, ref: str) -> Run:
 
 def resume_run(store: Store, ref: str) -> Run:
     run = store.get_run(ref)
-    last = max((c.step for c in store.checkpoints(run.id) if c.step <= run.steps_done), default=0)
+    last = last_checkpoint((c.step for c in store.checkpoints(run.id)), run.steps_done)
     return store.apply(commands.resume(run, store.workloads(run.id), last))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from orchestrator.core.lifecycle import check_transition
 from orchestrator.errors import IllegalTransition
@@ -12,11 +13,7 @@ __all__ = ["cancel", "request_advance", "resume"]
 
 
 def _released(workloads: Sequence[Workload], reason: str) -> tuple[Workload, ...]:
-    return tuple(
-        Workload(**{**w.__dict__, "status": WorkloadStatus.DELETED, "reason": reason})
-        for w in workloads
-        if w.status.live
-    )
+    return tuple(replace(w, status=WorkloadStatus.DELETED, reason=reason) for w in workloads if w.status.live)
 
 
 def cancel(run: Run, workloads: Sequence[Workload]) -> RunPatch:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from orchestrator.records import Stage
 
-__all__ = ["checkpoint_due", "split_by_filter", "stage_ends_at", "steps_in_stage"]
+__all__ = ["checkpoint_due", "last_checkpoint", "split_by_filter", "stage_ends_at", "steps_in_stage"]
 
 
 def steps_in_stage(stage: Stage, steps_done: int) -> int:
@@ -32,3 +32,8 @@ def split_by_filter(
     kept = [problem for problem in active if correct.get(problem, 0) < threshold]
     dropped = [problem for problem in active if correct.get(problem, 0) >= threshold]
     return kept, dropped
+
+
+def last_checkpoint(checkpoint_steps: Iterable[int], steps_done: int) -> int:
+    """The step a restarted trainer resumes from: the newest checkpoint not past ``steps_done`` (0: none)."""
+    return max((step for step in checkpoint_steps if step <= steps_done), default=0)

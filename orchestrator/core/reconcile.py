@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.core.curriculum import checkpoint_due, split_by_filter, stage_ends_at
 from orchestrator.core.lifecycle import check_transition
@@ -126,7 +126,7 @@ def _release(snapshot: RunSnapshot, only_stale: bool) -> tuple[Workload, ...]:
 
 
 def _with_status(workload: Workload, status: WorkloadStatus, reason: str) -> Workload:
-    return Workload(**{**workload.__dict__, "status": status, "reason": reason})
+    return replace(workload, status=status, reason=reason)
 
 
 def _patch(snapshot: RunSnapshot, **fields: object) -> RunPatch:
@@ -187,10 +187,7 @@ def decide(snapshot: RunSnapshot) -> Decision:
     ]
     if starting or waiting:
         running = tuple(
-            Workload(
-                **{**w.__dict__, "status": WorkloadStatus.RUNNING, "node": snapshot.observed[w.name].node}
-            )
-            for w in starting
+            replace(w, status=WorkloadStatus.RUNNING, node=snapshot.observed[w.name].node) for w in starting
         )
         return Decision(_patch(snapshot, workloads=running) if running else None)
 
@@ -220,12 +217,13 @@ def _gang_failure(
     if run.phase is not Phase.RESUMING:
         check_transition(run.phase, target)
     reasons = "; ".join(f"{w.name}: {reason}" for w, reason in failures)
-    failed_names = {w.name for w, _ in failures}
+    reasons_by_name = {w.name: reason for w, reason in failures}
+    failed_names = set(reasons_by_name)
     torn_down = tuple(
         _with_status(
             w,
             WorkloadStatus.FAILED if w.name in failed_names else WorkloadStatus.DELETED,
-            dict((f.name, r) for f, r in failures).get(w.name, "gang torn down"),
+            reasons_by_name.get(w.name, "gang torn down"),
         )
         for w in snapshot.current_workloads
     )
@@ -429,7 +427,7 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
         )
     if stage_ends_at(snapshot.stage, plan.step):
         patch = _advance(snapshot, "planned steps done", fields, tuple(events))
-        return RunPatch(**{**patch.__dict__, "step": step, "checkpoint": checkpoint})
+        return replace(patch, step=step, checkpoint=checkpoint)
     return _patch(snapshot, run=fields, step=step, checkpoint=checkpoint, events=tuple(events))
 
 
@@ -444,7 +442,7 @@ def record_checkpoint(snapshot: RunSnapshot, plan: CheckpointPlan, seconds: floa
     )
     patch = _advance(snapshot, "requested by user", {"sim_seconds": sim_seconds}, (event,))
     checkpoint = Checkpoint(run.id, plan.step, plan.checkpoint_uri, sim_seconds)
-    return RunPatch(**{**patch.__dict__, "checkpoint": checkpoint})
+    return replace(patch, checkpoint=checkpoint)
 
 
 def record_filter(snapshot: RunSnapshot, plan: FilterPlan, outcome: FilterOutcome) -> RunPatch | None:
@@ -456,7 +454,9 @@ def record_filter(snapshot: RunSnapshot, plan: FilterPlan, outcome: FilterOutcom
     kept, dropped = split_by_filter(outcome.correct, plan.threshold, active)
     dropped_set = set(dropped)
     problems = tuple(
-        ProblemResult(problem, plan.samples, outcome.correct.get(problem, 0), problem in dropped_set)
+        ProblemResult(
+            plan.stage_index, problem, plan.samples, outcome.correct.get(problem, 0), problem in dropped_set
+        )
         for problem in active
     )
     stage = snapshot.stage
@@ -467,7 +467,6 @@ def record_filter(snapshot: RunSnapshot, plan: FilterPlan, outcome: FilterOutcom
     return _patch(
         snapshot,
         run={
-            "stage_index": stage.index,
             "sim_seconds": run.sim_seconds + outcome.seconds,
             "gpu_busy_seconds": run.gpu_busy_seconds + outcome.gpu_busy_seconds,
             "gpu_held_seconds": run.gpu_held_seconds + outcome.gpu_held_seconds,

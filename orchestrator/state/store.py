@@ -310,7 +310,7 @@ class Store:
                 session.execute(
                     insert(ProblemRow),
                     [
-                        dict(asdict(problem), run_id=patch.run_id, stage_index=patch.run["stage_index"])
+                        dict(asdict(problem), run_id=patch.run_id)
                         for problem in patch.problems
                     ],
                 )
