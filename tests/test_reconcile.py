@@ -1,0 +1,144 @@
+"""The pure decisions of a reconcile pass, on hand-built snapshots: no database, no cluster."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from orchestrator.core.placement import NodeView
+from orchestrator.core.reconcile import cluster_diff, decide, record_step
+from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
+from orchestrator.core.work import StepOutcome, StepPlan
+from orchestrator.records import Phase, Run, Stage, Workload, WorkloadStatus
+from orchestrator.spec import parse_spec
+from tests.conftest import spec_data
+
+SPEC = parse_spec(spec_data())
+
+
+def make_run(**changes: object) -> Run:
+    run = Run(
+        id="qs-1",
+        name="quickstart",
+        spec=SPEC.model_dump(mode="json"),
+        phase=Phase.PENDING,
+        stage_index=0,
+        steps_done=0,
+        attempt=0,
+        resume_step=0,
+        advance_requested=False,
+        sim_seconds=0.0,
+        gpu_busy_seconds=0.0,
+        gpu_held_seconds=0.0,
+        message="",
+        version=1,
+        queue="default",
+        priority=0,
+        created_at=0.0,
+        updated_at=0.0,
+    )
+    return replace(run, **changes)
+
+
+def make_stages() -> tuple[Stage, ...]:
+    return tuple(
+        Stage(
+            "qs-1",
+            i,
+            f"stage-{i + 1}",
+            s.max_response_tokens,
+            s.max_turns,
+            s.steps,
+            0 if i == 0 else None,
+            None,
+        )
+        for i, s in enumerate(SPEC.curriculum)
+    )
+
+
+def make_snapshot(
+    run: Run, *, nodes: int = 1, workloads: tuple[Workload, ...] = (), observed=(), **more
+) -> RunSnapshot:
+    return RunSnapshot(
+        run=run,
+        spec=SPEC,
+        stages=make_stages(),
+        workloads=workloads,
+        observed={w.name: w for w in observed},
+        nodes=tuple(NodeView(f"n{i}", "node", 8) for i in range(nodes)),
+        **more,
+    )
+
+
+def placed(run: Run) -> tuple[Workload, ...]:
+    patch = decide(make_snapshot(run)).patch
+    assert patch is not None
+    return patch.workloads
+
+
+def running(workloads: tuple[Workload, ...]) -> tuple[Workload, ...]:
+    return tuple(replace(w, status=WorkloadStatus.RUNNING) for w in workloads)
+
+
+def seen(workloads: tuple[Workload, ...], phase: str = "Running") -> list[ObservedWorkload]:
+    return [ObservedWorkload(w.name, w.run_id, w.node, phase) for w in workloads]
+
+
+def test_a_pending_run_that_fits_is_admitted_with_its_whole_gang_recorded() -> None:
+    decision = decide(make_snapshot(make_run()))
+    assert decision.patch is not None and decision.work is None
+    assert decision.patch.run["phase"] == "Admitted"
+    roles = sorted((w.role, w.index) for w in decision.patch.workloads)
+    assert roles == [("engine", i) for i in range(8)] + [("trainer", 0)]
+    assert {w.status for w in decision.patch.workloads} == {WorkloadStatus.PENDING}
+    assert {w.name for w in decision.patch.workloads} >= {"qs-1-trainer-0-a1", "qs-1-engine-7-a1"}
+
+
+def test_a_run_that_does_not_fit_says_why_once() -> None:
+    first = decide(make_snapshot(make_run(), used_by_others={"n0": 1})).patch
+    assert first is not None and first.workloads == ()
+    [event] = first.events
+    assert event.reason == "Unschedulable" and "7 of 8 GPUs free" in event.message
+    again = decide(make_snapshot(make_run(message=first.run["message"]), used_by_others={"n0": 1}))
+    assert again.patch is None, "the same reason is not recorded twice"
+
+
+def test_a_running_gang_asks_for_the_next_step_at_the_stage_limits() -> None:
+    workloads = running(placed(make_run()))
+    run = make_run(phase=Phase.RUNNING, attempt=1, steps_done=3)
+    work = decide(make_snapshot(run, workloads=workloads, observed=seen(workloads))).work
+    assert isinstance(work, StepPlan)
+    assert (work.step, work.max_response_tokens, work.max_turns) == (4, 8192, 10)
+    assert work.checkpoint_after, "step 4 ends stage 1, and stage boundaries are checkpointed"
+
+
+def test_a_member_that_vanished_fails_the_gang_back_to_the_last_checkpoint() -> None:
+    workloads = running(placed(make_run()))
+    run = make_run(phase=Phase.RUNNING, attempt=1, steps_done=3)
+    patch = decide(
+        make_snapshot(run, workloads=workloads, observed=seen(workloads[1:]), last_checkpoint=2)
+    ).patch
+    assert patch is not None
+    assert patch.run["phase"] == "Resuming" and patch.run["attempt"] == 2 and patch.run["steps_done"] == 2
+    assert patch.supersede_steps_after == 2
+    assert {w.status for w in patch.workloads} == {WorkloadStatus.FAILED, WorkloadStatus.DELETED}
+    assert patch.events[0].reason == "GangFailed" and "Lost" in patch.events[0].message
+
+
+def test_an_outcome_for_a_run_that_moved_on_is_dropped() -> None:
+    workloads = running(placed(make_run()))
+    run = make_run(phase=Phase.RUNNING, attempt=2, steps_done=2)
+    plan = StepPlan("qs-1", 3, 0, 1, 8192, 10, False, "file:///c/step-3")
+    outcome = StepOutcome(1, 1, 1.0, 1.0, 0.0, 0, 0, 1.0, 1.0)
+    assert record_step(make_snapshot(run, workloads=workloads), plan, outcome) is None
+
+
+def test_the_cluster_gets_recorded_workloads_it_lacks_and_loses_released_ones() -> None:
+    workloads = placed(make_run())
+    released = replace(workloads[0], status=WorkloadStatus.DELETED)
+    creates, deletes = cluster_diff((released, *workloads[1:]), seen(workloads[:1]))
+    assert [w.name for w in creates] == [w.name for w in workloads[1:]]
+    assert deletes == [workloads[0].name]
+    lost_running = running(workloads[1:2])
+    assert cluster_diff(lost_running, [])[0] == [], (
+        "a Running workload that vanished is a failure, not a create"
+    )
