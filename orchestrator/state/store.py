@@ -7,9 +7,9 @@ import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
 from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, or_, select, update
@@ -81,76 +81,29 @@ def _make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+R = TypeVar("R")
+
+
+def _record(record_type: type[R], row: object, **converted: object) -> R:
+    """Copy a row's columns into the frozen record of the same field names."""
+    values = {f.name: getattr(row, f.name) for f in fields(record_type) if f.name not in converted}  # type: ignore[arg-type]
+    return record_type(**values, **converted)
+
+
 def _run(row: RunRow) -> Run:
-    return Run(
-        id=row.id,
-        name=row.name,
-        spec=row.spec,
-        phase=Phase(row.phase),
-        stage_index=row.stage_index,
-        steps_done=row.steps_done,
-        attempt=row.attempt,
-        resume_step=row.resume_step,
-        advance_requested=row.advance_requested,
-        sim_seconds=row.sim_seconds,
-        gpu_busy_seconds=row.gpu_busy_seconds,
-        gpu_held_seconds=row.gpu_held_seconds,
-        message=row.message,
-        version=row.version,
-        queue=row.queue,
-        priority=row.priority,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return _record(Run, row, phase=Phase(row.phase))
 
 
 def _stage(row: StageRow) -> Stage:
-    return Stage(
-        run_id=row.run_id,
-        index=row.index,
-        name=row.name,
-        max_response_tokens=row.max_response_tokens,
-        max_turns=row.max_turns,
-        planned_steps=row.planned_steps,
-        start_after_step=row.start_after_step,
-        end_step=row.end_step,
-        problems_in=row.problems_in,
-        problems_kept=row.problems_kept,
-    )
+    return _record(Stage, row)
 
 
 def _workload(row: WorkloadRow) -> Workload:
-    return Workload(
-        name=row.name,
-        run_id=row.run_id,
-        role=row.role,
-        index=row.index,
-        attempt=row.attempt,
-        pool=row.pool,
-        node=row.node,
-        gpus=row.gpus,
-        status=WorkloadStatus(row.status),
-        reason=row.reason,
-        env=dict(row.env),
-    )
+    return _record(Workload, row, status=WorkloadStatus(row.status), env=dict(row.env))
 
 
 def _step(row: StepRow) -> Step:
-    return Step(
-        run_id=row.run_id,
-        step=row.step,
-        stage_index=row.stage_index,
-        attempt=row.attempt,
-        max_response_tokens=row.max_response_tokens,
-        max_turns=row.max_turns,
-        rollouts=row.rollouts,
-        generated_tokens=row.generated_tokens,
-        rollout_seconds=row.rollout_seconds,
-        train_seconds=row.train_seconds,
-        preemptions=row.preemptions,
-        correct=row.correct,
-        superseded=row.superseded,
-    )
+    return _record(Step, row)
 
 
 class Store:
@@ -309,10 +262,7 @@ class Store:
             if patch.problems:
                 session.execute(
                     insert(ProblemRow),
-                    [
-                        dict(asdict(problem), run_id=patch.run_id)
-                        for problem in patch.problems
-                    ],
+                    [dict(asdict(problem), run_id=patch.run_id) for problem in patch.problems],
                 )
             self._add_events(session, patch.run_id, patch.events)
             try:
