@@ -48,6 +48,12 @@ class Context:
             self._store = Store(self.database_url)
         return self._store
 
+    def close(self) -> None:
+        """Dispose of the engine, so no pooled connection outlives the command."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -75,6 +81,7 @@ def main(ctx: click.Context, database_url: str | None, debug: bool) -> None:
     if not debug:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     ctx.obj = Context(database_url, debug)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def emit(data: Any, output: str, table: Callable[[], Table | str]) -> None:
@@ -100,10 +107,16 @@ def run_row(run: Run) -> dict[str, Any]:
     }
 
 
+# Columns a reader copies or greps: never cut to "quick…" on a narrow terminal or in a pipe.
+WHOLE_COLUMNS = frozenset({"id", "name", "phase", "reason"})
+
+
 def rows_table(rows: Sequence[dict[str, Any]], title: str | None = None) -> Table:
     table = Table(title=title)
     for column in rows[0] if rows else ["(none)"]:
-        table.add_column(column.replace("_", " "))
+        whole = column in WHOLE_COLUMNS
+        width = max(len(column), *(len(str(row[column])) for row in rows)) if whole else None
+        table.add_column(column.replace("_", " "), no_wrap=whole, min_width=width)
     for row in rows:
         table.add_row(*(str(value) if value is not None else "-" for value in row.values()))
     return table
@@ -325,7 +338,10 @@ def db() -> None:
 def upgrade(obj: Context) -> None:
     """Apply migrations up to the newest schema."""
     store = Store(obj.database_url, migrate=False)
-    revision = store.upgrade()
+    try:
+        revision = store.upgrade()
+    finally:
+        store.close()
     click.echo(f"database at revision {revision}")
 
 

@@ -184,9 +184,9 @@ class RunSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunSpec:
-        for field, pool_name, gpus in (
-            ("trainer", self.trainer.pool, self.trainer.gpus),
-            ("rollout", self.rollout.pool, self.rollout.gpus),
+        for field, gpu_field, pool_name, gpus in (
+            ("trainer", ".gpus", self.trainer.pool, self.trainer.gpus),
+            ("rollout", ".engines", self.rollout.pool, self.rollout.gpus),
         ):
             pool = self.pools.get(pool_name)
             if pool is None:
@@ -194,8 +194,8 @@ class RunSpec(_Strict):
                 raise ValueError(f"{field}.pool: unknown pool {pool_name!r}; define it under pools ({known})")
             if gpus > pool.gpus:
                 raise ValueError(
-                    f"{field}: asks for {gpus} GPUs but pool {pool_name!r} has {pool.gpus}; "
-                    f"lower {field} GPUs or grow the pool"
+                    f"{field}{gpu_field}: asks for {gpus} GPUs but pool {pool_name!r} has {pool.gpus}; "
+                    f"lower {field}{gpu_field} or grow pools.{pool_name}.gpus"
                 )
         previous = 0
         for index, stage in enumerate(self.curriculum):
@@ -262,7 +262,8 @@ def _one_line(error: ValidationError) -> str:
 def parse_spec(data: Any, source: str = "spec") -> RunSpec:
     """Validate already-parsed YAML/JSON data, raising one-line ``SpecError``s."""
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        found = "an empty document" if data is None else f"a {type(data).__name__}"
+        raise SpecError(f"{source}: expected a mapping of run settings at the top level, found {found}")
     try:
         return RunSpec.model_validate(data)
     except ValidationError as error:
