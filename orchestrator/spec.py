@@ -18,6 +18,7 @@ from orchestrator.errors import SpecError
 
 __all__ = [
     "DTYPE_BYTES",
+    "AdvanceRuleSpec",
     "CheckpointSpec",
     "DatasetSpec",
     "EntryFilterSpec",
@@ -139,14 +140,31 @@ class EntryFilterSpec(_Strict):
         return self.samples if self.drop_if_correct_at_least is None else self.drop_if_correct_at_least
 
 
+class AdvanceRuleSpec(_Strict):
+    """End a stage early once one step's rollouts are solved at ``solve_rate_at_least``."""
+
+    solve_rate_at_least: float = Field(gt=0, le=1)
+    min_steps: int = Field(default=1, gt=0, description="steps the stage runs before the rule is checked")
+
+
 class StageSpec(_Strict):
-    """One curriculum stage. It ends after ``steps`` steps or when ``orch stage --advance`` says so."""
+    """A curriculum stage: ``steps`` steps, fewer if ``advance_when`` or ``orch stage --advance`` ends it."""
 
     name: str | None = None
     max_response_tokens: int = Field(gt=0)
     max_turns: int = Field(gt=0)
-    steps: int | None = Field(default=None, gt=0)
+    steps: int = Field(gt=0)
+    advance_when: AdvanceRuleSpec | None = None
     entry_filter: EntryFilterSpec | None = None
+
+    @model_validator(mode="after")
+    def _rule_within_steps(self) -> StageSpec:
+        if self.advance_when is not None and self.advance_when.min_steps > self.steps:
+            raise ValueError(
+                f"advance_when.min_steps: {self.advance_when.min_steps} exceeds the stage's "
+                f"{self.steps} steps; use at most {self.steps}"
+            )
+        return self
 
 
 class CheckpointSpec(_Strict):
@@ -205,18 +223,12 @@ class RunSpec(_Strict):
                     f"previous stage's {previous}; list stages in order of growing response length"
                 )
             previous = stage.max_response_tokens
-        for index, stage in enumerate(self.curriculum[:-1]):
-            if stage.steps is None:
-                raise ValueError(
-                    f"curriculum[{index}].steps: only the last stage may run without a step count"
-                )
-        if self.curriculum[-1].steps is None:
-            raise ValueError("curriculum[-1].steps: the last stage needs a step count so the run can finish")
         return self
 
     @property
     def total_steps(self) -> int:
-        return sum(stage.steps or 0 for stage in self.curriculum)
+        """Steps the run takes if no stage ends early."""
+        return sum(stage.steps for stage in self.curriculum)
 
     @property
     def colocated(self) -> bool:

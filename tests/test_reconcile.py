@@ -124,6 +124,28 @@ def test_a_member_that_vanished_fails_the_gang_back_to_the_last_checkpoint() -> 
     assert patch.events[0].reason == "GangFailed" and "Lost" in patch.events[0].message
 
 
+def test_a_step_that_meets_the_advance_rule_asks_for_a_boundary_checkpoint() -> None:
+    spec = parse_spec(
+        {
+            **spec_data(),
+            "curriculum": [
+                {**stage, "advance_when": {"solve_rate_at_least": 0.5, "min_steps": 1}} if i == 0 else stage
+                for i, stage in enumerate(spec_data()["curriculum"])
+            ],
+        }
+    )
+    workloads = running(placed(make_run()))
+    run = make_run(phase=Phase.RUNNING, attempt=1, steps_done=0)
+    snapshot = replace(make_snapshot(run, workloads=workloads), spec=spec)
+    plan = StepPlan("qs-1", 1, 0, 1, 8192, 10, False, "file:///c/step-1")
+    solved = StepOutcome(256, 1, 1.0, 1.0, 0.0, 0, 128, 1.0, 1.0)
+    patch = record_step(snapshot, plan, solved)
+    assert patch is not None and patch.run["advance_requested"] is True
+    assert [e.reason for e in patch.events] == ["StepCompleted", "AdvanceRuleMet"]
+    unsolved = replace(solved, correct=127)
+    assert "advance_requested" not in record_step(snapshot, plan, unsolved).run
+
+
 def test_an_outcome_for_a_run_that_moved_on_is_dropped() -> None:
     workloads = running(placed(make_run()))
     run = make_run(phase=Phase.RUNNING, attempt=2, steps_done=2)

@@ -104,9 +104,28 @@ def test_stage_advance_mid_run_changes_the_token_limit_from_the_next_step(
     requested = [
         e
         for e in store.events(run.id)
-        if e.reason == "StageChanged" and e.data["reason"] == "requested by user"
+        if e.reason == "StageChanged" and e.data["reason"] == "advance requested"
     ]
     assert [e.data["after_step"] for e in requested] == [3]
+    assert store.get_run(run.id).phase is Phase.SUCCEEDED
+
+
+def test_an_advance_rule_ends_a_stage_early_at_a_checkpointed_boundary(store: Store, tmp_path: Path) -> None:
+    data = spec_data()
+    data["curriculum"][0]["steps"] = 30
+    data["curriculum"][0]["advance_when"] = {"solve_rate_at_least": 0.5, "min_steps": 2}
+    data["checkpoint"]["every_steps"] = 5
+    run = store.create_run(load_spec(write_spec(tmp_path, data)))
+    drive(make_controller(store), run.id)
+
+    steps = store.steps(run.id)
+    first_stage = [s for s in steps if s.stage_index == 0]
+    met = next(s.step for s in first_stage if s.step >= 2 and s.correct / s.rollouts >= 0.5)
+    assert first_stage[-1].step == met < 30, "the stage ended at the first step that met the rule"
+    assert store.stages(run.id)[0].end_step == met
+    assert met in [c.step for c in store.checkpoints(run.id)]
+    assert [s.max_response_tokens for s in steps if s.step == met + 1] == [12288]
+    assert len(steps) == met + 2 + 3
     assert store.get_run(run.id).phase is Phase.SUCCEEDED
 
 

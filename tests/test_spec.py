@@ -178,14 +178,23 @@ def test_a_missing_required_field_is_named(field: str) -> None:
     assert_one_line(message, f"{field}:", "required field is missing", "add it")
 
 
-def test_a_stage_before_the_last_must_have_steps() -> None:
-    message = spec_error(quickstart_with(drop_field("curriculum.0.steps")))
-    assert_one_line(message, "curriculum[0].steps:", "only the last stage")
+@pytest.mark.parametrize("index", [0, 2])
+def test_every_stage_needs_a_step_count(index: int) -> None:
+    message = spec_error(quickstart_with(drop_field(f"curriculum.{index}.steps")))
+    assert_one_line(message, f"curriculum[{index}].steps:", "required field is missing")
 
 
-def test_the_last_stage_needs_a_step_count() -> None:
-    message = spec_error(quickstart_with(drop_field("curriculum.2.steps")))
-    assert_one_line(message, "curriculum[-1].steps:", "needs a step count")
+def test_an_advance_rule_cannot_wait_longer_than_its_stage() -> None:
+    rule = {"solve_rate_at_least": 0.5, "min_steps": 5}
+    message = spec_error(quickstart_with(set_field("curriculum.0.advance_when", rule)))
+    assert_one_line(message, "curriculum[0].advance_when.min_steps:", "use at most 4")
+
+
+@pytest.mark.parametrize("rate", [0, 1.5])
+def test_an_advance_rule_needs_a_solve_rate_in_range(rate: float) -> None:
+    rule = {"solve_rate_at_least": rate}
+    message = spec_error(quickstart_with(set_field("curriculum.0.advance_when", rule)))
+    assert_one_line(message, "curriculum[0].advance_when.solve_rate_at_least:")
 
 
 def test_an_entry_filter_cannot_demand_more_correct_samples_than_it_draws() -> None:

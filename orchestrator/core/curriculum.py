@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from orchestrator.records import Stage
+from orchestrator.spec import AdvanceRuleSpec
 
-__all__ = ["checkpoint_due", "last_checkpoint", "split_by_filter", "stage_ends_at", "steps_in_stage"]
+__all__ = [
+    "advance_rule_met",
+    "checkpoint_due",
+    "last_checkpoint",
+    "split_by_filter",
+    "stage_ends_at",
+    "steps_in_stage",
+]
 
 
 def steps_in_stage(stage: Stage, steps_done: int) -> int:
@@ -37,3 +45,10 @@ def split_by_filter(
 def last_checkpoint(checkpoint_steps: Iterable[int], steps_done: int) -> int:
     """The step a restarted trainer resumes from: the newest checkpoint not past ``steps_done`` (0: none)."""
     return max((step for step in checkpoint_steps if step <= steps_done), default=0)
+
+
+def advance_rule_met(rule: AdvanceRuleSpec | None, steps_in_stage: int, correct: int, rollouts: int) -> bool:
+    """Whether a step solved enough of its rollouts, late enough in the stage, to end the stage early."""
+    if rule is None or rollouts == 0 or steps_in_stage < rule.min_steps:
+        return False
+    return correct / rollouts >= rule.solve_rate_at_least

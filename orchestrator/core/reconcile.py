@@ -12,7 +12,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from orchestrator.core.curriculum import checkpoint_due, split_by_filter, stage_ends_at
+from orchestrator.core.curriculum import (
+    advance_rule_met,
+    checkpoint_due,
+    split_by_filter,
+    stage_ends_at,
+    steps_in_stage,
+)
 from orchestrator.core.lifecycle import check_transition
 from orchestrator.core.placement import MemberRequest, place_all
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
@@ -306,7 +312,7 @@ def _next_work(snapshot: RunSnapshot) -> Decision:
             return Decision(
                 work=CheckpointPlan(run.id, run.steps_done, run.attempt, checkpoint_uri(spec, run.steps_done))
             )
-        return Decision(_advance(snapshot, reason="requested by user"))
+        return Decision(_advance(snapshot, reason="advance requested"))
     entry_filter = spec.curriculum[stage.index].entry_filter
     if entry_filter is not None and stage.problems_kept is None:
         return Decision(
@@ -428,6 +434,21 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
     if stage_ends_at(snapshot.stage, plan.step):
         patch = _advance(snapshot, "planned steps done", fields, tuple(events))
         return replace(patch, step=step, checkpoint=checkpoint)
+    rule = snapshot.spec.curriculum[plan.stage_index].advance_when
+    if not run.advance_requested and advance_rule_met(
+        rule, steps_in_stage(snapshot.stage, plan.step), outcome.correct, outcome.rollouts
+    ):
+        assert rule is not None
+        reason = (
+            f"solve rate {outcome.correct / outcome.rollouts:.2f} reached "
+            f"advance_when.solve_rate_at_least {rule.solve_rate_at_least}"
+        )
+        if plan.checkpoint_after:
+            patch = _advance(snapshot, reason, fields, tuple(events))
+            return replace(patch, step=step, checkpoint=checkpoint)
+        # The boundary must be checkpointed first: the next pass saves one, then advances.
+        fields["advance_requested"] = True
+        events.append(NewEvent("AdvanceRuleMet", f"step {plan.step}: {reason}", {"step": plan.step}))
     return _patch(snapshot, run=fields, step=step, checkpoint=checkpoint, events=tuple(events))
 
 
@@ -440,7 +461,7 @@ def record_checkpoint(snapshot: RunSnapshot, plan: CheckpointPlan, seconds: floa
     event = NewEvent(
         "CheckpointSaved", f"checkpoint at step {plan.step}: {plan.checkpoint_uri}", {"step": plan.step}
     )
-    patch = _advance(snapshot, "requested by user", {"sim_seconds": sim_seconds}, (event,))
+    patch = _advance(snapshot, "advance requested", {"sim_seconds": sim_seconds}, (event,))
     checkpoint = Checkpoint(run.id, plan.step, plan.checkpoint_uri, sim_seconds)
     return replace(patch, checkpoint=checkpoint)
 
