@@ -20,6 +20,7 @@ from rich.table import Table
 from orchestrator import service
 from orchestrator.backends import make_backend
 from orchestrator.controller import Controller
+from orchestrator.embedded import run_to_completion
 from orchestrator.errors import OrchError
 from orchestrator.records import Event, Run
 from orchestrator.state.store import Store
@@ -157,36 +158,20 @@ def submit(obj: Context, file: str, wait: bool, backend: str, output: str) -> No
 
 
 def _run_embedded(store: Store, run: Run, backend: str, *, quiet: bool) -> Run:
-    cluster, executor = make_backend(backend)
-    controller = Controller(store, cluster, executor)
     total = sum(s.planned_steps or 0 for s in store.stages(run.id))
     started = time.monotonic()
-    finished = threading.Event()
-
-    def done() -> bool:
-        return store.get_run(run.id).phase.terminal
-
     with _progress(quiet) as progress:
         task = progress.add_task("starting", total=total)
-        thread = threading.Thread(
-            target=controller.run, kwargs={"until": done, "stop": finished}, daemon=True
-        )
-        thread.start()
-        try:
-            while thread.is_alive():
-                current = store.get_run(run.id)
-                progress.update(
-                    task,
-                    completed=current.steps_done,
-                    description=f"stage {current.stage_index + 1} · step {current.steps_done}/{total} · "
-                    f"GPU busy {current.gpu_busy_fraction:.0%} · {current.phase.value}",
-                )
-                thread.join(0.2)
-        except KeyboardInterrupt:
-            finished.set()
-            thread.join()
-            raise
-    final = store.get_run(run.id)
+
+        def show(current: Run) -> None:
+            progress.update(
+                task,
+                completed=current.steps_done,
+                description=f"stage {current.stage_index + 1} · step {current.steps_done}/{total} · "
+                f"GPU busy {current.gpu_busy_fraction:.0%} · {current.phase.value}",
+            )
+
+        final = run_to_completion(store, run.id, backend=backend, on_progress=show)
     if not quiet:
         console.print(f"{final.id}: {final.phase.value} in {time.monotonic() - started:.1f}s wall time")
     return final
