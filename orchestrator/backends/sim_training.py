@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orchestrator.backends.base import ExecutionInterrupted
@@ -21,7 +22,7 @@ from orchestrator.rollout.shapes import sample_rollouts
 from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
 from orchestrator.spec import RunSpec
 
-__all__ = ["SimTrainer"]
+__all__ = ["SimTrainer", "StepSimulator"]
 
 # Training runs forward + backward: ~6 × params FLOPs per token (Kaplan et al. 2020, arXiv 2001.08361).
 TRAIN_FLOPS_PER_TOKEN_PER_PARAM = 6
@@ -44,35 +45,14 @@ class _Trainer:
     outcomes: dict[int, StepOutcome] = field(default_factory=dict)
 
 
-class SimTrainer:
-    """Executes steps of runs whose gangs run on a ``SimCluster``."""
+class StepSimulator:
+    """The physics of simulated training, with no cluster: what a step, a checkpoint or a filter costs.
 
-    def __init__(self, cluster: SimCluster) -> None:
-        self.cluster = cluster
-        self._trainers: dict[tuple[str, int], _Trainer] = {}
+    Shared by the simulated pool's trainer and by scripted trainers in Kubernetes tests.
+    """
+
+    def __init__(self) -> None:
         self._difficulty: dict[tuple[int, int], list[float]] = {}
-        self.executed: list[tuple[str, int, int]] = []  # (run, attempt, step) actually simulated
-
-    def _trainer(self, run_id: str, attempt: int) -> _Trainer:
-        if not self.cluster.gang_running(run_id, attempt):
-            raise ExecutionInterrupted(f"run {run_id}: the gang of attempt {attempt} is not running")
-        key = (run_id, attempt)
-        if key not in self._trainers:
-            pods = self.cluster.pods_of(run_id, attempt)
-            resume = int(next(p.env["ORCH_RESUME_STEP"] for p in pods if p.role == "trainer"))
-            self._trainers[key] = _Trainer(position=resume)
-        return self._trainers[key]
-
-    def _inject_fault(self, run_id: str, attempt: int, step: int) -> None:
-        fault = self.cluster.due_fault(run_id, step)
-        if fault is None:
-            return
-        trainer = next(p for p in self.cluster.pods_of(run_id, attempt) if p.role == "trainer")
-        if fault.kind == "pod_crash":
-            self.cluster.crash_pod(trainer.name, "Error: injected crash (exit code 137)")
-        else:
-            self.cluster.lose_node(trainer.node)
-        raise ExecutionInterrupted(f"run {run_id}: injected {fault.kind} before step {step}")
 
     def difficulties(self, spec: RunSpec) -> list[float]:
         key = (spec.seed, spec.dataset.problems)
@@ -81,7 +61,7 @@ class SimTrainer:
             self._difficulty[key] = [rng.gauss(0.0, 1.5) for _ in range(spec.dataset.problems)]
         return self._difficulty[key]
 
-    def solve_probability(self, spec: RunSpec, step: int):
+    def solve_probability(self, spec: RunSpec, step: int) -> Callable[[int], float]:
         skill = -1.0 + 3.5 * min(1.0, step / max(1, spec.total_steps))
         difficulty = self.difficulties(spec)
         return lambda problem: 1.0 / (1.0 + math.exp(difficulty[problem] - skill))
@@ -115,25 +95,18 @@ class SimTrainer:
         flops = TRAIN_FLOPS_PER_TOKEN_PER_PARAM * spec.model.params_b * 1e9 * tokens
         return flops / (spec.trainer.gpus * gpu.bf16_dense_flops * TRAIN_MFU)
 
-    def _checkpoint_seconds(self, spec: RunSpec) -> float:
+    def checkpoint_seconds(self, spec: RunSpec) -> float:
         nodes = math.ceil(spec.trainer.gpus / spec.pools[spec.trainer.pool].gpus_per_node)
         return (
             CHECKPOINT_BYTES_PER_PARAM * spec.model.params_b * 1e9 / (nodes * CHECKPOINT_BYTES_PER_S_PER_NODE)
         )
 
-    def _held_gpus(self, spec: RunSpec) -> int:
+    @staticmethod
+    def _held_gpus(spec: RunSpec) -> int:
         return spec.trainer.gpus if spec.colocated else spec.trainer.gpus + spec.rollout.gpus
 
-    def execute_step(self, spec: RunSpec, plan: StepPlan) -> StepOutcome:
-        trainer = self._trainer(plan.run_id, plan.attempt)
-        if trainer.position >= plan.step and plan.step in trainer.outcomes:
-            return trainer.outcomes[plan.step]  # done before, not yet recorded: same answer again
-        if trainer.position != plan.step - 1:
-            raise OrchError(
-                f"run {plan.run_id}: trainer of attempt {plan.attempt} is at step {trainer.position}, "
-                f"cannot run step {plan.step}"
-            )
-        self._inject_fault(plan.run_id, plan.attempt, plan.step)
+    def step(self, spec: RunSpec, plan: StepPlan) -> StepOutcome:
+        """One step: deterministic in (seed, step), so a redone step gives the same numbers."""
         rng = random.Random(f"{spec.seed}-prompts-{plan.step}")
         active = [p for p in range(spec.dataset.problems) if p not in plan.dropped_problems]
         problems = rng.sample(active, min(spec.rollout.prompts_per_step, len(active)))
@@ -148,10 +121,9 @@ class SimTrainer:
         )
         tokens = phase.generated_tokens + phase.rollouts * spec.dataset.prompt_tokens
         train = self._train_seconds(spec, tokens)
-        checkpoint = self._checkpoint_seconds(spec) if plan.checkpoint_after else 0.0
-        held = self._held_gpus(spec)
+        checkpoint = self.checkpoint_seconds(spec) if plan.checkpoint_after else 0.0
         busy = sum(phase.engine_busy_seconds) * spec.rollout.gpus_per_engine + spec.trainer.gpus * train
-        outcome = StepOutcome(
+        return StepOutcome(
             rollouts=phase.rollouts,
             generated_tokens=phase.generated_tokens,
             rollout_seconds=phase.seconds,
@@ -160,21 +132,11 @@ class SimTrainer:
             preemptions=phase.preemptions,
             correct=phase.correct,
             gpu_busy_seconds=busy,
-            gpu_held_seconds=held * (phase.seconds + train + checkpoint),
+            gpu_held_seconds=self._held_gpus(spec) * (phase.seconds + train + checkpoint),
         )
-        trainer.position = plan.step
-        trainer.outcomes[plan.step] = outcome
-        self.executed.append((plan.run_id, plan.attempt, plan.step))
-        return outcome
 
-    def save_checkpoint(self, spec: RunSpec, plan: CheckpointPlan) -> float:
-        trainer = self._trainer(plan.run_id, plan.attempt)
-        if trainer.position != plan.step:
-            raise OrchError(f"run {plan.run_id}: trainer is at step {trainer.position}, not {plan.step}")
-        return self._checkpoint_seconds(spec)
-
-    def evaluate_problems(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome:
-        self._trainer(plan.run_id, plan.attempt)
+    def evaluate(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome:
+        """Sample every active problem ``plan.samples`` times; cost estimated from a simulated sample."""
         active = [p for p in range(spec.dataset.problems) if p not in plan.dropped_problems]
         probability = self.solve_probability(spec, plan.step)
         rng = random.Random(f"{spec.seed}-filter-{plan.stage_index}")
@@ -202,3 +164,60 @@ class SimTrainer:
             gpu_busy_seconds=busy,
             gpu_held_seconds=self._held_gpus(spec) * seconds,
         )
+
+
+class SimTrainer:
+    """Executes steps of runs whose gangs run on a ``SimCluster``; injects the cluster's faults."""
+
+    def __init__(self, cluster: SimCluster, physics: StepSimulator | None = None) -> None:
+        self.cluster = cluster
+        self.physics = physics or StepSimulator()
+        self._trainers: dict[tuple[str, int], _Trainer] = {}
+        self.executed: list[tuple[str, int, int]] = []  # (run, attempt, step) actually simulated
+
+    def _trainer(self, run_id: str, attempt: int) -> _Trainer:
+        if not self.cluster.gang_running(run_id, attempt):
+            raise ExecutionInterrupted(f"run {run_id}: the gang of attempt {attempt} is not running")
+        key = (run_id, attempt)
+        if key not in self._trainers:
+            pods = self.cluster.pods_of(run_id, attempt)
+            resume = int(next(p.env["ORCH_RESUME_STEP"] for p in pods if p.role == "trainer"))
+            self._trainers[key] = _Trainer(position=resume)
+        return self._trainers[key]
+
+    def _inject_fault(self, run_id: str, attempt: int, step: int) -> None:
+        fault = self.cluster.due_fault(run_id, step)
+        if fault is None:
+            return
+        trainer = next(p for p in self.cluster.pods_of(run_id, attempt) if p.role == "trainer")
+        if fault.kind == "pod_crash":
+            self.cluster.crash_pod(trainer.name, "Error: injected crash (exit code 137)")
+        else:
+            self.cluster.lose_node(trainer.node)
+        raise ExecutionInterrupted(f"run {run_id}: injected {fault.kind} before step {step}")
+
+    def execute_step(self, spec: RunSpec, plan: StepPlan) -> StepOutcome:
+        trainer = self._trainer(plan.run_id, plan.attempt)
+        if trainer.position >= plan.step and plan.step in trainer.outcomes:
+            return trainer.outcomes[plan.step]  # done before, not yet recorded: same answer again
+        if trainer.position != plan.step - 1:
+            raise OrchError(
+                f"run {plan.run_id}: trainer of attempt {plan.attempt} is at step {trainer.position}, "
+                f"cannot run step {plan.step}"
+            )
+        self._inject_fault(plan.run_id, plan.attempt, plan.step)
+        outcome = self.physics.step(spec, plan)
+        trainer.position = plan.step
+        trainer.outcomes[plan.step] = outcome
+        self.executed.append((plan.run_id, plan.attempt, plan.step))
+        return outcome
+
+    def save_checkpoint(self, spec: RunSpec, plan: CheckpointPlan) -> float:
+        trainer = self._trainer(plan.run_id, plan.attempt)
+        if trainer.position != plan.step:
+            raise OrchError(f"run {plan.run_id}: trainer is at step {trainer.position}, not {plan.step}")
+        return self.physics.checkpoint_seconds(spec)
+
+    def evaluate_problems(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome:
+        self._trainer(plan.run_id, plan.attempt)
+        return self.physics.evaluate(spec, plan)
