@@ -298,8 +298,15 @@ def controller(
     obj: Context, once: bool, backend: str, identity: str | None, lease_seconds: float, exit_when_idle: bool
 ) -> None:
     """Run the reconcile loop (Ctrl-C stops it cleanly)."""
-    cluster, executor = make_backend(backend)
-    ctl = Controller(obj.store, cluster, executor, identity=identity, lease_seconds=lease_seconds)
+    parts = make_backend(backend)
+    ctl = Controller(
+        obj.store,
+        parts.cluster,
+        parts.executor,
+        identity=identity,
+        lease_seconds=lease_seconds,
+        sources=parts.sources,
+    )
     if once:
         report = ctl.reconcile_once()
         ctl.store.release_leases(ctl.identity)
@@ -328,6 +335,73 @@ def upgrade(obj: Context) -> None:
     finally:
         store.close()
     click.echo(f"database at revision {revision}")
+
+
+
+# ---- Kubernetes manifests ---------------------------------------------------------------------
+
+
+def _manifests_dir() -> str:
+    """``manifests/`` beside this file: present in a source checkout or an editable install."""
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent / "manifests")
+
+
+@main.group()
+def manifests() -> None:
+    """Kubernetes manifests: the TrainingRun CRD, controller, NVML agent, RBAC."""
+
+
+@manifests.command("render")
+@click.option(
+    "--overlay",
+    type=click.Choice(["base", "dev", "production"]),
+    default="base",
+    show_default=True,
+    help="which kustomization under manifests/ to render",
+)
+@click.option(
+    "--dir",
+    "root",
+    type=click.Path(file_okay=False, exists=True),
+    default=_manifests_dir,
+    help="orch's manifests folder (default: the one in this source checkout)",
+)
+def manifests_render(overlay: str, root: str) -> None:
+    """Print the rendered multi-document YAML, ready for `kubectl apply -f -`.
+
+    Uses `kubectl kustomize` when kubectl is on PATH. Without it, only the base can be rendered, by
+    concatenating its files in kustomization order (each already names its namespace).
+    """
+    from pathlib import Path
+
+    from orchestrator.crd import render_manifests
+
+    click.echo(render_manifests(Path(root), overlay), nl=False)
+
+
+@manifests.command("crd")
+def manifests_crd() -> None:
+    """Print the TrainingRun CRD, generated from the run spec (manifests/base/crd-trainingruns.yaml)."""
+    from orchestrator.crd import dump_yaml, training_run_crd
+
+    click.echo(dump_yaml(training_run_crd(), "orch manifests crd"), nl=False)
+
+
+@manifests.command("trainingrun")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--name", default=None, help="object name (default: the spec's name)")
+@click.option("--namespace", default="orch", show_default=True, help="namespace the controller watches")
+def manifests_trainingrun(file: str, name: str | None, namespace: str) -> None:
+    """Print a run spec, validated, as a TrainingRun object for `kubectl apply -f -`."""
+    from pathlib import Path
+
+    from orchestrator.crd import dump_yaml, training_run
+
+    service.validate(file)  # one clear error line naming the file and field, before anything is printed
+    data = yaml.safe_load(Path(file).read_text())
+    click.echo(dump_yaml(training_run(data, name, namespace), f"orch manifests trainingrun {file}"), nl=False)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,16 @@ import os
 import socket
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from orchestrator.backends.base import ClusterBackend, ExecutionInterrupted, TrainingExecutor
+from orchestrator.backends.base import (
+    ClusterBackend,
+    ExecutionInterrupted,
+    RunSource,
+    TrainingExecutor,
+    WorkInProgress,
+)
 from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.core.reconcile import cluster_diff, decide, record_checkpoint, record_filter, record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
@@ -55,22 +61,25 @@ class Controller:
         *,
         identity: str | None = None,
         lease_seconds: float = 15.0,
+        sources: Sequence[RunSource] = (),
     ) -> None:
         self.store = store
         self.cluster = cluster
         self.executor = executor
         self.identity = identity or default_identity()
         self.lease_seconds = lease_seconds
+        self.sources = tuple(sources)
         self._cluster_version = 0
 
     # ---- one pass ---------------------------------------------------------------------------
 
     def reconcile_once(self) -> PassReport:
+        changes = sum(source.pull(self.store) for source in self.sources)
         run_ids = self.store.acquire_leases(self.identity, self.lease_seconds)
-        changes = 0
         for run_id in run_ids:
             changes += self._reconcile_run(run_id)
         changes += self._delete_orphans()
+        changes += sum(source.publish(self.store) for source in self.sources)
         return PassReport(runs=len(run_ids), changes=changes)
 
     def _snapshot(self, run_id: str) -> RunSnapshot:
@@ -130,6 +139,8 @@ class Controller:
         except ExecutionInterrupted as error:
             log.info("%s", error)
             return 1
+        except WorkInProgress:
+            return 0
         return self._apply(patch)
 
     def _sync_cluster(self, run_id: str) -> int:

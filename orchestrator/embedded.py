@@ -25,8 +25,8 @@ def run_to_completion(
 
     Ctrl-C stops the controller cleanly (its leases are released) and propagates.
     """
-    cluster, executor = make_backend(backend)
-    controller = Controller(store, cluster, executor)
+    parts = make_backend(backend)
+    controller = Controller(store, parts.cluster, parts.executor, sources=parts.sources)
     stop = threading.Event()
     thread = threading.Thread(
         target=controller.run,

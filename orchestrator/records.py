@@ -76,6 +76,7 @@ class Run:
     priority: int
     created_at: float
     updated_at: float
+    external_ref: str | None = None  # namespace/name/uid of the TrainingRun it mirrors, if any
 
     @property
     def gpu_busy_fraction(self) -> float:
@@ -113,6 +114,12 @@ class Workload:
     status: WorkloadStatus
     reason: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    image: str = ""
+
+    @property
+    def colocated(self) -> bool:
+        """An engine that runs inside a trainer member's pod and shares its GPUs."""
+        return "ORCH_COLOCATED_WITH" in self.env
 
 
 @dataclass(frozen=True)

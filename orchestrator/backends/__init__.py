@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from orchestrator.backends.base import ClusterBackend, TrainingExecutor
+from orchestrator.backends.base import Backend
 from orchestrator.errors import SpecError
 
 __all__ = ["BACKEND_ENV", "make_backend"]
@@ -12,15 +12,15 @@ __all__ = ["BACKEND_ENV", "make_backend"]
 BACKEND_ENV = "ORCH_BACKEND"
 
 
-def make_backend(name: str | None = None) -> tuple[ClusterBackend, TrainingExecutor]:
-    """The cluster backend and training executor named by ``name`` or ``ORCH_BACKEND`` (default ``sim``)."""
+def make_backend(name: str | None = None) -> Backend:
+    """The backend named by ``name`` or ``ORCH_BACKEND`` (default ``sim``)."""
     name = name or os.environ.get(BACKEND_ENV, "sim")
     if name == "sim":
         from orchestrator.backends.sim import SimCluster
         from orchestrator.backends.sim_training import SimTrainer
 
         cluster = SimCluster.from_env()
-        return cluster, SimTrainer(cluster)
+        return Backend(cluster, SimTrainer(cluster))
     raise SpecError(
         f"{BACKEND_ENV}: unknown backend {name!r}; use 'sim' (kube arrives with the Kubernetes backend)"
     )

@@ -18,17 +18,25 @@ from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, St
 from orchestrator.errors import OrchError
 from orchestrator.records import Workload
 from orchestrator.spec import PoolSpec, RunSpec
+from orchestrator.state.store import Store
 
 __all__ = [
+    "Backend",
     "ClusterBackend",
     "ClusterEvent",
     "ExecutionInterrupted",
+    "RunSource",
     "TrainingExecutor",
+    "WorkInProgress",
 ]
 
 
 class ExecutionInterrupted(OrchError):
     """Work stopped because a workload it ran on failed; the next reconcile sees why."""
+
+
+class WorkInProgress(OrchError):
+    """The executor has the work but no result yet; the controller asks again on a later pass."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +66,31 @@ class ClusterBackend(Protocol):
         """Changes after resource version ``since`` (waiting up to ``timeout_s``), and the newest version."""
 
 
+class RunSource(Protocol):
+    """Another door runs come in through (a TrainingRun custom resource), mirrored each pass."""
+
+    def pull(self, store: Store) -> int:
+        """Create or cancel SQL runs to match the source; return how many changed."""
+
+    def publish(self, store: Store) -> int:
+        """Write the SQL runs' progress back to the source; return how many objects changed."""
+
+
 class TrainingExecutor(Protocol):
     def execute_step(self, spec: RunSpec, plan: StepPlan) -> StepOutcome:
-        """Run one step; repeating a step already done by the same attempt returns its outcome again."""
+        """Run one step, or raise ``WorkInProgress`` until it is done; asking again for a step already
+        done by the same attempt returns its outcome again."""
 
     def save_checkpoint(self, spec: RunSpec, plan: CheckpointPlan) -> float:
         """Save a checkpoint now; return the seconds it took."""
 
     def evaluate_problems(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What a controller drives: the cluster, the training executor, and extra run sources."""
+
+    cluster: ClusterBackend
+    executor: TrainingExecutor
+    sources: tuple[RunSource, ...] = ()

@@ -272,12 +272,18 @@ def _place(snapshot: RunSnapshot, stale: tuple[Workload, ...]) -> RunPatch | Non
         events = () if message == run.message else (NewEvent("Unschedulable", message),)
         return _patch(snapshot, run={"message": message}, workloads=stale, events=events)
     trainers = sum(1 for m in members if m.role == TRAINER)
+    hosted: dict[str, list[str]] = {}
+    for member in members:
+        if member.same_node_as:
+            hosted.setdefault(member.same_node_as, []).append(member.key)
     workloads = []
     for member in members:
         role, index = member.role, member.index
         env = _env(snapshot, role, index, attempt, trainers)
         if member.same_node_as:
             env["ORCH_COLOCATED_WITH"] = member.same_node_as
+        if member.key in hosted:
+            env["ORCH_COLOCATED_ENGINES"] = ",".join(hosted[member.key])
         workloads.append(
             Workload(
                 name=member.key,
@@ -290,6 +296,7 @@ def _place(snapshot: RunSnapshot, stale: tuple[Workload, ...]) -> RunPatch | Non
                 gpus=member.gpus,
                 status=WorkloadStatus.PENDING,
                 env=env,
+                image=spec.image,
             )
         )
     fields: dict[str, object] = {"attempt": attempt, "message": f"placing attempt {attempt}"}

@@ -141,8 +141,12 @@ class Store:
 
     # ---- runs -------------------------------------------------------------------------------
 
-    def create_run(self, spec: RunSpec) -> Run:
-        """Store a validated spec as a Pending run with its stages, in one transaction."""
+    def create_run(self, spec: RunSpec, *, external_ref: str | None = None) -> Run:
+        """Store a validated spec as a Pending run with its stages, in one transaction.
+
+        ``external_ref`` names the object the run mirrors (a TrainingRun's namespace/name/uid); it is
+        unique, so mirroring the same object twice fails instead of starting a second run.
+        """
         now = time.time()
         run_id = f"{spec.name}-{secrets.token_hex(3)}"
         first = spec.curriculum[0]
@@ -166,6 +170,7 @@ class Store:
                 lease_owner=None,
                 lease_expires_at=0.0,
                 version=1,
+                external_ref=external_ref,
                 created_at=now,
                 updated_at=now,
             )
@@ -194,7 +199,10 @@ class Store:
                     )
                 ],
             )
-            session.flush()
+            try:
+                session.flush()
+            except IntegrityError as error:
+                raise ConflictError(f"{external_ref} is already mirrored by another run") from error
             return _run(row)
 
     def get_run(self, ref: str) -> Run:
@@ -210,6 +218,11 @@ class Store:
             if row is None:
                 raise NotFound(f"run {ref!r} not found; `orch list` shows the runs")
             return _run(row)
+
+    def find_run_by_ref(self, external_ref: str) -> Run | None:
+        with self._sessions() as session:
+            row = session.scalar(select(RunRow).where(RunRow.external_ref == external_ref))
+            return _run(row) if row is not None else None
 
     def list_runs(self, *, active_only: bool = False) -> list[Run]:
         with self._sessions() as session:
