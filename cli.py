@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -310,6 +311,7 @@ def controller(
     if once:
         report = ctl.reconcile_once()
         ctl.store.release_leases(ctl.identity)
+        parts.close()
         click.echo(f"reconciled {report.runs} run(s), {report.changes} change(s)")
         return
     stop = threading.Event()
@@ -318,6 +320,8 @@ def controller(
         ctl.run(until=until, stop=stop)
     except KeyboardInterrupt:
         stop.set()
+    finally:
+        parts.close()
 
 
 @main.group()
@@ -337,15 +341,7 @@ def upgrade(obj: Context) -> None:
     click.echo(f"database at revision {revision}")
 
 
-
 # ---- Kubernetes manifests ---------------------------------------------------------------------
-
-
-def _manifests_dir() -> str:
-    """``manifests/`` beside this file: present in a source checkout or an editable install."""
-    from pathlib import Path
-
-    return str(Path(__file__).resolve().parent / "manifests")
 
 
 @main.group()
@@ -364,21 +360,19 @@ def manifests() -> None:
 @click.option(
     "--dir",
     "root",
-    type=click.Path(file_okay=False, exists=True),
-    default=_manifests_dir,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
     help="orch's manifests folder (default: the one in this source checkout)",
 )
-def manifests_render(overlay: str, root: str) -> None:
+def manifests_render(overlay: str, root: Path | None) -> None:
     """Print the rendered multi-document YAML, ready for `kubectl apply -f -`.
 
     Uses `kubectl kustomize` when kubectl is on PATH. Without it, only the base can be rendered, by
     concatenating its files in kustomization order (each already names its namespace).
     """
-    from pathlib import Path
+    from orchestrator.crd import MANIFESTS, render_manifests
 
-    from orchestrator.crd import render_manifests
-
-    click.echo(render_manifests(Path(root), overlay), nl=False)
+    click.echo(render_manifests(root or MANIFESTS, overlay), nl=False)
 
 
 @manifests.command("crd")
@@ -395,12 +389,11 @@ def manifests_crd() -> None:
 @click.option("--namespace", default="orch", show_default=True, help="namespace the controller watches")
 def manifests_trainingrun(file: str, name: str | None, namespace: str) -> None:
     """Print a run spec, validated, as a TrainingRun object for `kubectl apply -f -`."""
-    from pathlib import Path
-
     from orchestrator.crd import dump_yaml, training_run
 
     service.validate(file)  # one clear error line naming the file and field, before anything is printed
-    data = yaml.safe_load(Path(file).read_text())
+    with open(file) as stream:
+        data = yaml.safe_load(stream)
     click.echo(dump_yaml(training_run(data, name, namespace), f"orch manifests trainingrun {file}"), nl=False)
 
 

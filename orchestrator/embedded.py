@@ -42,4 +42,6 @@ def run_to_completion(
         stop.set()
         thread.join()
         raise
+    finally:
+        parts.close()
     return store.get_run(run_id)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from orchestrator.backends.base import Backend
 from orchestrator.errors import SpecError
 
-__all__ = ["BACKEND_ENV", "make_backend"]
+__all__ = ["BACKEND_ENV", "NAMESPACE_ENV", "POOL_LABEL_ENV", "make_backend", "make_kube_backend"]
 
 BACKEND_ENV = "ORCH_BACKEND"
+NAMESPACE_ENV = "ORCH_NAMESPACE"
+POOL_LABEL_ENV = "ORCH_POOL_LABEL"
 
 
 def make_backend(name: str | None = None) -> Backend:
@@ -21,6 +24,29 @@ def make_backend(name: str | None = None) -> Backend:
 
         cluster = SimCluster.from_env()
         return Backend(cluster, SimTrainer(cluster))
-    raise SpecError(
-        f"{BACKEND_ENV}: unknown backend {name!r}; use 'sim' (kube arrives with the Kubernetes backend)"
-    )
+    if name == "kube":
+        from orchestrator.backends.kube import (
+            DEFAULT_NAMESPACE,
+            DEFAULT_POOL_LABEL,
+            api_client_from_environment,
+        )
+
+        return make_kube_backend(
+            api_client_from_environment(),
+            namespace=os.environ.get(NAMESPACE_ENV, DEFAULT_NAMESPACE),
+            pool_label=os.environ.get(POOL_LABEL_ENV, DEFAULT_POOL_LABEL),
+        )
+    raise SpecError(f"{BACKEND_ENV}: unknown backend {name!r}; use 'sim' or 'kube'")
+
+
+def make_kube_backend(
+    api_client: Any, *, namespace: str, pool_label: str, watch_timeout_s: int = 5
+) -> Backend:
+    """The Kubernetes backend over an ``ApiClient``: pods, the trainer mailbox and TrainingRuns."""
+    from orchestrator.backends.kube import KubeCluster
+    from orchestrator.backends.kube_executor import KubeExecutor
+    from orchestrator.backends.kube_runs import TrainingRunMirror
+
+    cluster = KubeCluster(api_client, namespace, pool_label, watch_timeout_s=watch_timeout_s)
+    mirror = TrainingRunMirror(api_client, cluster)
+    return Backend(cluster, KubeExecutor(cluster), sources=(mirror,), closers=(mirror.close, cluster.close))

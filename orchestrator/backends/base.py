@@ -8,7 +8,7 @@ through a ``TrainingExecutor``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,3 +94,9 @@ class Backend:
     cluster: ClusterBackend
     executor: TrainingExecutor
     sources: tuple[RunSource, ...] = ()
+    closers: tuple[Callable[[], None], ...] = ()
+
+    def close(self) -> None:
+        """Stop background watches; the backend is unusable afterwards."""
+        for close in self.closers:
+            close()

@@ -1,0 +1,210 @@
+"""The Kubernetes backend: GPU node pools, gang members and engines as pods, fed by watches.
+
+- Pools are nodes labelled ``orch.dev/pool=<name>`` (key configurable); a node's capacity is its
+  allocatable ``nvidia.com/gpu`` minus GPUs of pods orch did not create that are bound there
+  (orch's own pods are accounted in SQL); cordoned or NotReady nodes are not capacity.
+- Every workload is a pod with a deterministic name, pinned by nodeSelector to the node the gang
+  placement chose; trainer members share a headless Service for rendezvous. Engines colocated with
+  the trainer run inside its pods and are reported from the host pod's annotation.
+- All objects of a run are owned by its control ConfigMap, itself owned by the TrainingRun when
+  the run came from one, so deleting the TrainingRun (or the ConfigMap) deletes everything.
+- Informers (list + watch with resourceVersion, re-list on 410 Gone) keep caches that every read
+  uses, and wake the controller when anything changes.
+
+Why pods and not Indexed Jobs / StatefulSets: the controller already is the level-triggered owner
+of every member, and a Job or StatefulSet would restart failed members on its own, which is
+exactly what a gang must not do (a partial gang has to be torn down and recreated as a whole).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from orchestrator.backends.base import ClusterEvent
+from orchestrator.backends.kube_informer import Changes, Informer
+from orchestrator.backends.kube_objects import (
+    COLOCATED_ANNOTATION,
+    GPU_RESOURCE,
+    RUN_LABEL,
+    control_configmap,
+    control_name,
+    gpu_request,
+    observe_pod,
+    owner_reference,
+    pod_manifest,
+    rendezvous_service,
+)
+from orchestrator.core.placement import NodeView
+from orchestrator.core.snapshot import ObservedWorkload
+from orchestrator.records import Workload
+from orchestrator.spec import PoolSpec
+
+__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_POOL_LABEL", "KubeCluster", "api_client_from_environment"]
+
+DEFAULT_NAMESPACE = "orch"
+DEFAULT_POOL_LABEL = "orch.dev/pool"
+CONFLICT, NOT_FOUND = 409, 404
+
+
+def api_client_from_environment() -> client.ApiClient:
+    """In-cluster config inside a pod, else the kubeconfig (``KUBECONFIG`` or ~/.kube/config)."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+    else:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def _ready(node: dict[str, Any]) -> bool:
+    if (node.get("spec") or {}).get("unschedulable"):
+        return False
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+class KubeCluster:
+    """``ClusterBackend`` over the Kubernetes API (the official client, unmodified)."""
+
+    name = "kube"
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        namespace: str = DEFAULT_NAMESPACE,
+        pool_label: str = DEFAULT_POOL_LABEL,
+        *,
+        watch_timeout_s: int = 5,
+    ) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.pool_label = pool_label
+        self.changes = Changes()
+        informer = {"changes": self.changes, "watch_timeout_s": watch_timeout_s}
+        self.pods = Informer(self.core.list_namespaced_pod, namespace, label_selector=RUN_LABEL, **informer)
+        self.configmaps = Informer(
+            self.core.list_namespaced_config_map, namespace, label_selector=RUN_LABEL, **informer
+        )
+        self.nodes = Informer(self.core.list_node, label_selector=pool_label, **informer)
+        # Pods orch did not create still take GPUs: watch the bound, unfinished ones cluster-wide.
+        self.foreign_pods = Informer(
+            self.core.list_pod_for_all_namespaces,
+            label_selector=f"!{RUN_LABEL}",
+            field_selector="status.phase!=Succeeded,status.phase!=Failed",
+            **informer,
+        )
+        self._informers = (self.pods, self.configmaps, self.nodes, self.foreign_pods)
+        self._owners: dict[str, dict[str, Any]] = {}
+        for each in self._informers:
+            each.start()
+        for each in self._informers:
+            each.wait_synced()
+
+    def close(self) -> None:
+        for each in self._informers:
+            each.stop()
+
+    # ---- ClusterBackend -----------------------------------------------------------------------
+
+    def prepare_pools(self, pools: Mapping[str, PoolSpec]) -> None:
+        """Nothing to create: pools are labelled nodes. Placement reports a pool with no nodes."""
+
+    def list_nodes(self) -> list[NodeView]:
+        used: dict[str, int] = {}
+        for pod in self.foreign_pods.items():
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node:
+                used[node] = used.get(node, 0) + gpu_request(pod)
+        views = []
+        for node in self.nodes.items():
+            meta = node["metadata"]
+            allocatable = int(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0"))
+            views.append(
+                NodeView(
+                    name=meta["name"],
+                    pool=meta["labels"][self.pool_label],
+                    gpus=max(0, allocatable - used.get(meta["name"], 0)),
+                    ready=_ready(node),
+                )
+            )
+        return sorted(views, key=lambda view: view.name)
+
+    def list_workloads(self, run_id: str | None = None) -> list[ObservedWorkload]:
+        observed = []
+        for pod in self.pods.items():
+            meta = pod["metadata"]
+            owner_run = meta["labels"][RUN_LABEL]
+            if run_id is not None and owner_run != run_id:
+                continue
+            phase, reason = observe_pod(pod)
+            node = (pod.get("spec") or {}).get("nodeName") or ""
+            observed.append(ObservedWorkload(meta["name"], owner_run, node, phase, reason))
+            hosted = (meta.get("annotations") or {}).get(COLOCATED_ANNOTATION, "")
+            for engine in filter(None, hosted.split(",")):
+                host_reason = f"host {meta['name']}: {reason}" if reason else ""
+                observed.append(ObservedWorkload(engine, owner_run, node, phase, host_reason))
+        return observed
+
+    def create_workload(self, workload: Workload) -> bool:
+        if workload.colocated:
+            return True  # runs inside its host pod, reported through the host's annotation
+        owner = self._run_owner(workload.run_id)
+        if workload.role == "trainer":
+            self._create(
+                self.core.create_namespaced_service, rendezvous_service(workload, self.namespace, owner)
+            )
+        return self._create(
+            self.core.create_namespaced_pod, pod_manifest(workload, self.namespace, self.pool_label, owner)
+        )
+
+    def delete_workload(self, name: str) -> bool:
+        if not any(pod["metadata"]["name"] == name for pod in self.pods.items()):
+            return False  # never created (a colocated engine) or already gone: nothing to call
+        try:
+            self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=30)
+        except ApiException as error:
+            if error.status == NOT_FOUND:
+                return False
+            raise
+        return True
+
+    def watch(self, since: int, timeout_s: float) -> tuple[int, list[ClusterEvent]]:
+        """Wakes on any informer change; the controller re-reads the caches (level-triggered)."""
+        return self.changes.wait(since, timeout_s), []
+
+    # ---- the run's anchor ---------------------------------------------------------------------
+
+    def ensure_control(self, run_id: str, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run's control ConfigMap (created once); returns it as the API server has it."""
+        cached = self.configmaps.get(self.namespace, control_name(run_id))
+        if cached is not None:
+            return cached
+        body = control_configmap(run_id, self.namespace, owner)
+        try:
+            return self.core.create_namespaced_config_map(self.namespace, body, _preload_content=False).json()
+        except ApiException as error:
+            if error.status != CONFLICT:
+                raise
+        return self.core.read_namespaced_config_map(
+            control_name(run_id), self.namespace, _preload_content=False
+        ).json()
+
+    def _run_owner(self, run_id: str) -> dict[str, Any]:
+        if run_id not in self._owners:
+            self._owners[run_id] = owner_reference(self.ensure_control(run_id))
+        return self._owners[run_id]
+
+    @staticmethod
+    def _create(create: Any, body: dict[str, Any]) -> bool:
+        namespace = body["metadata"]["namespace"]
+        try:
+            create(namespace, body, _preload_content=False)
+        except ApiException as error:
+            if error.status == CONFLICT:
+                return False  # deterministic name already taken: it is ours, created before
+            raise
+        return True

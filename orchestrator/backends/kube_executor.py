@@ -1,0 +1,113 @@
+"""The trainer mailbox: how the controller hands work to a gang running in Kubernetes.
+
+Controller → trainer: the run's control ConfigMap ``{run}-control`` (mounted at /etc/orch in
+every member) holds ``spec.json`` (the run spec) and ``plan.json`` (the one piece of work wanted
+now: ``{"kind": "step" | "checkpoint" | "filter", "attempt": n, ...}``, the fields of
+``orchestrator.core.work``'s plans).
+
+Trainer (rank 0) → controller: the ConfigMap ``{run}-a{attempt}-results``, labelled
+``orch.dev/run=<run>``, with one key per finished piece of work — ``step-<n>``,
+``checkpoint-<n>``, ``filter-<stage>`` — each a JSON object of the matching outcome.
+
+Both sides are idempotent: asking again for work already done returns the recorded result,
+so a controller killed between "result written" and "result recorded in SQL" loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from orchestrator.backends.base import ExecutionInterrupted, WorkInProgress
+from orchestrator.backends.kube import KubeCluster
+from orchestrator.backends.kube_objects import (
+    ATTEMPT_LABEL,
+    ROLE_LABEL,
+    RUN_LABEL,
+    control_name,
+    observe_pod,
+    results_name,
+)
+from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
+from orchestrator.spec import RunSpec
+
+__all__ = ["KubeExecutor", "plan_document"]
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def plan_document(kind: str, plan: StepPlan | CheckpointPlan | FilterPlan) -> str:
+    """The JSON a trainer reads from ``plan.json``."""
+    body: dict[str, Any] = {"kind": kind, **asdict(plan)}
+    if "dropped_problems" in body:
+        body["dropped_problems"] = sorted(body["dropped_problems"])
+    return json.dumps(body, sort_keys=True)
+
+
+class KubeExecutor:
+    """``TrainingExecutor`` that posts plans to the control ConfigMap and reads results back."""
+
+    def __init__(self, cluster: KubeCluster) -> None:
+        self.cluster = cluster
+
+    def execute_step(self, spec: RunSpec, plan: StepPlan) -> StepOutcome:
+        result = self._exchange(
+            spec, plan.run_id, plan.attempt, f"step-{plan.step}", plan_document("step", plan)
+        )
+        return StepOutcome(**result)
+
+    def save_checkpoint(self, spec: RunSpec, plan: CheckpointPlan) -> float:
+        key = f"checkpoint-{plan.step}"
+        return float(
+            self._exchange(spec, plan.run_id, plan.attempt, key, plan_document("checkpoint", plan))["seconds"]
+        )
+
+    def evaluate_problems(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome:
+        key = f"filter-{plan.stage_index}"
+        result = self._exchange(spec, plan.run_id, plan.attempt, key, plan_document("filter", plan))
+        correct = {int(problem): int(count) for problem, count in result.pop("correct").items()}
+        return FilterOutcome(correct=correct, **result)
+
+    def _exchange(self, spec: RunSpec, run_id: str, attempt: int, key: str, plan: str) -> dict[str, Any]:
+        self._require_gang(run_id, attempt)
+        results = self.cluster.configmaps.get(self.cluster.namespace, results_name(run_id, attempt))
+        data = (results or {}).get("data") or {}
+        if key in data:
+            return dict(json.loads(data[key]))
+        self._post(spec, run_id, plan)
+        raise WorkInProgress(f"run {run_id}: attempt {attempt} is working on {key}")
+
+    def _require_gang(self, run_id: str, attempt: int) -> None:
+        for pod in self.cluster.pods.items():
+            labels = pod["metadata"]["labels"]
+            if (labels[RUN_LABEL], labels.get(ATTEMPT_LABEL), labels.get(ROLE_LABEL)) != (
+                run_id,
+                str(attempt),
+                "trainer",
+            ):
+                continue
+            phase, reason = observe_pod(pod)
+            if phase != "Running":
+                raise ExecutionInterrupted(
+                    f"run {run_id}: trainer {pod['metadata']['name']} is {phase} {reason}"
+                )
+
+    def _post(self, spec: RunSpec, run_id: str, plan: str) -> None:
+        """Write spec and plan into the control ConfigMap, only when they changed."""
+        control = self.cluster.ensure_control(run_id)
+        wanted = {"spec.json": json.dumps(spec.model_dump(mode="json"), sort_keys=True), "plan.json": plan}
+        current = control.get("data") or {}
+        changed = {key: value for key, value in wanted.items() if current.get(key) != value}
+        if not changed:
+            return
+        try:
+            self.cluster.core.patch_namespaced_config_map(
+                control_name(run_id), self.cluster.namespace, {"data": changed}, _content_type=MERGE_PATCH
+            )
+        except ApiException as error:
+            raise ExecutionInterrupted(
+                f"run {run_id}: cannot post the plan ({error.status} {error.reason})"
+            ) from error

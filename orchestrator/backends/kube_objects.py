@@ -1,0 +1,203 @@
+"""Kubernetes objects orch writes, and how it reads pods back: pure functions over plain dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.records import Workload
+
+__all__ = [
+    "ATTEMPT_LABEL",
+    "COLOCATED_ANNOTATION",
+    "GPU_RESOURCE",
+    "INDEX_LABEL",
+    "ROLE_LABEL",
+    "RUN_LABEL",
+    "control_configmap",
+    "control_name",
+    "gpu_request",
+    "observe_pod",
+    "owner_reference",
+    "pod_manifest",
+    "rendezvous_name",
+    "rendezvous_service",
+    "results_name",
+]
+
+RUN_LABEL = "orch.dev/run"
+ROLE_LABEL = "orch.dev/role"
+ATTEMPT_LABEL = "orch.dev/attempt"
+INDEX_LABEL = "orch.dev/index"
+COLOCATED_ANNOTATION = "orch.dev/colocated-engines"
+GPU_RESOURCE = "nvidia.com/gpu"
+PRIORITY_CLASSES = {"trainer": "orch-training", "engine": "orch-rollout"}
+# Container states that never recover on their own: the member has failed even though the pod is Pending.
+STUCK_REASONS = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff", "CreateContainerConfigError"}
+)
+
+
+def control_name(run_id: str) -> str:
+    """The run's anchor ConfigMap: its spec, the current work plan, and the owner of its objects."""
+    return f"{run_id}-control"
+
+
+def results_name(run_id: str, attempt: int) -> str:
+    """Where the trainer of one attempt writes the results of the work it was asked to do."""
+    return f"{run_id}-a{attempt}-results"
+
+
+def rendezvous_name(run_id: str, attempt: int) -> str:
+    """Headless Service giving the gang's members stable DNS names for rendezvous."""
+    return f"{run_id}-a{attempt}"
+
+
+def owner_reference(obj: dict[str, Any], *, controller: bool = True) -> dict[str, Any]:
+    meta = obj["metadata"]
+    return {
+        "apiVersion": obj.get("apiVersion", "v1"),
+        "kind": obj.get("kind", "ConfigMap"),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _labels(workload: Workload) -> dict[str, str]:
+    return {
+        RUN_LABEL: workload.run_id,
+        ROLE_LABEL: workload.role,
+        ATTEMPT_LABEL: str(workload.attempt),
+        INDEX_LABEL: str(workload.index),
+    }
+
+
+def control_configmap(run_id: str, namespace: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    """Empty at first; the executor writes ``spec.json`` and ``plan.json`` into it."""
+    metadata: dict[str, Any] = {
+        "name": control_name(run_id),
+        "namespace": namespace,
+        "labels": {RUN_LABEL: run_id},
+    }
+    if owner is not None:
+        metadata["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {}}
+
+
+def rendezvous_service(workload: Workload, namespace: str, owner: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": rendezvous_name(workload.run_id, workload.attempt),
+            "namespace": namespace,
+            "labels": {RUN_LABEL: workload.run_id, ATTEMPT_LABEL: str(workload.attempt)},
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {
+                RUN_LABEL: workload.run_id,
+                ATTEMPT_LABEL: str(workload.attempt),
+                ROLE_LABEL: "trainer",
+            },
+            "ports": [{"name": "rendezvous", "port": 29500}],
+        },
+    }
+
+
+def pod_manifest(
+    workload: Workload, namespace: str, pool_label: str, owner: dict[str, Any]
+) -> dict[str, Any]:
+    """One gang member or engine, pinned to the node placement chose, with its GPUs and env."""
+    service = rendezvous_name(workload.run_id, workload.attempt)
+    env = dict(workload.env)
+    if workload.role == "trainer":
+        master = workload.name.replace(f"-trainer-{workload.index}-", "-trainer-0-")
+        env["ORCH_MASTER_ADDR"] = f"{master}.{service}.{namespace}.svc"
+    container: dict[str, Any] = {
+        "name": workload.role,
+        "image": workload.image,
+        "env": [{"name": key, "value": value} for key, value in sorted(env.items())],
+        "volumeMounts": [{"name": "orch-control", "mountPath": "/etc/orch", "readOnly": True}],
+    }
+    if workload.gpus:
+        container["resources"] = {
+            "requests": {GPU_RESOURCE: str(workload.gpus)},
+            "limits": {GPU_RESOURCE: str(workload.gpus)},
+        }
+    metadata: dict[str, Any] = {
+        "name": workload.name,
+        "namespace": namespace,
+        "labels": _labels(workload),
+        "ownerReferences": [owner],
+    }
+    if "ORCH_COLOCATED_ENGINES" in workload.env:
+        metadata["annotations"] = {COLOCATED_ANNOTATION: workload.env["ORCH_COLOCATED_ENGINES"]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {
+            "restartPolicy": "Never",
+            "hostname": workload.name,
+            "subdomain": service,
+            "priorityClassName": PRIORITY_CLASSES.get(workload.role, "orch-rollout"),
+            "nodeSelector": {pool_label: workload.pool, "kubernetes.io/hostname": workload.node},
+            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [container],
+            "volumes": [{"name": "orch-control", "configMap": {"name": control_name(workload.run_id)}}],
+        },
+    }
+
+
+def gpu_request(pod: dict[str, Any]) -> int:
+    """GPUs a pod holds: per container the limit (or request) of ``nvidia.com/gpu``."""
+    total = 0
+    for container in pod.get("spec", {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        amount = (resources.get("limits") or {}).get(GPU_RESOURCE) or (resources.get("requests") or {}).get(
+            GPU_RESOURCE
+        )
+        total += int(amount or 0)
+    return total
+
+
+def _terminated_reason(pod: dict[str, Any]) -> str:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated:
+            return f"{terminated.get('reason') or 'Error'} (exit code {terminated.get('exitCode', '?')})"
+    return ""
+
+
+def _stuck_reason(pod: dict[str, Any]) -> str:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    return ""
+
+
+def observe_pod(pod: dict[str, Any]) -> tuple[str, str]:
+    """(phase, reason) as orch sees a pod: Running, Pending, or Failed with the cluster's reason.
+
+    A member that exits is a failure too: gang members are expected to run until orch deletes them.
+    """
+    status = pod.get("status") or {}
+    phase = status.get("phase", "Pending")
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return "Failed", "Terminating"
+    if phase in ("Failed", "Succeeded"):
+        reason = status.get("reason") or _terminated_reason(pod) or phase
+        if status.get("message"):
+            reason = f"{reason}: {status['message']}"
+        return "Failed", reason
+    stuck = _stuck_reason(pod)
+    if stuck:
+        return "Failed", stuck
+    if phase == "Running":
+        return "Running", ""
+    return "Pending", ""

@@ -1,0 +1,90 @@
+"""Kubernetes RBAC, read from the shipped manifests: what may the controller's ServiceAccount do?
+
+``rbac_allows`` matches one request against PolicyRule dicts the way the apiserver's RBAC authorizer does
+(``*`` wildcards, ``*/subresource``, ``resourceNames``), so a test can replay every API call the kube backend
+made against a fake apiserver and prove the shipped Role and ClusterRole are sufficient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["CONTROLLER_ACCOUNT", "load_rbac_rules", "rbac_allows"]
+
+CONTROLLER_ACCOUNT = "orch-controller"
+
+
+def _matches(values: Iterable[str], wanted: str) -> bool:
+    return any(value in ("*", wanted) for value in values)
+
+
+def _resource_matches(resources: Iterable[str], resource: str, subresource: str) -> bool:
+    wanted = f"{resource}/{subresource}" if subresource else resource
+    return any(
+        rule in ("*", wanted) or (subresource != "" and rule == f"*/{subresource}") for rule in resources
+    )
+
+
+def rbac_allows(
+    rules: Iterable[dict[str, Any]],
+    verb: str,
+    group: str,
+    resource: str,
+    subresource: str = "",
+    *,
+    name: str = "",
+) -> bool:
+    """Whether any rule allows ``verb`` on ``group``/``resource``[/``subresource``] (named ``name``, if any).
+
+    ``group`` is ``""`` for the core API. A rule with ``resourceNames`` only allows requests for those names,
+    so it never allows ``create``, ``list`` or ``watch``, which carry no name.
+    """
+    for rule in rules:
+        if not (
+            _matches(rule.get("verbs", ()), verb)
+            and _matches(rule.get("apiGroups", ()), group)
+            and _resource_matches(rule.get("resources", ()), resource, subresource)
+        ):
+            continue
+        names = rule.get("resourceNames") or []
+        if not names or name in names:
+            return True
+    return False
+
+
+def _documents(path: Path) -> Iterator[dict[str, Any]]:
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.glob("*.yaml") if p.name != "kustomization.yaml")
+    )
+    for file in files:
+        yield from (doc for doc in yaml.safe_load_all(file.read_text()) if isinstance(doc, dict))
+
+
+def load_rbac_rules(path: str | Path, account: str = CONTROLLER_ACCOUNT) -> dict[str, list[dict[str, Any]]]:
+    """The rules bound to ServiceAccount ``account`` in a manifests folder (or one file).
+
+    Returns ``{"cluster": [...], "namespace": [...]}``: rules of ClusterRoles bound by ClusterRoleBindings
+    (they apply everywhere), and rules of roles bound by RoleBindings (they apply in the workload namespace).
+    """
+    docs = list(_documents(Path(path)))
+    roles = {
+        (doc["kind"], doc["metadata"]["name"]): doc.get("rules") or []
+        for doc in docs
+        if doc.get("kind") in ("Role", "ClusterRole")
+    }
+    found: dict[str, list[dict[str, Any]]] = {"cluster": [], "namespace": []}
+    for doc in docs:
+        if doc.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if not any(
+            s.get("kind") == "ServiceAccount" and s.get("name") == account for s in doc.get("subjects", [])
+        ):
+            continue
+        ref = doc["roleRef"]
+        scope = "cluster" if doc["kind"] == "ClusterRoleBinding" else "namespace"
+        found[scope].extend(roles.get((ref["kind"], ref["name"]), []))
+    return found

@@ -1,0 +1,513 @@
+"""What operators ``kubectl apply -k``: valid against a current Kubernetes, least privilege, hardened.
+
+Every rendered overlay is checked with ``kubernetes-validate`` (strict); custom resources, which it skips,
+are checked here: TrainingRuns against the CRD's own schema, ServiceMonitors against the Services they name.
+The CRD and the example TrainingRun are generated from the run spec, and must equal the committed files.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cli import main
+from orchestrator.crd import dump_yaml, training_run, training_run_crd, training_run_schema
+from orchestrator.errors import SpecError
+from orchestrator.rbac import load_rbac_rules, rbac_allows
+from orchestrator.spec import parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+EXAMPLES = ROOT / "examples"
+OVERLAYS = ("base", "dev", "production")
+K8S_VERSION = kubernetes_validate.latest_version()
+CUSTOM = {("orch.dev/v1alpha1", "TrainingRun"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+KUBECTL = shutil.which("kubectl")
+Doc = dict[str, Any]
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+
+def _kubectl_minor() -> int:
+    assert KUBECTL
+    out = subprocess.run([KUBECTL, "version", "--client", "-o", "json"], capture_output=True, text=True)
+    return int(json.loads(out.stdout)["clientVersion"]["minor"].rstrip("+"))
+
+
+@functools.cache
+def rendered(overlay: str) -> list[Doc]:
+    """``kubectl kustomize`` of ``manifests/base`` or an overlay, parsed."""
+    if KUBECTL is None:
+        pytest.skip("kubectl is not on PATH (.ci/run installs it)")
+    if overlay != "base" and _kubectl_minor() < 21:
+        pytest.skip("the overlays use kustomize v4+ fields (patches, replicas): kubectl >= 1.21 embeds it")
+    folder = MANIFESTS / "base" if overlay == "base" else MANIFESTS / "overlays" / overlay
+    done = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0, f"kubectl kustomize {folder}: {done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def example_docs() -> list[Doc]:
+    return [
+        doc
+        for path in sorted((MANIFESTS / "examples").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def one(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = [doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_kustomization_renders_uniquely_named_objects(overlay: str) -> None:
+    docs = rendered(overlay)
+    ids = [
+        (doc["apiVersion"], doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"])
+        for doc in docs
+    ]
+    assert len(ids) == len(set(ids)) > 10
+    assert all(doc["metadata"].get("namespace", "orch") == "orch" for doc in docs)
+
+
+# ---- schema validation -----------------------------------------------------------------------
+
+
+def test_kubernetes_validate_knows_a_current_kubernetes() -> None:
+    assert tuple(map(int, K8S_VERSION.split(".")[:2])) >= (1, 31)
+
+
+def openapi_to_json_schema(node: Doc) -> Doc:
+    """A structural OpenAPI v3 schema as JSON Schema: ``nullable`` and boolean ``exclusiveMinimum`` undone."""
+    out = {key: value for key, value in node.items() if not key.startswith("x-kubernetes-")}
+    if out.pop("nullable", False):
+        out["type"] = [out["type"], "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+    for flag, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if out.pop(flag, False):
+            out[flag] = out.pop(bound)
+    if "properties" in out:
+        out["properties"] = {name: openapi_to_json_schema(sub) for name, sub in out["properties"].items()}
+    for key in ("additionalProperties", "items"):
+        if isinstance(out.get(key), dict):
+            out[key] = openapi_to_json_schema(out[key])
+    return out
+
+
+@functools.cache
+def crd_validator() -> jsonschema.Draft202012Validator:
+    """The committed CRD's openAPIV3Schema, as the apiserver would apply it (less pruning and defaulting)."""
+    crd = yaml.safe_load((MANIFESTS / "base" / "crd-trainingruns.yaml").read_text())
+    schema = openapi_to_json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def check_service_monitor(monitor: Doc, docs: list[Doc]) -> None:
+    """Each endpoint names a port of a Service that the monitor's selector picks."""
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    services = [
+        doc
+        for doc in docs
+        if doc["kind"] == "Service" and wanted.items() <= doc["metadata"].get("labels", {}).items()
+    ]
+    assert services, f"ServiceMonitor {monitor['metadata']['name']} selects no Service"
+    ports = {port.get("name") for service in services for port in service["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["port"] in ports
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "examples"])
+def test_every_manifest_validates_against_kubernetes(overlay: str) -> None:
+    docs = example_docs() if overlay == "examples" else rendered(overlay)
+    for doc in docs:
+        what = f"{doc['kind']}/{doc['metadata']['name']}"
+        if (doc["apiVersion"], doc["kind"]) == ("orch.dev/v1alpha1", "TrainingRun"):
+            errors = [error.message for error in crd_validator().iter_errors(doc)]
+            assert not errors, f"{what}: {errors}"
+            parse_spec(doc["spec"])
+        elif doc["kind"] == "ServiceMonitor":
+            check_service_monitor(doc, docs)
+        else:
+            assert (doc["apiVersion"], doc["kind"]) not in CUSTOM
+            try:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                pytest.fail(f"{overlay}: {what}: {error.message} at {list(error.path)}")
+
+
+def walk(node: Doc, path: str = "spec") -> list[tuple[str, Doc]]:
+    nodes = [(path, node)]
+    for name, sub in node.get("properties", {}).items():
+        nodes += walk(sub, f"{path}.{name}")
+    for key in ("additionalProperties", "items"):
+        if isinstance(node.get(key), dict):
+            nodes += walk(node[key], f"{path}[]")
+    return nodes
+
+
+def test_the_crd_schema_is_structural_so_unknown_fields_are_pruned() -> None:
+    for path, node in walk(training_run_schema()):
+        assert node.get("type") in ("object", "array", "string", "integer", "number", "boolean"), path
+        assert not {"$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "const", "title"} & node.keys(), path
+        assert "x-kubernetes-preserve-unknown-fields" not in node, path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert node.get("additionalProperties", {}) is not False, path
+        for flag, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            if flag in node:
+                assert node[flag] is True and bound in node, path
+
+
+def test_the_crd_names_and_columns() -> None:
+    crd = training_run_crd()
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == "trainingruns.orch.dev"
+    assert (spec["group"], spec["scope"], spec["names"]["kind"]) == ("orch.dev", "Namespaced", "TrainingRun")
+    assert spec["names"]["shortNames"] == ["tr"]
+    [version] = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Stage", "Step", "Age"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert set(status) == {
+        "phase",
+        "stage",
+        "step",
+        "attempt",
+        "runId",
+        "message",
+        "observedGeneration",
+        "conditions",
+    }
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_the_crd_accepts_every_example(example: Path) -> None:
+    run = training_run(yaml.safe_load(example.read_text()))
+    assert not [error.message for error in crd_validator().iter_errors(run)]
+
+
+def _set(path: str, value: Any) -> Callable[[Doc], None]:
+    def change(spec: Doc) -> None:
+        *parents, last = path.split(".")
+        for part in parents:
+            spec = spec[int(part)] if isinstance(spec, list) else spec[part]
+        if value is _set:
+            del spec[last]
+        else:
+            spec[last] = value
+
+    return change
+
+
+BAD = {
+    "a pool of zero GPUs": _set("pools.node.gpus", 0),
+    "a string where an integer goes": _set("trainer.gpus", "8"),
+    "a run name that is not a DNS label": _set("name", "Quick_Start"),
+    "a missing required field": _set("checkpoint", _set),
+    "a missing required nested field": _set("model.layers", _set),
+    "a dtype outside the enum": _set("model.dtype", "int4"),
+    "a GPU type outside the const": _set("pools.node.gpu_type", "A100"),
+    "a solve rate above 1": _set("curriculum.0.advance_when", {"solve_rate_at_least": 1.5}),
+    "an empty curriculum": _set("curriculum", []),
+    "no pools at all": _set("pools", {}),
+    "an empty image": _set("image", ""),
+    "a float where an integer goes": _set("checkpoint.every_steps", 1.5),
+}
+
+
+# pydantic's lax mode reads "8" as 8; the apiserver is strict about JSON types.
+LAX_IN_PYDANTIC = {"a string where an integer goes"}
+
+
+@pytest.mark.parametrize(("case", "change"), BAD.items(), ids=BAD.keys())
+def test_the_crd_rejects_what_the_spec_rejects(case: str, change: Callable[[Doc], None]) -> None:
+    spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    change(spec)
+    if case not in LAX_IN_PYDANTIC:
+        with pytest.raises(SpecError):
+            parse_spec(spec)
+    run = {"apiVersion": "orch.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "x"}, "spec": spec}
+    assert list(crd_validator().iter_errors(run)), "the CRD schema accepted it"
+
+
+def test_the_crd_accepts_null_where_the_spec_allows_none() -> None:
+    spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    spec["curriculum"][0].update(name=None, advance_when=None, entry_filter=None)
+    parse_spec(spec)
+    assert not list(crd_validator().iter_errors({"spec": spec}))
+
+
+# ---- generated files ----------------------------------------------------------------------------
+
+
+GENERATED = {
+    "manifests/base/crd-trainingruns.yaml": ["manifests", "crd"],
+    "manifests/examples/trainingrun-quickstart.yaml": [
+        "manifests",
+        "trainingrun",
+        "examples/quickstart.yaml",
+    ],
+}
+
+
+@pytest.mark.parametrize(("path", "args"), GENERATED.items(), ids=GENERATED.keys())
+def test_generated_files_equal_the_committed_ones(path: str, args: list[str], monkeypatch: Any) -> None:
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output == (ROOT / path).read_text(), f"stale: run `orch {' '.join(args)} > {path}`"
+
+
+def test_the_generated_files_are_what_the_library_makes() -> None:
+    crd = dump_yaml(training_run_crd(), "orch manifests crd")
+    assert crd == (MANIFESTS / "base" / "crd-trainingruns.yaml").read_text()
+    spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    example = yaml.safe_load((MANIFESTS / "examples" / "trainingrun-quickstart.yaml").read_text())
+    assert example == training_run(spec) and example["spec"] == spec
+
+
+# ---- RBAC -------------------------------------------------------------------------------------
+
+
+READS = ("get", "list", "watch")
+NEEDED = (
+    [("cluster", verb, "", "nodes", "") for verb in READS]
+    + [("namespace", verb, "", "pods", "") for verb in (*READS, "create", "delete")]
+    + [("namespace", verb, "", "services", "") for verb in ("get", "list", "create", "delete")]
+    + [("namespace", verb, "", "configmaps", "") for verb in (*READS, "create", "update", "patch", "delete")]
+    + [("namespace", verb, "", "events", "") for verb in ("create", "patch")]
+    + [("namespace", verb, "orch.dev", "trainingruns", "") for verb in (*READS, "update", "patch")]
+    + [("namespace", verb, "orch.dev", "trainingruns", "status") for verb in ("get", "update", "patch")]
+)
+DENIED = [
+    ("cluster", "delete", "", "nodes", ""),
+    ("cluster", "patch", "", "nodes", ""),
+    ("cluster", "list", "", "pods", ""),
+    ("namespace", "get", "", "secrets", ""),
+    ("namespace", "create", "", "pods", "exec"),
+    ("namespace", "create", "orch.dev", "trainingruns", ""),
+    ("namespace", "delete", "orch.dev", "trainingruns", ""),
+    ("namespace", "create", "rbac.authorization.k8s.io", "rolebindings", ""),
+]
+
+
+@functools.cache
+def controller_rules() -> dict[str, list[Doc]]:
+    return load_rbac_rules(MANIFESTS / "base")
+
+
+@pytest.mark.parametrize(("scope", "verb", "group", "resource", "sub"), NEEDED)
+def test_the_controller_may_do_what_it_needs(
+    scope: str, verb: str, group: str, resource: str, sub: str
+) -> None:
+    assert rbac_allows(controller_rules()[scope], verb, group, resource, sub)
+
+
+@pytest.mark.parametrize(("scope", "verb", "group", "resource", "sub"), DENIED)
+def test_the_controller_may_not_do_more(scope: str, verb: str, group: str, resource: str, sub: str) -> None:
+    assert not rbac_allows(controller_rules()[scope], verb, group, resource, sub)
+
+
+def test_the_granted_rules_are_exactly_the_needed_ones() -> None:
+    granted = {
+        (scope, verb, group, resource.partition("/")[0], resource.partition("/")[2])
+        for scope, rules in controller_rules().items()
+        for rule in rules
+        for verb in rule["verbs"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert granted == set(NEEDED)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rbac_has_no_wildcards_no_secrets_and_no_cluster_wide_writes(overlay: str) -> None:
+    roles = [doc for doc in rendered(overlay) if doc["kind"] in ("Role", "ClusterRole")]
+    assert {doc["kind"] for doc in roles} == {"Role", "ClusterRole"}
+    for role in roles:
+        for rule in role["rules"]:
+            for key in ("verbs", "apiGroups", "resources", "resourceNames", "nonResourceURLs"):
+                assert not any("*" in value for value in rule.get(key, [])), (
+                    f"{role['metadata']['name']}: {key}"
+                )
+            assert "secrets" not in rule["resources"]
+            if role["kind"] == "ClusterRole":
+                assert set(rule["verbs"]) <= set(READS)
+    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+        assert not any(rbac_allows(doc["rules"], verb, "", "secrets") for doc in roles)
+
+
+def test_rbac_allows_matches_like_the_apiserver() -> None:
+    rules = [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        {"apiGroups": ["apps"], "resources": ["*/scale"], "verbs": ["*"]},
+        {"apiGroups": ["*"], "resources": ["leases"], "verbs": ["update"], "resourceNames": ["orch"]},
+    ]
+    assert rbac_allows(rules, "get", "", "pods")
+    assert not rbac_allows(rules, "get", "", "pods", "log")
+    assert not rbac_allows(rules, "get", "apps", "pods")
+    assert rbac_allows(rules, "patch", "apps", "deployments", "scale")
+    assert not rbac_allows(rules, "patch", "apps", "deployments")
+    assert rbac_allows(rules, "update", "coordination.k8s.io", "leases", name="orch")
+    assert not rbac_allows(rules, "update", "coordination.k8s.io", "leases", name="other")
+    assert not rbac_allows(rules, "update", "coordination.k8s.io", "leases")
+
+
+def test_the_agent_account_has_no_rules_and_no_token() -> None:
+    assert load_rbac_rules(MANIFESTS / "base", account="orch-agent") == {"cluster": [], "namespace": []}
+    account = one(rendered("base"), "ServiceAccount", "orch-agent")
+    assert account["automountServiceAccountToken"] is False
+
+
+# ---- workloads ----------------------------------------------------------------------------------
+
+
+def hardened(container: Doc, pod: Doc) -> None:
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert context.get("privileged") is not True
+    pod_context = pod["securityContext"]
+    assert pod_context["runAsNonRoot"] is True and pod_context["runAsUser"] == 10001
+    assert pod_context["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {"requests", "limits"} <= container["resources"].keys()
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+@pytest.mark.parametrize(("overlay", "replicas"), [("base", 2), ("dev", 1), ("production", 2)])
+def test_the_controller_is_hardened_probed_and_sized(overlay: str, replicas: int) -> None:
+    docs = rendered(overlay)
+    deployment = one(docs, "Deployment", "orch-controller")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    hardened(container, pod)
+    assert deployment["spec"]["replicas"] == replicas
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert pod["serviceAccountName"] == "orch-controller"
+    assert container["args"][:3] == ["controller", "--backend", "kube"]
+    assert container["image"] == "ghcr.io/orch-dev/orch:0.1.0"
+    env = {item["name"]: item for item in container["env"]}
+    assert env["ORCH_BACKEND"]["value"] == "kube"
+    assert env["ORCH_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "orch-database",
+        "key": "ORCH_DATABASE_URL",
+    }
+    probes = {kind: container[kind]["httpGet"] for kind in ("livenessProbe", "readinessProbe")}
+    assert probes["livenessProbe"] == {"path": "/healthz", "port": "http"}
+    assert probes["readinessProbe"] == {"path": "/readyz", "port": "http"}
+    assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    budget = one(docs, "PodDisruptionBudget", "orch-controller")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    service = one(docs, "Service", "orch-controller")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_dev_asks_for_less_than_production() -> None:
+    def requests(overlay: str) -> Doc:
+        pod = one(rendered(overlay), "Deployment", "orch-controller")["spec"]["template"]["spec"]
+        return pod["containers"][0]["resources"]["requests"]
+
+    assert requests("dev") == {"cpu": "100m", "memory": "256Mi"}
+    assert requests("production") == {"cpu": "500m", "memory": "512Mi"}
+
+
+def test_production_ships_no_placeholder_secret() -> None:
+    assert not [doc for doc in rendered("production") if doc["kind"] == "Secret"]
+    assert one(rendered("base"), "Secret", "orch-database")["stringData"]["ORCH_DATABASE_URL"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_agent_runs_only_on_gpu_nodes_and_takes_no_gpu(overlay: str) -> None:
+    daemonset = one(rendered(overlay), "DaemonSet", "orch-agent")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["automountServiceAccountToken"] is False
+    assert not pod.get("hostNetwork") and not pod.get("hostPID")
+    [container] = pod["containers"]
+    hardened(container, pod)
+    assert container["args"] == ["agent", "--port", "9400"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+    for amounts in container["resources"].values():
+        assert "nvidia.com/gpu" not in amounts
+
+
+def test_priority_classes_rank_training_above_rollout() -> None:
+    docs = rendered("base")
+    training, rollout = (
+        one(docs, "PriorityClass", name)["value"] for name in ("orch-training", "orch-rollout")
+    )
+    assert training > rollout > 0
+    assert training < 1_000_000_000  # below the system-* classes
+
+
+# ---- CLI and image ------------------------------------------------------------------------------
+
+
+def test_render_without_kubectl_concatenates_the_base(monkeypatch: Any, tmp_path: Path) -> None:
+    expected = {(doc["kind"], doc["metadata"]["name"]) for doc in rendered("base")}
+    monkeypatch.setenv("PATH", str(tmp_path))
+    result = CliRunner().invoke(main, ["manifests", "render"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    docs = [doc for doc in yaml.safe_load_all(result.output) if doc]
+    assert {(doc["kind"], doc["metadata"]["name"]) for doc in docs} == expected
+    assert all(
+        doc["metadata"].get("namespace") == "orch"
+        for doc in docs
+        if doc["kind"]
+        not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "PriorityClass")
+    )
+    overlay = CliRunner().invoke(main, ["manifests", "render", "--overlay", "dev"])
+    assert overlay.exit_code == 1 and "needs kustomize" in overlay.output
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_render_prints_what_kustomize_renders(overlay: str) -> None:
+    expected = rendered(overlay)
+    result = CliRunner().invoke(main, ["manifests", "render", "--overlay", overlay], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [doc for doc in yaml.safe_load_all(result.output) if doc] == expected
+
+
+def test_trainingrun_command_rejects_a_bad_spec(tmp_path: Path) -> None:
+    spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    bad = copy.deepcopy(spec)
+    bad["trainer"]["gpus"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = CliRunner().invoke(main, ["manifests", "trainingrun", str(path)])
+    assert result.exit_code == 2 and "trainer.gpus" in result.output
+
+
+def test_the_image_runs_orch_as_user_10001() -> None:
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    assert "FROM python:3.11-slim" in lines
+    assert "USER 10001:10001" in lines
+    assert 'ENTRYPOINT ["orch"]' in lines
