@@ -23,6 +23,7 @@ from orchestrator.backends import make_backend
 from orchestrator.controller import Controller
 from orchestrator.embedded import run_to_completion
 from orchestrator.errors import OrchError
+from orchestrator.health import HealthServer, LoopHeartbeat
 from orchestrator.records import Event, Run
 from orchestrator.state.store import Store
 
@@ -294,9 +295,16 @@ def stage(obj: Context, run: str, advance: bool, output: str) -> None:
 @click.option("--id", "identity", default=None, help="controller identity for leases (default host-pid)")
 @click.option("--lease-seconds", default=15.0, show_default=True, help="how long a run's lease lasts")
 @click.option("--exit-when-idle", is_flag=True, help="exit once no unfinished run is left")
+@click.option("--http-port", type=int, default=None, help="serve /healthz, /readyz and /metrics on this port")
 @pass_context
 def controller(
-    obj: Context, once: bool, backend: str, identity: str | None, lease_seconds: float, exit_when_idle: bool
+    obj: Context,
+    once: bool,
+    backend: str,
+    identity: str | None,
+    lease_seconds: float,
+    exit_when_idle: bool,
+    http_port: int | None,
 ) -> None:
     """Run the reconcile loop (Ctrl-C stops it cleanly)."""
     parts = make_backend(backend)
@@ -316,12 +324,16 @@ def controller(
         return
     stop = threading.Event()
     until = (lambda: not obj.store.list_runs(active_only=True)) if exit_when_idle else (lambda: False)
+    heartbeat = LoopHeartbeat(stale_after_s=max(60.0, 4 * lease_seconds))
+    health = HealthServer(http_port, heartbeat, obj.store.ping).start() if http_port is not None else None
     try:
-        ctl.run(until=until, stop=stop)
+        ctl.run(until=until, stop=stop, after_pass=heartbeat.beat)
     except KeyboardInterrupt:
         stop.set()
     finally:
         parts.close()
+        if health is not None:
+            health.stop()
 
 
 @main.group()

@@ -167,12 +167,14 @@ class Controller:
         until: Callable[[], bool] = lambda: False,
         stop: threading.Event | None = None,
         idle_wait_s: float = 0.5,
+        after_pass: Callable[[], None] = lambda: None,
     ) -> None:
         """Reconcile until ``until()`` is true or ``stop`` is set; idle passes wait on the cluster's watch."""
         stop = stop or threading.Event()
         try:
             while not stop.is_set() and not until():
                 report = self.reconcile_once()
+                after_pass()
                 if not report.progressed:
                     self._cluster_version, _ = self.cluster.watch(self._cluster_version, idle_wait_s)
         finally:

@@ -126,6 +126,11 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> bool:
+        """Whether the database answers a trivial query."""
+        with self.engine.connect() as connection:
+            return connection.exec_driver_sql("SELECT 1").scalar() == 1
+
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
