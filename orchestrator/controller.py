@@ -79,6 +79,7 @@ class Controller:
         for run_id in run_ids:
             changes += self._reconcile_run(run_id)
         changes += self._delete_orphans()
+        changes += self.cluster.sweep({run.id for run in self.store.list_runs() if run.phase.terminal})
         changes += sum(source.publish(self.store) for source in self.sources)
         return PassReport(runs=len(run_ids), changes=changes)
 

@@ -8,7 +8,7 @@ through a ``TrainingExecutor``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,6 +64,9 @@ class ClusterBackend(Protocol):
 
     def watch(self, since: int, timeout_s: float) -> tuple[int, list[ClusterEvent]]:
         """Changes after resource version ``since`` (waiting up to ``timeout_s``), and the newest version."""
+
+    def sweep(self, finished_runs: Collection[str]) -> int:
+        """Delete what the cluster still keeps for runs that finished; return how many objects went."""
 
 
 class RunSource(Protocol):

@@ -19,13 +19,14 @@ exactly what a gang must not do (a partial gang has to be torn down and recreate
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from orchestrator.backends.base import ClusterEvent
+from orchestrator.backends.base import ClusterEvent, ExecutionInterrupted
 from orchestrator.backends.kube_informer import Changes, Informer
 from orchestrator.backends.kube_objects import (
     COLOCATED_ANNOTATION,
@@ -172,6 +173,22 @@ class KubeCluster:
             raise
         return True
 
+    def sweep(self, finished_runs: Collection[str]) -> int:
+        """Delete the ConfigMaps of finished runs; the control ConfigMap's dependents (Services,
+        leftover pods) go with it through owner-reference garbage collection."""
+        deleted = 0
+        for configmap in self.configmaps.items():
+            meta = configmap["metadata"]
+            if meta["labels"][RUN_LABEL] not in finished_runs:
+                continue
+            try:
+                self.core.delete_namespaced_config_map(meta["name"], self.namespace)
+                deleted += 1
+            except ApiException as error:
+                if error.status != NOT_FOUND:
+                    raise
+        return deleted
+
     def watch(self, since: int, timeout_s: float) -> tuple[int, list[ClusterEvent]]:
         """Wakes on any informer change; the controller re-reads the caches (level-triggered)."""
         return self.changes.wait(since, timeout_s), []
@@ -189,9 +206,15 @@ class KubeCluster:
         except ApiException as error:
             if error.status != CONFLICT:
                 raise
-        return self.core.read_namespaced_config_map(
-            control_name(run_id), self.namespace, _preload_content=False
-        ).json()
+        # Someone created it first: the watch delivers it shortly (no extra RBAC verb needed to read it).
+        deadline = time.monotonic() + 10
+        while (cached := self.configmaps.get(self.namespace, control_name(run_id))) is None:
+            if time.monotonic() > deadline:
+                raise ExecutionInterrupted(
+                    f"run {run_id}: its control ConfigMap exists but never arrived by watch"
+                )
+            time.sleep(0.05)
+        return cached
 
     def _run_owner(self, run_id: str) -> dict[str, Any]:
         if run_id not in self._owners:

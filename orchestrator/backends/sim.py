@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.backends.base import ClusterEvent
@@ -142,6 +142,10 @@ class SimCluster:
             if self._version <= since and timeout_s > 0:
                 self._lock.wait(timeout_s)
             return self._version, [event for event in self._events if event.resource_version > since]
+
+    def sweep(self, finished_runs: Collection[str]) -> int:
+        """The simulated pool keeps nothing for a run beyond its workloads."""
+        return 0
 
     # ---- simulation -----------------------------------------------------------------------
 

@@ -1,0 +1,407 @@
+"""The Kubernetes backend end to end: the unmodified `kubernetes` client against the fake API server."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from orchestrator import service
+from orchestrator.backends import make_kube_backend
+from orchestrator.backends.base import Backend
+from orchestrator.controller import Controller
+from orchestrator.records import Phase, Run
+from orchestrator.state.store import Store
+from orchestrator.testing.kube_fake import FakeKubeServer
+from orchestrator.testing.kube_trainer import ScriptedTrainer
+from orchestrator.testing.kubelet import FakeKubelet
+from tests.conftest import spec_data, write_spec
+
+NAMESPACE = "orch"
+POOL = "orch.dev/pool"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+
+
+@dataclass
+class FakeCluster:
+    server: FakeKubeServer
+    kubelet: FakeKubelet
+    trainer: ScriptedTrainer
+    pods_seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    services_seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configmaps_seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configmaps_seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backends: list[Backend] = field(default_factory=list)
+
+    def node(self, name: str, pool: str = "node", gpus: int = 8) -> None:
+        self.kubelet.add_node(name, gpus=gpus, labels={POOL: pool}, taints=[GPU_TAINT])
+
+    def backend(self) -> Backend:
+        backend = make_kube_backend(
+            self.server.api_client(), namespace=NAMESPACE, pool_label=POOL, watch_timeout_s=1
+        )
+        self.backends.append(backend)
+        return backend
+
+    def controller(self, store: Store, identity: str = "ctl-a") -> tuple[Controller, Backend]:
+        backend = self.backend()
+        controller = Controller(
+            store,
+            backend.cluster,
+            backend.executor,
+            sources=backend.sources,
+            identity=identity,
+            lease_seconds=0.5,
+        )
+        return controller, backend
+
+    def pod_creates(self) -> int:
+        """POSTs of pods; the collection URL carries no name, so compare with the distinct pods seen."""
+        return sum(1 for r in self.server.requests if r.verb == "create" and r.resource == "pods")
+
+
+@pytest.fixture
+def cluster() -> Iterator[FakeCluster]:
+    server = FakeKubeServer().start()
+    trainer = ScriptedTrainer(NAMESPACE)
+    kubelet = FakeKubelet(server, behaviors=[trainer])
+    fake = FakeCluster(server, kubelet, trainer)
+
+    def remember(server: FakeKubeServer) -> None:
+        for plural, seen in (
+            ("pods", fake.pods_seen),
+            ("services", fake.services_seen),
+            ("configmaps", fake.configmaps_seen),
+        ):
+            seen.update({obj["metadata"]["name"]: obj for obj in server.list_objects("", plural, NAMESPACE)})
+
+    kubelet.behaviors.append(remember)
+    kubelet.start()
+    yield fake
+    for backend in fake.backends:
+        backend.close()
+    kubelet.stop()
+    server.stop()
+
+
+def drive(
+    controller: Controller,
+    store: Store,
+    run_id: str,
+    until: Callable[[Run], bool] | None = None,
+    timeout_s: float = 60,
+) -> Run:
+    """Run the controller until the run finishes (or ``until`` holds)."""
+    deadline = time.monotonic() + timeout_s
+
+    def done() -> bool:
+        run = store.get_run(run_id)
+        return run.phase.terminal or (until is not None and until(run)) or time.monotonic() > deadline
+
+    controller.run(until=done, idle_wait_s=0.1)
+    run = store.get_run(run_id)
+    assert run.phase.terminal or (until is not None and until(run)), f"stuck: {run.phase} {run.message}"
+    return run
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+
+
+def split_pools_spec(tmp_path: Path) -> Path:
+    """Trainer on two 8-GPU nodes of one pool, eight 1-GPU engines in another."""
+    data = spec_data()
+    data["pools"] = {"train": {"gpus": 16}, "gen": {"gpus": 8}}
+    data["trainer"] = {"pool": "train", "gpus": 16}
+    data["rollout"]["pool"] = "gen"
+    return write_spec(tmp_path, data)
+
+
+def test_the_quickstart_completes_on_kubernetes(store: Store, cluster: FakeCluster, quickstart: Path) -> None:
+    cluster.node("gpu-0")
+    controller, _ = cluster.controller(store)
+    run = service.submit(store, quickstart)
+    done = drive(controller, store, run.id)
+
+    assert done.phase is Phase.SUCCEEDED
+    assert [s.step for s in store.steps(run.id)] == list(range(1, 10))
+    assert [c.step for c in store.checkpoints(run.id)] == [2, 4, 6, 8, 9]
+    [trainer] = [p for name, p in cluster.pods_seen.items() if run.id in name]
+    assert trainer["metadata"]["name"] == f"{run.id}-trainer-0-a1"
+    container = trainer["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+    assert container["image"] == "ghcr.io/orch-dev/trainer:0.1"
+    assert trainer["spec"]["nodeSelector"] == {POOL: "node", "kubernetes.io/hostname": "gpu-0"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in trainer["spec"][
+        "tolerations"
+    ]
+    env = env_of(trainer)
+    assert (env["ORCH_RANK"], env["ORCH_WORLD_SIZE"], env["ORCH_RESUME_STEP"]) == ("0", "1", "0")
+    assert env["ORCH_CHECKPOINT_URI"] == "file:///tmp/orch-checkpoints/quickstart"
+    labels = trainer["metadata"]["labels"]
+    assert labels == {
+        "orch.dev/run": run.id,
+        "orch.dev/role": "trainer",
+        "orch.dev/attempt": "1",
+        "orch.dev/index": "0",
+    }
+    hosted = trainer["metadata"]["annotations"]["orch.dev/colocated-engines"].split(",")
+    assert len(hosted) == 8, "colocated engines run inside the trainer pod, not as pods of their own"
+    [owner] = trainer["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"]) == ("ConfigMap", f"{run.id}-control")
+    assert cluster.server.list_objects("", "pods", NAMESPACE) == [], "finished runs leave no pods"
+
+
+def test_a_gang_across_nodes_and_separate_engines_get_the_right_pods(
+    store: Store, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    for name in ("train-0", "train-1"):
+        cluster.node(name, pool="train")
+    cluster.node("gen-0", pool="gen")
+    controller, _ = cluster.controller(store)
+    run = service.submit(store, split_pools_spec(tmp_path))
+    assert drive(controller, store, run.id).phase is Phase.SUCCEEDED
+
+    pods = {name: pod for name, pod in cluster.pods_seen.items() if name.startswith(run.id)}
+    trainers = sorted(n for n in pods if "-trainer-" in n)
+    engines = sorted(n for n in pods if "-engine-" in n)
+    assert len(trainers) == 2 and len(engines) == 8
+    assert {pods[n]["spec"]["nodeSelector"]["kubernetes.io/hostname"] for n in trainers} == {
+        "train-0",
+        "train-1",
+    }
+    assert [env_of(pods[n])["ORCH_RANK"] for n in trainers] == ["0", "1"]
+    assert {env_of(pods[n])["ORCH_WORLD_SIZE"] for n in trainers} == {"2"}
+    assert len({env_of(pods[n])["ORCH_MASTER_ADDR"] for n in trainers}) == 1
+    for name in engines:
+        assert pods[name]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+        assert pods[name]["spec"]["nodeSelector"] == {POOL: "gen", "kubernetes.io/hostname": "gen-0"}
+    service_name = f"{run.id}-a1"
+    assert all(pods[n]["spec"]["subdomain"] == service_name for n in trainers)
+    assert cluster.services_seen[service_name]["spec"]["clusterIP"] == "None"
+    assert cluster.server.list_objects("", "services", NAMESPACE) == [], "a finished run's objects are swept"
+    assert cluster.server.list_objects("", "configmaps", NAMESPACE) == []
+
+
+@pytest.mark.parametrize("shortage", ["a 7-GPU node", "a foreign pod holding one GPU"])
+def test_a_pool_one_gpu_short_keeps_the_run_waiting_and_creates_no_pod(
+    store: Store, cluster: FakeCluster, quickstart: Path, shortage: str
+) -> None:
+    if shortage == "a 7-GPU node":
+        cluster.node("gpu-0", gpus=7)
+    else:
+        cluster.node("gpu-0")
+        cluster.server.put_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "someone-else", "namespace": "default"},
+                "spec": {
+                    "nodeName": "gpu-0",
+                    "containers": [
+                        {"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
+                    ],
+                },
+                "status": {"phase": "Running"},
+            }
+        )
+    controller, _ = cluster.controller(store)
+    run = service.submit(store, quickstart)
+    for _ in range(5):
+        controller.reconcile_once()
+        time.sleep(0.05)
+
+    waiting = store.get_run(run.id)
+    assert waiting.phase is Phase.PENDING
+    [event] = [e for e in store.events(run.id) if e.reason == "Unschedulable"]
+    assert "pool 'node' has 7 of 8 GPUs free" in event.message or "has 7 of 7 GPUs free" in event.message
+    assert cluster.pod_creates() == 0
+
+
+def test_a_failed_member_tears_down_the_gang_and_recreates_it_from_the_last_checkpoint(
+    store: Store, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    for name in ("train-0", "train-1"):
+        cluster.node(name, pool="train")
+    cluster.node("gen-0", pool="gen")
+    controller, _ = cluster.controller(store)
+    run = service.submit(store, split_pools_spec(tmp_path))
+    drive(controller, store, run.id, until=lambda r: r.steps_done >= 3)
+    cluster.kubelet.fail_pod(NAMESPACE, f"{run.id}-trainer-1-a1", reason="OOMKilled", exit_code=137)
+    done = drive(controller, store, run.id)
+
+    assert done.phase is Phase.SUCCEEDED and done.attempt == 2
+    [failure] = [e for e in store.events(run.id) if e.reason == "GangFailed"]
+    assert "OOMKilled" in failure.message
+    resume = failure.data["resume_step"]
+    assert resume == 2
+    assert [s.step for s in store.steps(run.id)] == list(range(1, 10))
+    assert min(s.step for s in store.steps(run.id) if s.attempt == 2) == resume + 1
+    second = {n: p for n, p in cluster.pods_seen.items() if n.startswith(run.id) and n.endswith("-a2")}
+    assert len(second) == 10
+    assert {env_of(p)["ORCH_RESUME_STEP"] for n, p in second.items() if "-trainer-" in n} == {"2"}
+    deleted = {r.name for r in cluster.server.requests if r.verb == "delete" and r.resource == "pods"}
+    first = {n for n in cluster.pods_seen if n.startswith(run.id) and n.endswith("-a1")}
+    assert first - {f"{run.id}-trainer-1-a1"} <= deleted, "no member of the failed gang is left running"
+    assert cluster.pod_creates() == len([n for n in cluster.pods_seen if n.startswith(run.id)]) == 20
+
+
+def test_a_restarted_controller_relists_and_creates_nothing_twice(
+    store: Store, cluster: FakeCluster, quickstart: Path
+) -> None:
+    cluster.node("gpu-0")
+    first, first_backend = cluster.controller(store, identity="ctl-1")
+    run = service.submit(store, quickstart)
+    drive(first, store, run.id, until=lambda r: r.steps_done >= 4)
+    first_backend.close()  # the controller process is gone; its pods keep running in the cluster
+    time.sleep(0.6)  # its run leases expire
+
+    second, _ = cluster.controller(store, identity="ctl-2")
+    done = drive(second, store, run.id)
+    assert done.phase is Phase.SUCCEEDED
+    assert done.attempt == 1, "the gang survived the controller restart"
+    assert cluster.pod_creates() == 1 and list(cluster.pods_seen) == [f"{run.id}-trainer-0-a1"]
+    creates = Counter((r.resource, r.name) for r in cluster.server.requests if r.verb == "create")
+    assert creates == Counter({("pods", ""): 1, ("services", ""): 1, ("configmaps", ""): 1})
+    assert [s.step for s in store.steps(run.id)] == list(range(1, 10))
+
+
+def test_a_stale_watch_gets_410_and_recovers_by_listing_again(
+    store: Store, cluster: FakeCluster, quickstart: Path
+) -> None:
+    cluster.node("gpu-0")
+    controller, backend = cluster.controller(store)
+    run = service.submit(store, quickstart)
+    drive(controller, store, run.id, until=lambda r: r.steps_done >= 2)
+    cluster.server.compact()
+    informer = backend.cluster.pods
+    deadline = time.monotonic() + 10
+    while informer.relists == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert informer.relists >= 1
+    assert drive(controller, store, run.id).phase is Phase.SUCCEEDED
+
+
+def training_run(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "orch.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+def test_a_training_run_applied_through_the_api_becomes_a_sql_run_with_status_written_back(
+    store: Store, cluster: FakeCluster
+) -> None:
+    cluster.node("gpu-0")
+    api = client.CustomObjectsApi(cluster.server.api_client())
+    created = api.create_namespaced_custom_object(
+        "orch.dev", "v1alpha1", NAMESPACE, "trainingruns", training_run("math", spec_data())
+    )
+    controller, _ = cluster.controller(store)
+    controller.reconcile_once()
+    [run] = store.list_runs()
+    assert run.external_ref == f"{NAMESPACE}/math/{created['metadata']['uid']}"
+    done = drive(controller, store, run.id)
+    controller.reconcile_once()  # publish the final state
+
+    status = api.get_namespaced_custom_object("orch.dev", "v1alpha1", NAMESPACE, "trainingruns", "math")[
+        "status"
+    ]
+    assert (status["runId"], status["phase"], status["step"], status["stage"]) == (done.id, "Succeeded", 9, 3)
+    control = cluster.configmaps_seen[f"{run.id}-control"]
+    assert control["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    controller.reconcile_once()
+    assert len(store.list_runs()) == 1, "a restart or a later pass never mirrors the same object twice"
+
+
+def test_an_invalid_training_run_is_marked_and_not_run(store: Store, cluster: FakeCluster) -> None:
+    api = client.CustomObjectsApi(cluster.server.api_client())
+    bad = spec_data()
+    bad["trainer"]["gpus"] = 0
+    api.create_namespaced_custom_object(
+        "orch.dev", "v1alpha1", NAMESPACE, "trainingruns", training_run("bad", bad)
+    )
+    controller, _ = cluster.controller(store)
+    controller.reconcile_once()
+    time.sleep(0.2)
+    status = api.get_namespaced_custom_object("orch.dev", "v1alpha1", NAMESPACE, "trainingruns", "bad")[
+        "status"
+    ]
+    assert status["phase"] == "Invalid" and "trainer.gpus" in status["message"]
+    assert store.list_runs() == []
+
+
+def test_deleting_a_training_run_cancels_its_run_and_its_pods_go(store: Store, cluster: FakeCluster) -> None:
+    cluster.node("gpu-0")
+    api = client.CustomObjectsApi(cluster.server.api_client())
+    api.create_namespaced_custom_object(
+        "orch.dev", "v1alpha1", NAMESPACE, "trainingruns", training_run("m", spec_data())
+    )
+    controller, _ = cluster.controller(store)
+    controller.reconcile_once()
+    [run] = store.list_runs()
+    drive(controller, store, run.id, until=lambda r: r.steps_done >= 1)
+    api.delete_namespaced_custom_object("orch.dev", "v1alpha1", NAMESPACE, "trainingruns", "m")
+    drive(controller, store, run.id)
+
+    assert store.get_run(run.id).phase is Phase.CANCELLED
+    deadline = time.monotonic() + 5
+    while cluster.server.list_objects("", "pods", NAMESPACE) and time.monotonic() < deadline:
+        controller.reconcile_once()
+        time.sleep(0.05)
+    assert cluster.server.list_objects("", "pods", NAMESPACE) == []
+    assert cluster.server.get_object("", "configmaps", NAMESPACE, f"{run.id}-control") is None, "owner GC"
+
+
+def test_rbac_covers_every_call_the_backend_makes_and_grants_nothing_it_does_not_use(
+    store: Store, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    from orchestrator.rbac import load_rbac_rules, rbac_allows
+
+    for name in ("train-0", "train-1"):
+        cluster.node(name, pool="train")
+    cluster.node("gen-0", pool="gen")
+    data = spec_data()
+    data["pools"] = {"train": {"gpus": 16}, "gen": {"gpus": 8}}
+    data["trainer"] = {"pool": "train", "gpus": 16}
+    data["rollout"]["pool"] = "gen"
+    # Test-side objects go in without HTTP, so every logged request is the controller's own.
+    cluster.server.put_object(training_run("math", data))
+    cluster.server.put_object(training_run("bad", {**data, "image": ""}))
+    controller, _ = cluster.controller(store, identity="ctl-1")
+    controller.reconcile_once()
+    run = next(r for r in store.list_runs() if r.external_ref and "/math/" in r.external_ref)
+    drive(controller, store, run.id, until=lambda r: r.steps_done >= 3)
+    cluster.kubelet.fail_pod(NAMESPACE, f"{run.id}-trainer-0-a1", reason="OOMKilled", exit_code=137)
+    drive(controller, store, run.id, until=lambda r: r.attempt == 2 and r.steps_done >= 5)
+    cluster.server.compact()
+    drive(controller, store, run.id)
+    controller.reconcile_once()
+
+    rules = load_rbac_rules(Path(__file__).resolve().parents[1] / "manifests" / "base")
+    calls = {(r.verb, r.group, r.resource, r.subresource, r.namespace != "") for r in cluster.server.requests}
+    for verb, group, resource, sub, namespaced in sorted(calls):
+        allowed = rbac_allows(rules["cluster"], verb, group, resource, sub) or (
+            namespaced and rbac_allows(rules["namespace"], verb, group, resource, sub)
+        )
+        assert allowed, f"RBAC forbids {verb} {group or 'core'}/{resource}{'/' + sub if sub else ''}"
+    for scope, scoped_rules in rules.items():
+        for rule in scoped_rules:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    name, _, sub = resource.partition("/")
+                    for verb in rule["verbs"]:
+                        used = any(
+                            (v, g, r, s) == (verb, group, name, sub) and (namespaced or scope == "cluster")
+                            for v, g, r, s, namespaced in calls
+                        )
+                        assert used, f"{scope} rule grants {verb} {group or 'core'}/{resource}, never used"
+    assert store.get_run(run.id).phase is Phase.SUCCEEDED
