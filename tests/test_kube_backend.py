@@ -405,3 +405,60 @@ def test_rbac_covers_every_call_the_backend_makes_and_grants_nothing_it_does_not
                         )
                         assert used, f"{scope} rule grants {verb} {group or 'core'}/{resource}, never used"
     assert store.get_run(run.id).phase is Phase.SUCCEEDED
+
+
+FAILURES: dict[str, Callable[[FakeKubelet, str], None]] = {
+    "OOMKilled": lambda kubelet, pod: kubelet.fail_pod(NAMESPACE, pod, reason="OOMKilled", exit_code=137),
+    "Evicted": lambda kubelet, pod: kubelet.evict_pod(NAMESPACE, pod),
+    "NodeLost": lambda kubelet, pod: kubelet.lose_node("gpu-0"),
+    "ImagePullBackOff": lambda kubelet, pod: kubelet.image_pull_backoff(NAMESPACE, pod),
+}
+
+
+@pytest.mark.parametrize("reason", list(FAILURES))
+def test_pod_failures_become_run_events_with_their_reason(
+    store: Store, cluster: FakeCluster, quickstart: Path, reason: str
+) -> None:
+    cluster.node("gpu-0")
+    cluster.node("gpu-1")
+    controller, _ = cluster.controller(store)
+    run = service.submit(store, quickstart)
+    drive(controller, store, run.id, until=lambda r: r.steps_done >= 1)
+    FAILURES[reason](cluster.kubelet, f"{run.id}-trainer-0-a1")
+    done = drive(controller, store, run.id)
+
+    [failure] = [e for e in store.events(run.id) if e.reason == "GangFailed"]
+    assert reason in failure.message
+    assert done.phase is Phase.SUCCEEDED and done.attempt == 2
+
+
+def test_orch_controller_runs_the_kube_backend_from_a_kubeconfig(
+    db_url: str, cluster: FakeCluster, quickstart: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    cluster.node("gpu-0")
+    kubeconfig = cluster.server.write_kubeconfig(tmp_path / "kubeconfig")
+    env = {"ORCH_DATABASE_URL": db_url, "KUBECONFIG": str(kubeconfig), "ORCH_BACKEND": "kube"}
+    runner = CliRunner()
+    assert runner.invoke(main, ["submit", str(quickstart)], env=env).exit_code == 0
+    result = runner.invoke(main, ["controller", "--once"], env=env)
+    assert result.exit_code == 0, result.output
+    store = Store(db_url)
+    [run] = store.list_runs()
+    assert store.get_run(run.id).phase is Phase.ADMITTED
+    assert cluster.pod_creates() == 1
+    store.close()
+
+
+def test_a_missing_kubeconfig_is_one_clear_line(db_url: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    env = {"ORCH_DATABASE_URL": db_url, "KUBECONFIG": str(tmp_path / "missing"), "ORCH_BACKEND": "kube"}
+    result = CliRunner().invoke(main, ["controller", "--once"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: kubernetes: cannot load")

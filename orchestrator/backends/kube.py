@@ -42,6 +42,7 @@ from orchestrator.backends.kube_objects import (
 )
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
+from orchestrator.errors import OrchError
 from orchestrator.records import Workload
 from orchestrator.spec import PoolSpec
 
@@ -54,11 +55,18 @@ CONFLICT, NOT_FOUND = 409, 404
 
 def api_client_from_environment() -> client.ApiClient:
     """In-cluster config inside a pod, else the kubeconfig (``KUBECONFIG`` or ~/.kube/config)."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-    else:
-        config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration()
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            # The client reads KUBECONFIG once, at import; read it now so a changed environment counts.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+    except config.ConfigException as error:
+        raise OrchError(
+            f"kubernetes: cannot load a configuration ({error}); set KUBECONFIG or run inside the cluster"
+        ) from error
+    return client.ApiClient(configuration)
 
 
 def _ready(node: dict[str, Any]) -> bool:
