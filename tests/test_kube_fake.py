@@ -66,9 +66,15 @@ def kubelet(server: FakeKubeServer) -> Iterator[FakeKubelet]:
 # ---------------------------------------------------------------------------------------------- builders
 
 
-def pod(name: str, *, gpus: int = 0, labels: dict[str, str] | None = None,
-        node_selector: dict[str, str] | None = None, tolerations: list[dict] | None = None,
-        owner: dict | None = None) -> dict[str, Any]:
+def pod(
+    name: str,
+    *,
+    gpus: int = 0,
+    labels: dict[str, str] | None = None,
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict] | None = None,
+    owner: dict | None = None,
+) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "main", "image": "trainer:1"}
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
@@ -84,13 +90,22 @@ def pod(name: str, *, gpus: int = 0, labels: dict[str, str] | None = None,
 
 
 def run(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": name},
-            "spec": spec or {"gpus": 8}}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": spec or {"gpus": 8},
+    }
 
 
 def owner_ref(obj: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
-            "uid": obj["metadata"]["uid"], "controller": True}
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+    }
 
 
 def config_map(name: str, owner: dict | None = None) -> dict[str, Any]:
@@ -108,10 +123,14 @@ def status_of(error: pytest.ExceptionInfo[ApiException]) -> tuple[int, str]:
 # ---------------------------------------------------------------------------------------------- CRUD
 
 
-def test_create_get_and_list_with_label_and_field_selectors(core: client.CoreV1Api,
-                                                            server: FakeKubeServer) -> None:
-    for name, labels in [("a", {"role": "trainer", "run": "r1"}), ("b", {"role": "rollout", "run": "r1"}),
-                         ("c", {"role": "rollout"})]:
+def test_create_get_and_list_with_label_and_field_selectors(
+    core: client.CoreV1Api, server: FakeKubeServer
+) -> None:
+    for name, labels in [
+        ("a", {"role": "trainer", "run": "r1"}),
+        ("b", {"role": "rollout", "run": "r1"}),
+        ("c", {"role": "rollout"}),
+    ]:
         created = core.create_namespaced_pod(NS, pod(name, labels=labels))
         assert created.metadata.uid and created.metadata.namespace == NS
     core.create_namespaced_pod("other", pod("a", labels={"role": "trainer"}))
@@ -148,8 +167,9 @@ def test_bad_selectors_are_400(core: client.CoreV1Api) -> None:
     assert error.value.status == 400
 
 
-def test_duplicate_create_is_409_already_exists(core: client.CoreV1Api,
-                                                custom: client.CustomObjectsApi) -> None:
+def test_duplicate_create_is_409_already_exists(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> None:
     core.create_namespaced_pod(NS, pod("dup"))
     with pytest.raises(ApiException) as error:
         core.create_namespaced_pod(NS, pod("dup"))
@@ -187,18 +207,21 @@ def test_stale_put_is_409_conflict(core: client.CoreV1Api) -> None:
 
 
 def test_missing_objects_are_404(core: client.CoreV1Api, custom: client.CustomObjectsApi) -> None:
-    for call in (lambda: core.read_namespaced_pod("nope", NS),
-                 lambda: core.delete_namespaced_pod("nope", NS),
-                 lambda: core.patch_namespaced_pod("nope", NS, {"metadata": {"labels": {"a": "b"}}}),
-                 lambda: custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "nope"),
-                 lambda: custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "nope")):
+    for call in (
+        lambda: core.read_namespaced_pod("nope", NS),
+        lambda: core.delete_namespaced_pod("nope", NS),
+        lambda: core.patch_namespaced_pod("nope", NS, {"metadata": {"labels": {"a": "b"}}}),
+        lambda: custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "nope"),
+        lambda: custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "nope"),
+    ):
         with pytest.raises(ApiException) as error:
             call()
         assert status_of(error) == (404, "NotFound")
 
 
-def test_delete_returns_the_object_or_a_status(core: client.CoreV1Api,
-                                               custom: client.CustomObjectsApi) -> None:
+def test_delete_returns_the_object_or_a_status(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> None:
     core.create_namespaced_pod(NS, pod("p"))
     core.create_namespaced_config_map(NS, config_map("cm"))
     custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, run("r"))
@@ -212,23 +235,39 @@ def test_merge_patch_and_json_patch(core: client.CoreV1Api, custom: client.Custo
     core.create_namespaced_pod(NS, pod("p", labels={"a": "1", "b": "2"}))
     merged = core.patch_namespaced_pod("p", NS, {"metadata": {"labels": {"a": None, "c": "3"}}})
     assert merged.metadata.labels == {"b": "2", "c": "3"}
-    patched = core.patch_namespaced_pod("p", NS, [
-        {"op": "add", "path": "/metadata/labels/d", "value": "4"},
-        {"op": "replace", "path": "/metadata/labels/b", "value": "two"},
-        {"op": "remove", "path": "/metadata/labels/c"},
-    ])
+    patched = core.patch_namespaced_pod(
+        "p",
+        NS,
+        [
+            {"op": "add", "path": "/metadata/labels/d", "value": "4"},
+            {"op": "replace", "path": "/metadata/labels/b", "value": "two"},
+            {"op": "remove", "path": "/metadata/labels/c"},
+        ],
+    )
     assert patched.metadata.labels == {"b": "two", "d": "4"}
     custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, run("r", gpus=8, stage="warmup"))
     out = custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "r", {"spec": {"stage": None}})
     assert out["spec"] == {"gpus": 8}
-    out = custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "r",
-                                                [{"op": "replace", "path": "/spec/gpus", "value": 16}],
-                                                _content_type="application/json-patch+json")
+    out = custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        NS,
+        PLURAL,
+        "r",
+        [{"op": "replace", "path": "/spec/gpus", "value": 16}],
+        _content_type="application/json-patch+json",
+    )
     assert out["spec"] == {"gpus": 16} and out["metadata"]["generation"] == 3
     with pytest.raises(ApiException) as error:
-        custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "r",
-                                              [{"op": "replace", "path": "/spec/missing", "value": 1}],
-                                              _content_type="application/json-patch+json")
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            NS,
+            PLURAL,
+            "r",
+            [{"op": "replace", "path": "/spec/missing", "value": 1}],
+            _content_type="application/json-patch+json",
+        )
     assert error.value.status == 422
 
 
@@ -263,8 +302,9 @@ def test_no_op_update_keeps_the_resource_version(core: client.CoreV1Api) -> None
     assert same.metadata.resource_version == created.metadata.resource_version
 
 
-def test_deleting_an_owner_collects_its_dependents_recursively(core: client.CoreV1Api,
-                                                               custom: client.CustomObjectsApi) -> None:
+def test_deleting_an_owner_collects_its_dependents_recursively(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> None:
     owner = custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, run("r"))
     trainer = core.create_namespaced_pod(NS, pod("r-trainer-0", owner=owner_ref(owner)))
     grandchild_owner = {"apiVersion": "v1", "kind": "Pod", "name": "r-trainer-0", "uid": trainer.metadata.uid}
@@ -288,8 +328,9 @@ def test_orphan_propagation_and_finalizers(core: client.CoreV1Api, server: FakeK
     assert server.get_object("", "configmaps", NS, "held") is None
 
 
-def test_deleting_a_namespace_or_a_collection_deletes_its_objects(core: client.CoreV1Api,
-                                                                 server: FakeKubeServer) -> None:
+def test_deleting_a_namespace_or_a_collection_deletes_its_objects(
+    core: client.CoreV1Api, server: FakeKubeServer
+) -> None:
     core.create_namespace({"metadata": {"name": "doomed"}})
     core.create_namespaced_pod("doomed", pod("p"))
     core.create_namespaced_pod(NS, pod("keep", labels={"k": "1"}))
@@ -297,7 +338,8 @@ def test_deleting_a_namespace_or_a_collection_deletes_its_objects(core: client.C
     core.delete_namespace("doomed")
     core.delete_collection_namespaced_pod(NS, label_selector="k=2")
     assert [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in server.list_objects("", "pods")] == [
-        (NS, "keep")]
+        (NS, "keep")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- watch
@@ -338,22 +380,31 @@ def test_watch_with_a_selector_sees_objects_enter_and_leave(core: client.CoreV1A
     core.patch_namespaced_pod("p", NS, {"metadata": {"labels": {"run": "r2"}}})
     core.patch_namespaced_pod("p", NS, {"metadata": {"labels": {"run": "r1"}}})
     w, events = watch.Watch(), []
-    for event in w.stream(core.list_namespaced_pod, NS, label_selector="run=r1", resource_version=start,
-                          timeout_seconds=5):
+    for event in w.stream(
+        core.list_namespaced_pod, NS, label_selector="run=r1", resource_version=start, timeout_seconds=5
+    ):
         events.append(event["type"])
         if len(events) == 2:
             w.stop()
     assert events == ["DELETED", "ADDED"]
 
 
-def test_custom_object_watch_yields_dicts_and_bookmarks(custom: client.CustomObjectsApi,
-                                                        server: FakeKubeServer) -> None:
+def test_custom_object_watch_yields_dicts_and_bookmarks(
+    custom: client.CustomObjectsApi, server: FakeKubeServer
+) -> None:
     server.bookmark_interval = 0.05
     custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, run("r"))
     w = watch.Watch()
     types = []
-    for event in w.stream(custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL,
-                          allow_watch_bookmarks=True, timeout_seconds=5):
+    for event in w.stream(
+        custom.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        NS,
+        PLURAL,
+        allow_watch_bookmarks=True,
+        timeout_seconds=5,
+    ):
         types.append(event["type"])
         if event["type"] == "ADDED":
             assert event["object"]["metadata"]["name"] == "r"
@@ -363,16 +414,18 @@ def test_custom_object_watch_yields_dicts_and_bookmarks(custom: client.CustomObj
     assert w.resource_version == server.resource_version
 
 
-def test_watch_from_a_compacted_resource_version_raises_410(core: client.CoreV1Api,
-                                                             server: FakeKubeServer) -> None:
+def test_watch_from_a_compacted_resource_version_raises_410(
+    core: client.CoreV1Api, server: FakeKubeServer
+) -> None:
     old = core.create_namespaced_config_map(NS, config_map("a")).metadata.resource_version
     core.create_namespaced_config_map(NS, config_map("b"))
     server.compact()
     server.clear_requests()
     # With timeout_seconds, Watch.stream disables retries: the first ERROR event is raised.
     with pytest.raises(ApiException) as error:
-        list(watch.Watch().stream(core.list_namespaced_config_map, NS, resource_version=old,
-                                  timeout_seconds=5))
+        list(
+            watch.Watch().stream(core.list_namespaced_config_map, NS, resource_version=old, timeout_seconds=5)
+        )
     assert error.value.status == 410
     assert error.value.reason == f"Expired: too old resource version: {old} ({server.resource_version})"
     assert [r.verb for r in server.requests] == ["watch"]
@@ -391,8 +444,11 @@ def test_watch_older_than_retained_history_gets_410() -> None:
         for name in "abcde":
             core.create_namespaced_config_map(NS, config_map(name))
         with pytest.raises(ApiException) as error:
-            list(watch.Watch().stream(core.list_namespaced_config_map, NS, resource_version="1",
-                                      timeout_seconds=5))
+            list(
+                watch.Watch().stream(
+                    core.list_namespaced_config_map, NS, resource_version="1", timeout_seconds=5
+                )
+            )
         assert error.value.status == 410
         w, names = watch.Watch(), []
         for event in w.stream(core.list_namespaced_config_map, NS, resource_version="2", timeout_seconds=5):
@@ -435,8 +491,9 @@ def test_stop_returns_promptly_with_an_open_watch() -> None:
 
 def test_discovery_and_kubeconfig(server: FakeKubeServer, tmp_path: Path) -> None:
     configuration = client.Configuration()
-    config.load_kube_config(config_file=str(server.write_kubeconfig(tmp_path / "kubeconfig")),
-                            client_configuration=configuration)
+    config.load_kube_config(
+        config_file=str(server.write_kubeconfig(tmp_path / "kubeconfig")), client_configuration=configuration
+    )
     assert configuration.host == server.url
     with client.ApiClient(configuration) as api:
         assert client.VersionApi(api).get_code().git_version.startswith("v1.")
@@ -448,12 +505,14 @@ def test_discovery_and_kubeconfig(server: FakeKubeServer, tmp_path: Path) -> Non
         crs = client.CustomObjectsApi(api).get_api_resources(GROUP, VERSION).resources
         assert [r.name for r in crs] == ["trainingruns", "trainingruns/status"]
         lease = client.CoordinationV1Api(api).create_namespaced_lease(
-            NS, {"metadata": {"name": "orch-controller"}, "spec": {"holderIdentity": "me"}})
+            NS, {"metadata": {"name": "orch-controller"}, "spec": {"holderIdentity": "me"}}
+        )
         assert lease.spec.holder_identity == "me"
 
 
-def test_request_log_records_rbac_verbs(core: client.CoreV1Api, custom: client.CustomObjectsApi,
-                                        server: FakeKubeServer) -> None:
+def test_request_log_records_rbac_verbs(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi, server: FakeKubeServer
+) -> None:
     server.clear_requests()
     custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, run("r"))
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "r", {"status": {"phase": "A"}})
@@ -483,8 +542,9 @@ def test_request_log_records_rbac_verbs(core: client.CoreV1Api, custom: client.C
 # ---------------------------------------------------------------------------------------------- kubelet
 
 
-def test_kubelet_schedules_gpu_pods_and_accounts_for_used_gpus(core: client.CoreV1Api,
-                                                               kubelet: FakeKubelet) -> None:
+def test_kubelet_schedules_gpu_pods_and_accounts_for_used_gpus(
+    core: client.CoreV1Api, kubelet: FakeKubelet
+) -> None:
     kubelet.add_node("gpu-1", gpus=8, labels={"pool": "h100"})
     for name in ("t0", "t1", "t2"):
         core.create_namespaced_pod(NS, pod(name, gpus=4))
@@ -503,8 +563,9 @@ def test_kubelet_schedules_gpu_pods_and_accounts_for_used_gpus(core: client.Core
     assert node.metadata.labels["kubernetes.io/hostname"] == "gpu-1"
 
 
-def test_a_pod_too_big_for_any_node_stays_unschedulable(core: client.CoreV1Api, kubelet: FakeKubelet,
-                                                        server: FakeKubeServer) -> None:
+def test_a_pod_too_big_for_any_node_stays_unschedulable(
+    core: client.CoreV1Api, kubelet: FakeKubelet, server: FakeKubeServer
+) -> None:
     kubelet.add_node("gpu-1", gpus=8)
     kubelet.add_node("cpu-1", gpus=0, labels={"pool": "cpu"})
     core.create_namespaced_pod(NS, pod("big", gpus=16))
@@ -519,24 +580,36 @@ def test_a_pod_too_big_for_any_node_stays_unschedulable(core: client.CoreV1Api, 
     assert condition.message == "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
 
 
-def test_kubelet_respects_node_selectors_taints_and_tolerations(core: client.CoreV1Api,
-                                                                 kubelet: FakeKubelet) -> None:
+def test_kubelet_respects_node_selectors_taints_and_tolerations(
+    core: client.CoreV1Api, kubelet: FakeKubelet
+) -> None:
     kubelet.add_node("a100-1", gpus=8, labels={"gpu": "a100"})
-    kubelet.add_node("h100-1", gpus=8, labels={"gpu": "h100"},
-                     taints=[Taint("dedicated", "rl", "NoSchedule")])
+    kubelet.add_node(
+        "h100-1", gpus=8, labels={"gpu": "h100"}, taints=[Taint("dedicated", "rl", "NoSchedule")]
+    )
     core.create_namespaced_pod(NS, pod("wants-h100", gpus=1, node_selector={"gpu": "h100"}))
-    core.create_namespaced_pod(NS, pod("tolerates", gpus=1, node_selector={"gpu": "h100"}, tolerations=[
-        {"key": "dedicated", "operator": "Equal", "value": "rl", "effect": "NoSchedule"}]))
-    core.create_namespaced_pod(NS, pod("exists", gpus=1, node_selector={"gpu": "h100"},
-                                       tolerations=[{"operator": "Exists"}]))
+    core.create_namespaced_pod(
+        NS,
+        pod(
+            "tolerates",
+            gpus=1,
+            node_selector={"gpu": "h100"},
+            tolerations=[{"key": "dedicated", "operator": "Equal", "value": "rl", "effect": "NoSchedule"}],
+        ),
+    )
+    core.create_namespaced_pod(
+        NS, pod("exists", gpus=1, node_selector={"gpu": "h100"}, tolerations=[{"operator": "Exists"}])
+    )
     core.create_namespaced_pod(NS, pod("anywhere", gpus=1))
     kubelet.tick()
     placed = {p.metadata.name: p.spec.node_name for p in core.list_namespaced_pod(NS).items}
     assert placed == {"anywhere": "a100-1", "exists": "h100-1", "tolerates": "h100-1", "wants-h100": None}
     stuck = core.read_namespaced_pod("wants-h100", NS)
     message = next(c.message for c in stuck.status.conditions if c.type == "PodScheduled")
-    assert message == ("0/2 nodes are available: 1 node(s) didn't match node selector, "
-                       "1 node(s) had untolerated taint {dedicated: rl}.")
+    assert message == (
+        "0/2 nodes are available: 1 node(s) didn't match node selector, "
+        "1 node(s) had untolerated taint {dedicated: rl}."
+    )
 
 
 def test_cordoned_and_not_ready_nodes_get_no_pods(core: client.CoreV1Api, kubelet: FakeKubelet) -> None:
@@ -585,8 +658,9 @@ def test_injected_failures_produce_kubelet_statuses(core: client.CoreV1Api, kube
     assert core.read_namespaced_pod("after", NS).spec.node_name == "n2"
 
 
-def test_background_kubelet_runs_behaviors_and_watches_see_pods_start(core: client.CoreV1Api,
-                                                                     kubelet: FakeKubelet) -> None:
+def test_background_kubelet_runs_behaviors_and_watches_see_pods_start(
+    core: client.CoreV1Api, kubelet: FakeKubelet
+) -> None:
     def finish_trainers(server: FakeKubeServer) -> None:
         for p in server.list_objects("", "pods", NS):
             if p["status"].get("phase") == "Running" and p["metadata"]["labels"].get("role") == "trainer":

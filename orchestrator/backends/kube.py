@@ -61,7 +61,9 @@ def api_client_from_environment() -> client.ApiClient:
             config.load_incluster_config(client_configuration=configuration)
         else:
             # The client reads KUBECONFIG once, at import; read it now so a changed environment counts.
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
     except config.ConfigException as error:
         raise OrchError(
             f"kubernetes: cannot load a configuration ({error}); set KUBECONFIG or run inside the cluster"
