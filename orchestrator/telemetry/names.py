@@ -1,0 +1,41 @@
+"""Every metric orch exports, named by Prometheus conventions (base units, ``_total`` for counters,
+``_ratio`` for 0–1 fractions). The exporter, the dashboard and the README all use these names."""
+
+from __future__ import annotations
+
+__all__ = ["GPU_LABELS", "GPU_METRICS", "SCHEDULER_METRICS"]
+
+# Labels on every per-GPU series.
+GPU_LABELS = ("node", "gpu", "uuid", "pool", "run", "role")
+
+# name -> (type, help). Types are prometheus-client metric kinds.
+GPU_METRICS: dict[str, tuple[str, str]] = {
+    "orch_gpu_utilization_ratio": ("gauge", "Fraction of time a kernel ran on the GPU over the last sample period"),
+    "orch_gpu_memory_utilization_ratio": ("gauge", "Fraction of time device memory was read or written"),
+    "orch_gpu_memory_used_bytes": ("gauge", "Device memory in use"),
+    "orch_gpu_memory_total_bytes": ("gauge", "Device memory in total"),
+    "orch_gpu_power_watts": ("gauge", "Power draw"),
+    "orch_gpu_power_limit_watts": ("gauge", "Enforced power limit"),
+    "orch_gpu_temperature_celsius": ("gauge", "GPU core temperature"),
+    "orch_gpu_sm_clock_hertz": ("gauge", "Streaming-multiprocessor clock"),
+    "orch_gpu_clock_throttle_active": ("gauge", "1 while the clocks are held back for the given reason"),
+    "orch_gpu_ecc_errors_total": ("counter", "ECC errors since the driver loaded, by type"),
+    "orch_gpu_mig_enabled": ("gauge", "1 when MIG mode is on"),
+    "orch_gpu_process_memory_used_bytes": ("gauge", "Device memory used by one process"),
+    "orch_gpu_telemetry_errors_total": ("counter", "Failed telemetry reads, by field and error"),
+    "orch_gpu_idle_seconds_total": ("counter", "Seconds a GPU held by a run stayed below the idle threshold"),
+}
+
+SCHEDULER_METRICS: dict[str, tuple[str, str]] = {
+    "orch_runs": ("gauge", "Runs by phase"),
+    "orch_queue_length": ("gauge", "Runs waiting for admission, by queue"),
+    "orch_run_stage": ("gauge", "Current curriculum stage of a run (1-based)"),
+    "orch_run_step": ("gauge", "Steps a run has completed"),
+    "orch_run_checkpoint_age_seconds": ("gauge", "Simulated or wall seconds since the run's last checkpoint"),
+    "orch_run_gpu_busy_ratio": ("gauge", "Fraction of held GPU time a run kept its GPUs busy"),
+    "orch_run_idle_gpu_seconds_total": ("counter", "GPU-seconds a run held GPUs below the idle threshold"),
+    "orch_rollouts_in_flight": ("gauge", "Rollouts generating or waiting on a tool call"),
+    "orch_tool_calls_in_flight": ("gauge", "Tool calls executing"),
+    "orch_dispatch_decision_seconds": ("histogram", "Time to choose an engine for one rollout turn"),
+    "orch_engine_kv_cache_free_ratio": ("gauge", "Fraction of an engine's KV cache that is free"),
+}
