@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,11 +17,13 @@ from typing import Any
 
 import click
 import yaml
+from prometheus_client import REGISTRY
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator import service
+from orchestrator import service, views
 from orchestrator.backends import make_backend
 from orchestrator.controller import Controller
 from orchestrator.embedded import run_to_completion
@@ -26,6 +31,9 @@ from orchestrator.errors import OrchError
 from orchestrator.health import HealthServer, LoopHeartbeat
 from orchestrator.records import Event, Run
 from orchestrator.state.store import Store
+from orchestrator.telemetry.exporter import GpuCollector
+from orchestrator.telemetry.latest import latest_samples
+from orchestrator.telemetry.scheduler import SchedulerCollector
 
 OUTPUT = click.option(
     "-o",
@@ -142,24 +150,30 @@ def validate(file: str) -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--wait", is_flag=True, help="run the controller embedded until the run finishes")
+@click.option(
+    "--pace",
+    type=float,
+    default=None,
+    help="simulated pool only: virtual seconds per wall second, so `orch top` can watch (default: flat out)",
+)
 @click.option("--backend", envvar="ORCH_BACKEND", default="sim", show_default=True, help="cluster backend")
 @OUTPUT
 @pass_context
-def submit(obj: Context, file: str, wait: bool, backend: str, output: str) -> None:
+def submit(obj: Context, file: str, wait: bool, pace: float | None, backend: str, output: str) -> None:
     """Store a run spec as a new run (and with --wait, run it to the end)."""
     spec = service.validate(file)
     run = service.submit(obj.store, file)
     if not wait:
         emit(run_row(run), output, lambda: f"submitted {run.id} ({spec.total_steps} steps)")
         return
-    run = _run_embedded(obj.store, run, backend, quiet=output != "table")
+    run = _run_embedded(obj.store, run, backend, pace, quiet=output != "table")
     summary = service.report(obj.store, run.id).as_dict()
     emit(summary, output, lambda: _summary_table(summary))
     if run.phase.value != "Succeeded":
         sys.exit(1)
 
 
-def _run_embedded(store: Store, run: Run, backend: str, *, quiet: bool) -> Run:
+def _run_embedded(store: Store, run: Run, backend: str, pace: float | None, *, quiet: bool) -> Run:
     total = sum(s.planned_steps or 0 for s in store.stages(run.id))
     started = time.monotonic()
     with _progress(quiet) as progress:
@@ -173,7 +187,7 @@ def _run_embedded(store: Store, run: Run, backend: str, *, quiet: bool) -> Run:
                 f"GPU busy {current.gpu_busy_fraction:.0%} · {current.phase.value}",
             )
 
-        final = run_to_completion(store, run.id, backend=backend, on_progress=show)
+        final = run_to_completion(store, run.id, backend=backend, sim_pace=pace, on_progress=show)
     if not quiet:
         console.print(f"{final.id}: {final.phase.value} in {time.monotonic() - started:.1f}s wall time")
     return final
@@ -207,6 +221,7 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         ("attempts", summary["attempt"]),
         ("steps redone after failures", summary["superseded_steps"]),
         ("GPU busy fraction", f"{float(summary['gpu_busy_fraction']):.1%}"),
+        ("idle GPU-hours", f"{summary['idle_gpu_hours']} {summary['idle_gpu_hours_by_role'] or ''}".rstrip()),
         ("simulated time", f"{summary['simulated_seconds']}s ({hours:.2f} h)"),
         ("message", summary["message"]),
     ):
@@ -286,6 +301,98 @@ def stage(obj: Context, run: str, advance: bool, output: str) -> None:
     emit(rows, output, lambda: rows_table(rows, title=f"{summary['id']}: stage {summary['stage']} current"))
 
 
+# ---- GPU telemetry ----------------------------------------------------------------------------
+
+
+@main.command()
+@OUTPUT
+@pass_context
+def gpus(obj: Context, output: str) -> None:
+    """Show the newest sample of every GPU."""
+    samples = latest_samples(obj.store)
+    emit(views.gpu_records(samples), output, lambda: views.gpu_table(samples))
+
+
+TOP_HISTORY = 60  # utilization points kept per GPU for the sparkline
+
+
+def _read_quit(fd: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for input on ``fd``; True when it is ``q``/``Q`` or end of input."""
+    ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
+    if not ready:
+        return False
+    data = os.read(fd, 64)
+    return not data or b"q" in data.lower()
+
+
+@contextmanager
+def _quit_keys(stream: Any) -> Iterator[Callable[[float], bool]]:
+    """Yields ``wait(seconds) -> quit?``. On a TTY: cbreak mode, keys polled with select, terminal restored
+    on the way out. Otherwise: a plain sleep (Ctrl-C or ``--iterations`` end the loop)."""
+    if not stream.isatty():
+        yield lambda seconds: bool(time.sleep(seconds))
+        return
+    import termios
+    import tty
+
+    fd = stream.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd, termios.TCSANOW)
+    try:
+        yield lambda seconds: _read_quit(fd, seconds)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def watch_top(
+    store: object,
+    out: Console,
+    wait: Callable[[float], bool],
+    *,
+    interval: float,
+    iterations: int | None = None,
+) -> int:
+    """Refresh the top view every ``interval`` until ``wait`` says quit or ``iterations`` refreshes ran."""
+    history: dict[str, deque[float | None]] = {}
+    refreshes = 0
+    with Live(console=out, auto_refresh=False) as live:
+        while True:
+            samples = latest_samples(store)
+            for sample in samples:
+                key = views.sample_key(sample)
+                history.setdefault(key, deque(maxlen=TOP_HISTORY)).append(sample.utilization_ratio)
+            live.update(views.top_view(samples, history), refresh=True)
+            refreshes += 1
+            if iterations is not None and refreshes >= iterations:
+                return refreshes
+            if wait(interval):
+                return refreshes
+
+
+@main.command()
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="seconds between refreshes",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="stop after this many refreshes (default: until q or Ctrl-C)",
+)
+@pass_context
+def top(obj: Context, interval: float, iterations: int | None) -> None:
+    """Live per-GPU utilization bars and sparklines; q or Ctrl-C quits."""
+    try:
+        with _quit_keys(sys.stdin) as wait:
+            watch_top(obj.store, console, wait, interval=interval, iterations=iterations)
+    except KeyboardInterrupt:
+        pass
+
+
 # ---- controller and database ------------------------------------------------------------------
 
 
@@ -315,6 +422,7 @@ def controller(
         identity=identity,
         lease_seconds=lease_seconds,
         sources=parts.sources,
+        telemetry=parts.telemetry,
     )
     if once:
         report = ctl.reconcile_once()
@@ -325,7 +433,11 @@ def controller(
     stop = threading.Event()
     until = (lambda: not obj.store.list_runs(active_only=True)) if exit_when_idle else (lambda: False)
     heartbeat = LoopHeartbeat(stale_after_s=max(60.0, 4 * lease_seconds))
-    health = HealthServer(http_port, heartbeat, obj.store.ping).start() if http_port is not None else None
+    health = None
+    if http_port is not None:
+        REGISTRY.register(SchedulerCollector(obj.store))
+        REGISTRY.register(GpuCollector(obj.store.latest_gpu_samples))
+        health = HealthServer(http_port, heartbeat, obj.store.ping).start()
     try:
         ctl.run(until=until, stop=stop, after_pass=heartbeat.beat)
     except KeyboardInterrupt:
@@ -351,6 +463,71 @@ def upgrade(obj: Context) -> None:
     finally:
         store.close()
     click.echo(f"database at revision {revision}")
+
+
+# ---- GPU telemetry agent ----------------------------------------------------------------------
+
+
+def _interval(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from orchestrator.telemetry.exporter import parse_interval
+
+    try:
+        return parse_interval(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+@main.command()
+@click.option("--port", type=int, default=9400, show_default=True, help="serve /metrics on this port")
+@click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
+@click.option("--interval", default="1s", show_default=True, callback=_interval, help="1s, 500ms or 0.1")
+@click.option("--node", envvar="NODE_NAME", default=None, help="node label (default $NODE_NAME or hostname)")
+@click.option("--simulate", is_flag=True, help="read 8 simulated H100-80GB GPUs instead of NVML")
+@click.option("--dcgm", "dcgm_url", default=None, help="read a dcgm-exporter's /metrics URL instead of NVML")
+@click.option("--once", is_flag=True, help="print one scrape's metrics to stdout and exit")
+def agent(
+    port: int, host: str, interval: float, node: str | None, simulate: bool, dcgm_url: str | None, once: bool
+) -> None:
+    """Export this node's GPU telemetry (NVML, dcgm-exporter or simulated) for Prometheus."""
+    import signal
+    import socket
+
+    from prometheus_client import generate_latest
+
+    from orchestrator.telemetry.exporter import Agent
+
+    node = node or socket.gethostname()
+    if simulate:
+        from orchestrator.telemetry.simulated import SimulatedGpuSource
+
+        source: Any = SimulatedGpuSource(node)
+    elif dcgm_url:
+        from orchestrator.telemetry.dcgm import DcgmSource
+
+        source = DcgmSource(dcgm_url, node)
+    else:
+        from orchestrator.telemetry.nvml import NvmlSource
+
+        source = NvmlSource(node)
+    gpu_agent = Agent(source, interval=interval)
+    if once:
+        gpu_agent.sample_once()
+        click.echo(generate_latest(gpu_agent.registry).decode(), nl=False)
+        gpu_agent.stop()
+        return
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a DaemonSet pod's stop: shut down cleanly
+    try:
+        gpu_agent.start()
+        server = gpu_agent.serve(port, host)
+        click.echo(f"serving {len(gpu_agent.latest())} GPUs of {node} on {server.url} every {interval:g}s")
+        while not stop.wait(3600):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        gpu_agent.stop()
 
 
 # ---- Kubernetes manifests ---------------------------------------------------------------------

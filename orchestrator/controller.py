@@ -19,16 +19,18 @@ from orchestrator.backends.base import (
     ClusterBackend,
     ExecutionInterrupted,
     RunSource,
+    TelemetryFeed,
     TrainingExecutor,
     WorkInProgress,
 )
 from orchestrator.core.curriculum import last_checkpoint
+from orchestrator.core.idle import account_idle, idle_consequences
 from orchestrator.core.reconcile import cluster_diff, decide, record_checkpoint, record_filter, record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan, Work
-from orchestrator.errors import ConflictError
+from orchestrator.errors import ConflictError, NotFound
 from orchestrator.records import RunPatch
-from orchestrator.spec import RunSpec
+from orchestrator.spec import IdlePolicySpec, RunSpec
 from orchestrator.state.store import Store
 
 __all__ = ["Controller", "PassReport", "default_identity"]
@@ -62,6 +64,7 @@ class Controller:
         identity: str | None = None,
         lease_seconds: float = 15.0,
         sources: Sequence[RunSource] = (),
+        telemetry: TelemetryFeed | None = None,
     ) -> None:
         self.store = store
         self.cluster = cluster
@@ -69,6 +72,7 @@ class Controller:
         self.identity = identity or default_identity()
         self.lease_seconds = lease_seconds
         self.sources = tuple(sources)
+        self.telemetry = telemetry
         self._cluster_version = 0
 
     # ---- one pass ---------------------------------------------------------------------------
@@ -81,7 +85,29 @@ class Controller:
         changes += self._delete_orphans()
         changes += self.cluster.sweep({run.id for run in self.store.list_runs() if run.phase.terminal})
         changes += sum(source.publish(self.store) for source in self.sources)
+        self._ingest_telemetry()
         return PassReport(runs=len(run_ids), changes=changes)
+
+    def _ingest_telemetry(self) -> None:
+        """Store new GPU samples, account idle GPUs and act on the runs' idle policies."""
+        if self.telemetry is None:
+            return
+        samples = self.telemetry.drain()
+        if not samples:
+            return
+        policies: dict[str, IdlePolicySpec | None] = {}
+
+        def policy_of(run_id: str) -> IdlePolicySpec | None:
+            if run_id not in policies:
+                try:
+                    policies[run_id] = RunSpec.model_validate(self.store.get_run(run_id).spec).idle
+                except NotFound:
+                    policies[run_id] = None
+            return policies[run_id]
+
+        update = account_idle(self.store.idle_stretches(), samples, policy_of)
+        events, suspend = idle_consequences(update, policy_of)
+        self.store.record_telemetry(samples, update, events, suspend)
 
     def _snapshot(self, run_id: str) -> RunSnapshot:
         run = self.store.get_run(run_id)

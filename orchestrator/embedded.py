@@ -18,6 +18,7 @@ def run_to_completion(
     run_id: str,
     *,
     backend: str | None = None,
+    sim_pace: float | None = None,
     on_progress: Callable[[Run], None] = lambda run: None,
     poll_s: float = 0.2,
 ) -> Run:
@@ -25,8 +26,10 @@ def run_to_completion(
 
     Ctrl-C stops the controller cleanly (its leases are released) and propagates.
     """
-    parts = make_backend(backend)
-    controller = Controller(store, parts.cluster, parts.executor, sources=parts.sources)
+    parts = make_backend(backend, sim_pace=sim_pace)
+    controller = Controller(
+        store, parts.cluster, parts.executor, sources=parts.sources, telemetry=parts.telemetry
+    )
     stop = threading.Event()
     thread = threading.Thread(
         target=controller.run,

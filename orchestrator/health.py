@@ -11,7 +11,14 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 
 __all__ = ["PASSES", "HealthServer", "LoopHeartbeat"]
 
@@ -39,7 +46,12 @@ class HealthServer:
     """``/healthz`` from the heartbeat, ``/readyz`` from ``ready()``, ``/metrics`` for Prometheus."""
 
     def __init__(
-        self, port: int, heartbeat: LoopHeartbeat, ready: Callable[[], bool], host: str = "0.0.0.0"
+        self,
+        port: int,
+        heartbeat: LoopHeartbeat,
+        ready: Callable[[], bool],
+        host: str = "0.0.0.0",
+        registry: CollectorRegistry = REGISTRY,
     ) -> None:
         checks = {"/healthz": heartbeat.alive, "/readyz": ready}
 
@@ -51,7 +63,7 @@ class HealthServer:
 
             def do_GET(self) -> None:
                 if self.path == "/metrics":
-                    self._reply(200, generate_latest(), CONTENT_TYPE_LATEST)
+                    self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif self.path in checks:
                     ok = _safely(checks[self.path])
                     self._reply(200 if ok else 503, b"ok\n" if ok else b"not ok\n", "text/plain")

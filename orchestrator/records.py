@@ -9,9 +9,11 @@ from typing import Any
 __all__ = [
     "Checkpoint",
     "Event",
+    "GpuSample",
     "NewEvent",
     "Phase",
     "ProblemResult",
+    "ProcessMemory",
     "Run",
     "RunPatch",
     "Stage",
@@ -77,6 +79,7 @@ class Run:
     created_at: float
     updated_at: float
     external_ref: str | None = None  # namespace/name/uid of the TrainingRun it mirrors, if any
+    suspend_requested: bool = False  # the idle policy asked to suspend at the next checkpoint
 
     @property
     def gpu_busy_fraction(self) -> float:
@@ -209,3 +212,37 @@ class RunPatch:
             or self.problems
             or self.events
         )
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    pid: int
+    used_bytes: int
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """A field that could not be read is None, and ``errors`` says why (field -> short reason)."""
+
+    node: str
+    index: int
+    uuid: str
+    name: str = ""
+    utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    power_watts: float | None = None
+    power_limit_watts: float | None = None
+    temperature_celsius: float | None = None
+    sm_clock_hertz: float | None = None
+    throttle_reasons: tuple[str, ...] = ()
+    ecc_errors: dict[str, int] = field(default_factory=dict)  # e.g. {"volatile_uncorrected": 0}
+    mig_enabled: bool | None = None
+    processes: tuple[ProcessMemory, ...] = ()
+    errors: dict[str, str] = field(default_factory=dict)
+    pool: str = ""
+    run: str = ""
+    role: str = ""
+    at: float = 0.0  # seconds: wall time for real sources, virtual time for the simulator
+    period_s: float = 0.0  # how long this reading stands for (the sampling interval, or a simulated phase)

@@ -33,6 +33,8 @@ class RunReport:
     checkpoints: list[Checkpoint]
     workloads: list[Workload]
     superseded_steps: int
+    idle_gpu_seconds: dict[str, float]
+    utilization: list[tuple[float, float, float]]
 
     @property
     def stage_changes(self) -> int:
@@ -54,6 +56,14 @@ class RunReport:
             "stage_changes": self.stage_changes,
             "superseded_steps": self.superseded_steps,
             "gpu_busy_fraction": round(run.gpu_busy_fraction, 4),
+            "idle_gpu_hours": round(sum(self.idle_gpu_seconds.values()) / 3600, 3),
+            "idle_gpu_hours_by_role": {
+                role: round(s / 3600, 3) for role, s in sorted(self.idle_gpu_seconds.items())
+            },
+            "utilization_history": [
+                {"at": start, "busy_ratio": round(busy / held, 4) if held else None}
+                for start, held, busy in self.utilization
+            ],
             "simulated_seconds": round(run.sim_seconds, 1),
             "message": run.message,
             "stages": [
@@ -96,6 +106,8 @@ def report(store: Store, ref: str) -> RunReport:
         checkpoints=store.checkpoints(run.id),
         workloads=store.workloads(run.id),
         superseded_steps=sum(1 for s in all_steps if s.superseded),
+        idle_gpu_seconds=store.run_idle_seconds(run.id),
+        utilization=store.run_utilization(run.id),
     )
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointSpec",
     "DatasetSpec",
     "EntryFilterSpec",
+    "IdlePolicySpec",
     "ModelSpec",
     "PoolSpec",
     "RolloutSpec",
@@ -172,6 +173,14 @@ class CheckpointSpec(_Strict):
     uri: str = Field(min_length=1)
 
 
+class IdlePolicySpec(_Strict):
+    """GPUs a run holds but leaves below ``threshold_ratio`` utilization for ``after_seconds`` are idle."""
+
+    threshold_ratio: float = Field(default=0.05, ge=0, le=1)
+    after_seconds: float = Field(default=300.0, gt=0)
+    action: Literal["report", "suspend"] = "report"  # suspend: at the run's next checkpoint
+
+
 class SchedulingSpec(_Strict):
     queue: str = "default"
     priority: int = 0
@@ -198,6 +207,7 @@ class RunSpec(_Strict):
     curriculum: list[StageSpec] = Field(min_length=1)
     checkpoint: CheckpointSpec
     scheduling: SchedulingSpec = SchedulingSpec()
+    idle: IdlePolicySpec = IdlePolicySpec()
     seed: int = 0
 
     @model_validator(mode="after")

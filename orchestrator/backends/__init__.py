@@ -8,22 +8,35 @@ from typing import Any
 from orchestrator.backends.base import Backend
 from orchestrator.errors import SpecError
 
-__all__ = ["BACKEND_ENV", "NAMESPACE_ENV", "POOL_LABEL_ENV", "make_backend", "make_kube_backend"]
+__all__ = [
+    "BACKEND_ENV",
+    "NAMESPACE_ENV",
+    "POOL_LABEL_ENV",
+    "SIM_PACE_ENV",
+    "make_backend",
+    "make_kube_backend",
+]
 
 BACKEND_ENV = "ORCH_BACKEND"
 NAMESPACE_ENV = "ORCH_NAMESPACE"
 POOL_LABEL_ENV = "ORCH_POOL_LABEL"
+SIM_PACE_ENV = "ORCH_SIM_PACE"
 
 
-def make_backend(name: str | None = None) -> Backend:
-    """The backend named by ``name`` or ``ORCH_BACKEND`` (default ``sim``)."""
+def make_backend(name: str | None = None, *, sim_pace: float | None = None) -> Backend:
+    """The backend named by ``name`` or ``ORCH_BACKEND`` (default ``sim``).
+
+    ``sim_pace``: virtual seconds the simulated pool plays per wall second (default ``ORCH_SIM_PACE``,
+    else 0 = as fast as possible).
+    """
     name = name or os.environ.get(BACKEND_ENV, "sim")
     if name == "sim":
         from orchestrator.backends.sim import SimCluster
         from orchestrator.backends.sim_training import SimTrainer
 
         cluster = SimCluster.from_env()
-        return Backend(cluster, SimTrainer(cluster))
+        pace = sim_pace if sim_pace is not None else float(os.environ.get(SIM_PACE_ENV, "0") or 0)
+        return Backend(cluster, SimTrainer(cluster, pace=pace), telemetry=cluster.telemetry)
     if name == "kube":
         from orchestrator.backends.kube import (
             DEFAULT_NAMESPACE,

@@ -16,7 +16,7 @@ from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
 from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.errors import OrchError
-from orchestrator.records import Workload
+from orchestrator.records import GpuSample, Workload
 from orchestrator.spec import PoolSpec, RunSpec
 from orchestrator.state.store import Store
 
@@ -26,6 +26,7 @@ __all__ = [
     "ClusterEvent",
     "ExecutionInterrupted",
     "RunSource",
+    "TelemetryFeed",
     "TrainingExecutor",
     "WorkInProgress",
 ]
@@ -69,6 +70,12 @@ class ClusterBackend(Protocol):
         """Delete what the cluster still keeps for runs that finished; return how many objects went."""
 
 
+class TelemetryFeed(Protocol):
+    """GPU samples the backend collected since the last call, oldest first."""
+
+    def drain(self) -> list[GpuSample]: ...
+
+
 class RunSource(Protocol):
     """Another door runs come in through (a TrainingRun custom resource), mirrored each pass."""
 
@@ -98,6 +105,7 @@ class Backend:
     executor: TrainingExecutor
     sources: tuple[RunSource, ...] = ()
     closers: tuple[Callable[[], None], ...] = ()
+    telemetry: TelemetryFeed | None = None
 
     def close(self) -> None:
         """Stop background watches; the backend is unusable afterwards."""

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.backends.base import ClusterEvent
+from orchestrator.backends.sim_telemetry import SimTelemetry
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
 from orchestrator.errors import SpecError
@@ -59,6 +60,7 @@ class _Pod:
     workload: Workload
     phase: str = "Running"
     reason: str = ""
+    gpu_indices: tuple[int, ...] = ()
 
 
 class SimCluster:
@@ -83,6 +85,7 @@ class SimCluster:
         self.faults = tuple(faults)
         self._fired: set[tuple[str, Fault]] = set()
         self.created: list[str] = []  # every successful create, in order: lets tests prove none repeats
+        self.telemetry = SimTelemetry()
         for name, pool in (pools or {}).items():
             self._add_pool(name, pool)
 
@@ -121,7 +124,7 @@ class SimCluster:
             if workload.name in self._pods:
                 return False
             node = self._nodes.get(workload.node)
-            pod = _Pod(workload)
+            pod = _Pod(workload, gpu_indices=self._free_indices(workload))
             if node is None or not node.ready:
                 pod.phase, pod.reason = "Failed", f"NodeLost: node {workload.node} is not ready"
             self._pods[workload.name] = pod
@@ -148,6 +151,38 @@ class SimCluster:
         return 0
 
     # ---- simulation -----------------------------------------------------------------------
+
+    def _free_indices(self, workload: Workload) -> tuple[int, ...]:
+        if workload.gpus == 0:
+            return ()
+        taken = {
+            index
+            for pod in self._pods.values()
+            if pod.workload.node == workload.node and pod.phase != "Failed"
+            for index in pod.gpu_indices
+        }
+        free = (
+            [i for i in range(self._nodes[workload.node].gpus) if i not in taken]
+            if workload.node in self._nodes
+            else []
+        )
+        return tuple(free[: workload.gpus])
+
+    def gpus_of(self, workload: Workload) -> tuple[int, ...]:
+        """GPU indices a workload runs on; a colocated engine shares one of its host's GPUs."""
+        with self._lock:
+            pod = self._pods.get(workload.name)
+            if pod is None:
+                return ()
+            host_name = workload.env.get("ORCH_COLOCATED_WITH")
+            if host_name is None:
+                return pod.gpu_indices
+            host = self._pods.get(host_name)
+            if host is None or not host.gpu_indices:
+                return ()
+            hosted = host.workload.env.get("ORCH_COLOCATED_ENGINES", "").split(",")
+            position = hosted.index(workload.name) if workload.name in hosted else workload.index
+            return (host.gpu_indices[position % len(host.gpu_indices)],)
 
     def pods_of(self, run_id: str, attempt: int) -> list[Workload]:
         with self._lock:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from orchestrator.backends.base import ExecutionInterrupted
+from orchestrator.backends.base import ExecutionInterrupted, WorkInProgress
 from orchestrator.backends.sim import SimCluster
+from orchestrator.backends.sim_telemetry import GpuLoad
 from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.errors import OrchError
 from orchestrator.rollout.cost import EngineCost
@@ -22,7 +24,7 @@ from orchestrator.rollout.shapes import sample_rollouts
 from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
 from orchestrator.spec import RunSpec
 
-__all__ = ["SimTrainer", "StepSimulator"]
+__all__ = ["SimTrainer", "SimulatedStep", "StepSimulator"]
 
 # Training runs forward + backward: ~6 × params FLOPs per token (Kaplan et al. 2020, arXiv 2001.08361).
 TRAIN_FLOPS_PER_TOKEN_PER_PARAM = 6
@@ -33,8 +35,22 @@ TRAIN_MFU = 0.4
 CHECKPOINT_BYTES_PER_PARAM = 14
 # Sustained write bandwidth per node to the checkpoint store. Assumption.
 CHECKPOINT_BYTES_PER_S_PER_NODE = 2e9
+# A training step keeps the GPUs' kernels running nearly all the time (NVML "utilization" counts any
+# kernel running, not FLOPs); assumption.
+TRAIN_UTILIZATION = 0.97
+# Training state per parameter: bf16 weights and gradients, fp32 master weights and two Adam moments.
+TRAINING_BYTES_PER_PARAM = 16
+# Activation memory per trainer GPU during the train phase; assumption.
+ACTIVATION_BYTES_PER_GPU = 20 * 2**30
 # Filter passes are estimated from a simulated sample of at most this many rollouts, scaled up.
 FILTER_SAMPLE_ROLLOUTS = 2048
+
+
+@dataclass(frozen=True)
+class SimulatedStep:
+    outcome: StepOutcome
+    engine_busy_seconds: tuple[float, ...]
+    engine_peak_kv_tokens: tuple[int, ...]
 
 
 @dataclass
@@ -43,6 +59,11 @@ class _Trainer:
 
     position: int
     outcomes: dict[int, StepOutcome] = field(default_factory=dict)
+
+
+def _training_bytes_per_gpu(spec: RunSpec) -> int:
+    """Training state sharded over the trainer's GPUs (ZeRO/FSDP style)."""
+    return int(TRAINING_BYTES_PER_PARAM * spec.model.params_b * 1e9 / spec.trainer.gpus)
 
 
 class StepSimulator:
@@ -107,6 +128,10 @@ class StepSimulator:
 
     def step(self, spec: RunSpec, plan: StepPlan) -> StepOutcome:
         """One step: deterministic in (seed, step), so a redone step gives the same numbers."""
+        return self.simulate(spec, plan).outcome
+
+    def simulate(self, spec: RunSpec, plan: StepPlan) -> SimulatedStep:
+        """The step's outcome plus what each engine did (for the simulated telemetry)."""
         rng = random.Random(f"{spec.seed}-prompts-{plan.step}")
         active = [p for p in range(spec.dataset.problems) if p not in plan.dropped_problems]
         problems = rng.sample(active, min(spec.rollout.prompts_per_step, len(active)))
@@ -123,7 +148,7 @@ class StepSimulator:
         train = self._train_seconds(spec, tokens)
         checkpoint = self.checkpoint_seconds(spec) if plan.checkpoint_after else 0.0
         busy = sum(phase.engine_busy_seconds) * spec.rollout.gpus_per_engine + spec.trainer.gpus * train
-        return StepOutcome(
+        outcome = StepOutcome(
             rollouts=phase.rollouts,
             generated_tokens=phase.generated_tokens,
             rollout_seconds=phase.seconds,
@@ -134,6 +159,7 @@ class StepSimulator:
             gpu_busy_seconds=busy,
             gpu_held_seconds=self._held_gpus(spec) * (phase.seconds + train + checkpoint),
         )
+        return SimulatedStep(outcome, phase.engine_busy_seconds, phase.peak_kv_tokens)
 
     def evaluate(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome:
         """Sample every active problem ``plan.samples`` times; cost estimated from a simulated sample."""
@@ -169,10 +195,17 @@ class StepSimulator:
 class SimTrainer:
     """Executes steps of runs whose gangs run on a ``SimCluster``; injects the cluster's faults."""
 
-    def __init__(self, cluster: SimCluster, physics: StepSimulator | None = None) -> None:
+    def __init__(
+        self, cluster: SimCluster, physics: StepSimulator | None = None, *, pace: float = 0.0
+    ) -> None:
+        """``pace`` > 0 plays each step out in wall time at ``pace`` virtual seconds per wall second
+        (telemetry shows its phases as they happen); 0 runs as fast as possible."""
         self.cluster = cluster
         self.physics = physics or StepSimulator()
+        self.pace = pace
+        self._playing: dict[tuple[str, int, int], tuple[StepOutcome, float]] = {}  # outcome, wall end
         self._trainers: dict[tuple[str, int], _Trainer] = {}
+        self._clock: dict[str, float] = {}  # per run: virtual seconds its simulated GPUs have run
         self.executed: list[tuple[str, int, int]] = []  # (run, attempt, step) actually simulated
 
     def _trainer(self, run_id: str, attempt: int) -> _Trainer:
@@ -205,19 +238,77 @@ class SimTrainer:
                 f"run {plan.run_id}: trainer of attempt {plan.attempt} is at step {trainer.position}, "
                 f"cannot run step {plan.step}"
             )
-        self._inject_fault(plan.run_id, plan.attempt, plan.step)
-        outcome = self.physics.step(spec, plan)
+        key = (plan.run_id, plan.attempt, plan.step)
+        if key not in self._playing:
+            self._inject_fault(plan.run_id, plan.attempt, plan.step)
+            simulated = self.physics.simulate(spec, plan)
+            wall_start = time.monotonic()
+            self._publish(spec, plan.run_id, plan.attempt, simulated, wall_start)
+            self._playing[key] = (simulated.outcome, wall_start + self._wall(simulated.outcome.seconds))
+        outcome, ends_at = self._playing[key]
+        if time.monotonic() < ends_at:
+            raise WorkInProgress(f"run {plan.run_id}: step {plan.step} is still playing out")
+        del self._playing[key]
         trainer.position = plan.step
         trainer.outcomes[plan.step] = outcome
         self.executed.append((plan.run_id, plan.attempt, plan.step))
         return outcome
 
+    def _wall(self, virtual_seconds: float) -> float:
+        return virtual_seconds / self.pace if self.pace > 0 else 0.0
+
+    def _publish(
+        self, spec: RunSpec, run_id: str, attempt: int, simulated: SimulatedStep, wall_start: float
+    ) -> None:
+        """Report the step's rollout, train and checkpoint phases to the pool's telemetry."""
+        outcome = simulated.outcome
+        pods = self.cluster.pods_of(run_id, attempt)
+        trainer_gpus = [(p.node, i) for p in pods if p.role == "trainer" for i in self.cluster.gpus_of(p)]
+        engine_gpus = {
+            p.index: [(p.node, i) for i in self.cluster.gpus_of(p)] for p in pods if p.role == "engine"
+        }
+        resident = _training_bytes_per_gpu(spec)
+        weights = spec.model.weight_bytes // spec.rollout.gpus_per_engine
+        start = self._clock.get(run_id, 0.0)
+        rollout: dict[tuple[str, int], GpuLoad] = {
+            gpu: GpuLoad(0.0, resident, "trainer") for gpu in trainer_gpus
+        }
+        train: dict[tuple[str, int], GpuLoad] = {}
+        for engine, gpus in engine_gpus.items():
+            busy = (
+                simulated.engine_busy_seconds[engine] / outcome.rollout_seconds
+                if outcome.rollout_seconds
+                else 0
+            )
+            kv = simulated.engine_peak_kv_tokens[engine] * spec.model.kv_bytes_per_token
+            for gpu in gpus:
+                rollout[gpu] = GpuLoad(min(1.0, busy), weights + kv // len(gpus), "engine")
+                train[gpu] = GpuLoad(0.0, weights, "engine")
+        for gpu in trainer_gpus:
+            train[gpu] = GpuLoad(TRAIN_UTILIZATION, resident + ACTIVATION_BYTES_PER_GPU, "trainer")
+        telemetry = self.cluster.telemetry
+        phases = [(outcome.rollout_seconds, rollout), (outcome.train_seconds, train)]
+        if outcome.checkpoint_seconds:
+            saving = {gpu: GpuLoad(0.05, load.memory_used_bytes, load.role) for gpu, load in train.items()}
+            phases.append((outcome.checkpoint_seconds, saving))
+        offset = 0.0
+        for seconds, loads in phases:
+            telemetry.record_phase(
+                start + offset, seconds, loads, pods, shown_at=wall_start + self._wall(offset)
+            )
+            offset += seconds
+        self._clock[run_id] = start + outcome.seconds
+
     def save_checkpoint(self, spec: RunSpec, plan: CheckpointPlan) -> float:
         trainer = self._trainer(plan.run_id, plan.attempt)
         if trainer.position != plan.step:
             raise OrchError(f"run {plan.run_id}: trainer is at step {trainer.position}, not {plan.step}")
-        return self.physics.checkpoint_seconds(spec)
+        seconds = self.physics.checkpoint_seconds(spec)
+        self._clock[plan.run_id] = self._clock.get(plan.run_id, 0.0) + seconds
+        return seconds
 
     def evaluate_problems(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome:
         self._trainer(plan.run_id, plan.attempt)
-        return self.physics.evaluate(spec, plan)
+        outcome = self.physics.evaluate(spec, plan)
+        self._clock[plan.run_id] = self._clock.get(plan.run_id, 0.0) + outcome.seconds
+        return outcome

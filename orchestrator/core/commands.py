@@ -41,6 +41,7 @@ def resume(run: Run, workloads: Sequence[Workload], last_checkpoint: int) -> Run
             "attempt": run.attempt + 1,
             "steps_done": last_checkpoint,
             "resume_step": last_checkpoint,
+            "suspend_requested": False,
             "message": message,
         },
         workloads=_released(workloads, "run resumed"),

@@ -440,7 +440,16 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
         )
     if stage_ends_at(snapshot.stage, plan.step):
         patch = _advance(snapshot, "planned steps done", fields, tuple(events))
+        if run.suspend_requested and patch.run.get("phase") != Phase.SUCCEEDED.value:
+            patch = _suspend(replace(patch, step=step, checkpoint=checkpoint), snapshot, plan.step)
+            return patch
         return replace(patch, step=step, checkpoint=checkpoint)
+    if run.suspend_requested and plan.checkpoint_after:
+        return _suspend(
+            _patch(snapshot, run=fields, step=step, checkpoint=checkpoint, events=tuple(events)),
+            snapshot,
+            plan.step,
+        )
     rule = snapshot.spec.curriculum[plan.stage_index].advance_when
     if not run.advance_requested and advance_rule_met(
         rule, steps_in_stage(snapshot.stage, plan.step), outcome.correct, outcome.rollouts
@@ -457,6 +466,18 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
         fields["advance_requested"] = True
         events.append(NewEvent("AdvanceRuleMet", f"step {plan.step}: {reason}", {"step": plan.step}))
     return _patch(snapshot, run=fields, step=step, checkpoint=checkpoint, events=tuple(events))
+
+
+def _suspend(patch: RunPatch, snapshot: RunSnapshot, step: int) -> RunPatch:
+    """Suspend at the checkpoint this patch records (the idle policy asked for it); GPUs are released."""
+    check_transition(snapshot.run.phase, Phase.SUSPENDED)
+    message = f"suspended at the checkpoint of step {step}: its GPUs sat idle (idle.action = suspend)"
+    return replace(
+        patch,
+        run={**patch.run, "phase": Phase.SUSPENDED.value, "suspend_requested": False, "message": message},
+        workloads=patch.workloads + _release(snapshot, only_stale=False),
+        events=(*patch.events, NewEvent("Suspended", message, {"step": step})),
+    )
 
 
 def record_checkpoint(snapshot: RunSnapshot, plan: CheckpointPlan, seconds: float) -> RunPatch | None:

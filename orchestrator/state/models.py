@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -35,6 +47,7 @@ class RunRow(Base):
     lease_expires_at: Mapped[float] = mapped_column(Float, default=0.0)
     version: Mapped[int] = mapped_column(Integer, default=1)
     external_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    suspend_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -138,3 +151,39 @@ class EventRow(Base):
     reason: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]]
+
+
+class GpuLatestRow(Base):
+    """The newest sample of every GPU, and the idle stretch it is in (if any)."""
+
+    __tablename__ = "gpu_latest"
+
+    node: Mapped[str] = mapped_column(String(128), primary_key=True)
+    gpu: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample: Mapped[dict[str, Any]]
+    idle_run: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    idle_role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    idle_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    idle_reported: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class RunUtilizationRow(Base):
+    """Downsampled utilization history of a run: GPU-seconds held and busy, per time bucket."""
+
+    __tablename__ = "run_utilization"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    bucket_start: Mapped[float] = mapped_column(Float, primary_key=True)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+    busy_gpu_seconds: Mapped[float] = mapped_column(Float)
+
+
+class RunIdleRow(Base):
+    """GPU-seconds a run held GPUs below its idle threshold, per role."""
+
+    __tablename__ = "run_idle"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    idle_seconds: Mapped[float] = mapped_column(Float)

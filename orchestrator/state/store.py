@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -16,12 +16,15 @@ from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert,
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator.core.idle import IdleStretch, IdleUpdate
 from orchestrator.errors import ConflictError, NotFound, OrchError
 from orchestrator.records import (
     Checkpoint,
     Event,
+    GpuSample,
     NewEvent,
     Phase,
+    ProcessMemory,
     Run,
     RunPatch,
     Stage,
@@ -34,8 +37,11 @@ from orchestrator.state.migrations_runner import upgrade_to_head
 from orchestrator.state.models import (
     CheckpointRow,
     EventRow,
+    GpuLatestRow,
     ProblemRow,
+    RunIdleRow,
     RunRow,
+    RunUtilizationRow,
     StageRow,
     StepRow,
     WorkloadRow,
@@ -44,6 +50,7 @@ from orchestrator.state.models import (
 __all__ = ["Store", "default_database_url"]
 
 DATABASE_URL_ENV = "ORCH_DATABASE_URL"
+UTILIZATION_BUCKET_SECONDS = 60.0
 TERMINAL = [phase.value for phase in Phase if phase.terminal]
 
 
@@ -88,6 +95,18 @@ def _record(record_type: type[R], row: object, **converted: object) -> R:
     """Copy a row's columns into the frozen record of the same field names."""
     values = {f.name: getattr(row, f.name) for f in fields(record_type) if f.name not in converted}  # type: ignore[arg-type]
     return record_type(**values, **converted)
+
+
+def _sample_json(sample: GpuSample) -> dict[str, Any]:
+    return asdict(sample)
+
+
+def _sample_from_json(data: dict[str, Any]) -> GpuSample:
+    values = dict(data)
+    values["processes"] = tuple(ProcessMemory(**p) for p in values.get("processes") or ())
+    values["throttle_reasons"] = tuple(values.get("throttle_reasons") or ())
+    known = {f.name for f in fields(GpuSample)}
+    return GpuSample(**{k: v for k, v in values.items() if k in known})
 
 
 def _run(row: RunRow) -> Run:
@@ -305,6 +324,108 @@ class Store:
         for key, value in fields.items():
             setattr(row, key, value)
         row.updated_at = now
+
+    # ---- telemetry ----------------------------------------------------------------------------
+
+    def record_telemetry(
+        self,
+        samples: Sequence[GpuSample],
+        idle: IdleUpdate,
+        events: Mapping[str, Sequence[NewEvent]],
+        suspend: Collection[str] = (),
+        bucket_seconds: float = UTILIZATION_BUCKET_SECONDS,
+    ) -> None:
+        """Ingest samples in one transaction: latest per GPU, idle stretches and seconds, the
+        per-run utilization history (downsampled into time buckets), events, suspend requests."""
+        now = time.time()
+        with self._transaction() as session:
+            latest = {(s.node, s.index): s for s in samples}
+            for key in latest.keys() | idle.stretches.keys():
+                row = session.get(GpuLatestRow, key)
+                if row is None:
+                    if key not in latest:
+                        continue
+                    row = GpuLatestRow(node=key[0], gpu=key[1], idle_reported=False)
+                    session.add(row)
+                if key in latest:
+                    row.sample = _sample_json(latest[key])
+                stretch = idle.stretches.get(key)
+                row.idle_run = stretch.run if stretch else None
+                row.idle_role = stretch.role if stretch else None
+                row.idle_since = stretch.since if stretch else None
+                row.idle_reported = bool(stretch and stretch.reported)
+                row.updated_at = now
+            known = {
+                r for r in session.scalars(select(RunRow.id).where(RunRow.id.in_({s.run for s in samples})))
+            }
+            buckets: dict[tuple[str, float], tuple[float, float]] = {}
+            for sample in samples:
+                if sample.run not in known or sample.utilization_ratio is None:
+                    continue
+                key = (sample.run, sample.at // bucket_seconds * bucket_seconds)
+                held, busy = buckets.get(key, (0.0, 0.0))
+                buckets[key] = (held + sample.period_s, busy + sample.period_s * sample.utilization_ratio)
+            for (run_id, start), (held, busy) in buckets.items():
+                row = session.get(RunUtilizationRow, (run_id, start))
+                if row is None:
+                    session.add(
+                        RunUtilizationRow(
+                            run_id=run_id, bucket_start=start, gpu_seconds=held, busy_gpu_seconds=busy
+                        )
+                    )
+                else:
+                    row.gpu_seconds += held
+                    row.busy_gpu_seconds += busy
+            for (run_id, role), seconds in idle.idle_seconds.items():
+                if run_id not in known:
+                    continue
+                row = session.get(RunIdleRow, (run_id, role))
+                if row is None:
+                    session.add(RunIdleRow(run_id=run_id, role=role, idle_seconds=seconds))
+                else:
+                    row.idle_seconds += seconds
+            for run_id, new in events.items():
+                if run_id in known:
+                    self._add_events(session, run_id, new)
+            if suspend:
+                session.execute(
+                    update(RunRow)
+                    .where(RunRow.id.in_(list(suspend)), RunRow.phase.not_in(TERMINAL))
+                    .values(suspend_requested=True, version=RunRow.version + 1, updated_at=now)
+                )
+
+    def latest_gpu_samples(self) -> list[GpuSample]:
+        """The newest sample of every GPU, by pool, node and index."""
+        with self._sessions() as session:
+            rows = session.scalars(select(GpuLatestRow).order_by(GpuLatestRow.node, GpuLatestRow.gpu))
+            samples = [_sample_from_json(row.sample) for row in rows]
+        return sorted(samples, key=lambda s: (s.pool, s.node, s.index))
+
+    def idle_stretches(self) -> dict[tuple[str, int], IdleStretch | None]:
+        with self._sessions() as session:
+            return {
+                (row.node, row.gpu): IdleStretch(
+                    row.idle_run, row.idle_role or "", row.idle_since, row.idle_reported
+                )
+                if row.idle_run is not None and row.idle_since is not None
+                else None
+                for row in session.scalars(select(GpuLatestRow))
+            }
+
+    def run_utilization(self, run_id: str) -> list[tuple[float, float, float]]:
+        """(bucket start, GPU-seconds held, GPU-seconds busy), oldest first."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(RunUtilizationRow)
+                .where(RunUtilizationRow.run_id == run_id)
+                .order_by(RunUtilizationRow.bucket_start)
+            )
+            return [(r.bucket_start, r.gpu_seconds, r.busy_gpu_seconds) for r in rows]
+
+    def run_idle_seconds(self, run_id: str) -> dict[str, float]:
+        with self._sessions() as session:
+            rows = session.scalars(select(RunIdleRow).where(RunIdleRow.run_id == run_id))
+            return {row.role: row.idle_seconds for row in rows}
 
     def record_event(self, run_id: str | None, new: NewEvent) -> None:
         with self._transaction() as session:

@@ -10,7 +10,7 @@ GPU_LABELS = ("node", "gpu", "uuid", "pool", "run", "role")
 
 # name -> (type, help). Types are prometheus-client metric kinds.
 GPU_METRICS: dict[str, tuple[str, str]] = {
-    "orch_gpu_utilization_ratio": ("gauge", "Fraction of time a kernel ran on the GPU over the last sample period"),
+    "orch_gpu_utilization_ratio": ("gauge", "Fraction of the sample period a kernel ran on the GPU"),
     "orch_gpu_memory_utilization_ratio": ("gauge", "Fraction of time device memory was read or written"),
     "orch_gpu_memory_used_bytes": ("gauge", "Device memory in use"),
     "orch_gpu_memory_total_bytes": ("gauge", "Device memory in total"),

@@ -1,0 +1,228 @@
+"""GPU telemetry of the simulated pool: ingestion into SQL, `orch gpus`, idle detection, scheduler metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cli import main
+from orchestrator import service
+from orchestrator.backends.sim import SimCluster
+from orchestrator.backends.sim_training import SimTrainer
+from orchestrator.controller import Controller
+from orchestrator.core.idle import IdleStretch, account_idle
+from orchestrator.records import GpuSample, Phase
+from orchestrator.spec import IdlePolicySpec, load_spec
+from orchestrator.state.store import Store
+from orchestrator.telemetry.names import SCHEDULER_METRICS
+from orchestrator.telemetry.scheduler import SchedulerCollector
+from tests.conftest import spec_data, write_spec
+
+
+def split_pools(tmp_path: Path, **idle: Any) -> Path:
+    """Trainer and engines on separate 8-GPU pools: each side idles while the other works."""
+    data = spec_data()
+    data["pools"] = {"train": {"gpus": 8}, "gen": {"gpus": 8}}
+    data["trainer"]["pool"] = "train"
+    data["rollout"]["pool"] = "gen"
+    data["idle"] = {"threshold_ratio": 0.05, "after_seconds": 60, **idle}
+    return write_spec(tmp_path, data)
+
+
+def paced_controller(store: Store, pace: float = 20000) -> Controller:
+    cluster = SimCluster()
+    return Controller(
+        store, cluster, SimTrainer(cluster, pace=pace), identity="ctl", telemetry=cluster.telemetry
+    )
+
+
+def gpus_json(db_url: str) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(main, ["gpus", "-o", "json"], env={"ORCH_DATABASE_URL": db_url})
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_orch_gpus_shows_engines_busy_in_rollouts_and_the_trainer_busy_in_training(
+    db_url: str, tmp_path: Path
+) -> None:
+    store = Store(db_url)
+    run = store.create_run(load_spec(split_pools(tmp_path)))
+    controller = paced_controller(store)
+    seen_rollout = seen_train = False
+    for _ in range(3000):
+        if store.get_run(run.id).phase.terminal or (seen_rollout and seen_train):
+            break
+        controller.reconcile_once()
+        gpus = gpus_json(db_url)
+        engines = [g for g in gpus if g["role"] == "engine"]
+        trainers = [g for g in gpus if g["role"] == "trainer"]
+        if len(engines) == len(trainers) == 8:
+            if (
+                min(g["utilization_ratio"] for g in engines) > 0.3
+                and max(g["utilization_ratio"] for g in trainers) == 0
+            ):
+                seen_rollout = True
+            if (
+                min(g["utilization_ratio"] for g in trainers) > 0.9
+                and max(g["utilization_ratio"] for g in engines) == 0
+            ):
+                seen_train = True
+    assert seen_rollout, "never saw engine GPUs busy while the trainer's were idle"
+    assert seen_train, "never saw trainer GPUs busy while the engines' were idle"
+    sample = gpus_json(db_url)[0]
+    assert sample["memory_total_bytes"] == 81559 * 2**20 and sample["run"] == run.id
+    assert {g["pool"] for g in gpus_json(db_url)} == {"train", "gen"}
+    store.close()
+
+
+def test_idle_gpus_of_a_split_run_raise_events_and_count_idle_gpu_hours(db_url: str, tmp_path: Path) -> None:
+    store = Store(db_url)
+    run = store.create_run(load_spec(split_pools(tmp_path)))
+    controller = paced_controller(store, pace=0)
+    while not store.get_run(run.id).phase.terminal:
+        controller.reconcile_once()
+
+    idle = store.run_idle_seconds(run.id)
+    assert idle.get("trainer", 0) > 9 * 60, "the trainer idles through every rollout phase"
+    events = [e for e in store.events(run.id) if e.reason == "GpuIdle"]
+    assert events and all("below 5% utilization" in e.message for e in events)
+    report = service.report(store, run.id).as_dict()
+    assert report["idle_gpu_hours"] == pytest.approx(sum(idle.values()) / 3600, abs=1e-3)
+    history = store.run_utilization(run.id)
+    assert history and all(held > 0 and 0 <= busy <= held for _, held, busy in history)
+    starts = [start for start, _, _ in history]
+    assert starts == sorted(starts) and all(start % 60 == 0 for start in starts), "60-second buckets"
+    status = CliRunner().invoke(main, ["status", run.id], env={"ORCH_DATABASE_URL": db_url})
+    assert "idle GPU-hours" in status.output and "GPU busy fraction" in status.output
+    store.close()
+
+
+def test_a_colocated_run_keeps_its_gpus_busy_and_raises_no_idle_event(store: Store, quickstart: Path) -> None:
+    run = service.submit(store, quickstart)
+    controller = paced_controller(store, pace=0)
+    while not store.get_run(run.id).phase.terminal:
+        controller.reconcile_once()
+    assert [e for e in store.events(run.id) if e.reason == "GpuIdle"] == []
+    assert store.run_idle_seconds(run.id) == {}
+    assert len(store.latest_gpu_samples()) == 8
+
+
+def test_the_suspend_policy_suspends_at_the_next_checkpoint_and_resume_finishes(
+    store: Store, tmp_path: Path
+) -> None:
+    run = store.create_run(load_spec(split_pools(tmp_path, action="suspend")))
+    controller = paced_controller(store, pace=0)
+    for _ in range(200):
+        if store.get_run(run.id).phase in (Phase.SUSPENDED, Phase.SUCCEEDED):
+            break
+        controller.reconcile_once()
+    suspended = store.get_run(run.id)
+    assert suspended.phase is Phase.SUSPENDED
+    assert suspended.steps_done in [c.step for c in store.checkpoints(run.id)], "suspended at a checkpoint"
+    assert all(not w.status.live for w in store.workloads(run.id)), "a suspended run holds no GPUs"
+    service.resume_run(store, run.id)
+    for _ in range(500):
+        if store.get_run(run.id).phase in (Phase.SUSPENDED, Phase.SUCCEEDED):
+            break
+        controller.reconcile_once()
+    again = store.get_run(run.id)
+    assert again.attempt == suspended.attempt + 1 and again.steps_done > suspended.steps_done
+    assert again.phase is Phase.SUSPENDED, "the policy still holds: idle again, suspended again"
+    steps = [s.step for s in store.steps(run.id)]
+    assert steps == list(range(1, again.steps_done + 1)), "resumed from the checkpoint, no step twice"
+
+
+def sample(
+    at: float, utilization: float | None, run: str = "r", role: str = "trainer", period: float = 30
+) -> GpuSample:
+    return GpuSample(
+        node="n", index=0, uuid="u", utilization_ratio=utilization, run=run, role=role, at=at, period_s=period
+    )
+
+
+POLICY = IdlePolicySpec(threshold_ratio=0.1, after_seconds=60)
+
+
+def test_a_short_idle_stretch_counts_nothing_and_a_long_one_counts_whole() -> None:
+    short = account_idle({}, [sample(0, 0.0), sample(30, 0.5)], lambda run: POLICY)
+    assert short.idle_seconds == {} and short.became_idle == []
+    long = account_idle({}, [sample(0, 0.0), sample(30, 0.0), sample(60, 0.0)], lambda run: POLICY)
+    assert long.idle_seconds == {("r", "trainer"): 90.0}
+    assert len(long.became_idle) == 1, "reported once per stretch"
+
+
+def test_idle_stretches_carry_over_between_batches_and_reset_on_a_new_role_or_unknown_reading() -> None:
+    first = account_idle({}, [sample(0, 0.0)], lambda run: POLICY)
+    assert first.stretches[("n", 0)] == IdleStretch("r", "trainer", 0.0)
+    second = account_idle(first.stretches, [sample(30, 0.0)], lambda run: POLICY)
+    assert second.idle_seconds == {("r", "trainer"): 60.0}
+    switched = account_idle(second.stretches, [sample(60, 0.0, role="engine")], lambda run: POLICY)
+    assert switched.idle_seconds == {} and switched.stretches[("n", 0)].role == "engine"
+    unknown = account_idle(second.stretches, [sample(60, None)], lambda run: POLICY)
+    assert unknown.stretches[("n", 0)] is None
+    unheld = account_idle({}, [sample(0, 0.0, run="", period=600)], lambda run: POLICY)
+    assert unheld.idle_seconds == {}, "GPUs no run holds are not a run's idle time"
+
+
+def test_scheduler_metrics_come_from_sql_and_parse(store: Store, quickstart: Path) -> None:
+    service.submit(store, quickstart)
+    running = service.submit(store, quickstart)
+    controller = paced_controller(store, pace=0)
+    for _ in range(6):
+        controller.reconcile_once()
+    registry = CollectorRegistry()
+    registry.register(SchedulerCollector(store))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert {"orch_runs", "orch_queue_length", "orch_run_stage", "orch_run_step"} <= set(families)
+    assert set(families) <= {name.removesuffix("_total") for name in SCHEDULER_METRICS}
+    phases = {s.labels["phase"]: s.value for s in families["orch_runs"].samples}
+    assert phases["Running"] + phases["Pending"] + phases["Admitted"] == 2
+    steps = {s.labels["run"]: s.value for s in families["orch_run_step"].samples}
+    assert steps[running.id] == store.get_run(running.id).steps_done
+
+
+def test_the_controller_endpoint_serves_scheduler_and_gpu_series_that_promtool_accepts(
+    store: Store, quickstart: Path
+) -> None:
+    import shutil
+    import subprocess
+    import urllib.request
+
+    from orchestrator.health import HealthServer, LoopHeartbeat
+    from orchestrator.telemetry.exporter import GpuCollector
+    from orchestrator.telemetry.names import GPU_METRICS
+
+    run = service.submit(store, quickstart)
+    controller = paced_controller(store, pace=0)
+    for _ in range(12):
+        controller.reconcile_once()
+    registry = CollectorRegistry()
+    registry.register(SchedulerCollector(store))
+    registry.register(GpuCollector(store.latest_gpu_samples))
+    server = HealthServer(0, LoopHeartbeat(), store.ping, host="127.0.0.1", registry=registry).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.stop()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert "orch_run_step" in families and "orch_gpu_utilization_ratio" in families
+    assert families <= {n.removesuffix("_total") for n in (*GPU_METRICS, *SCHEDULER_METRICS)}
+    utilization = [
+        s
+        for f in text_string_to_metric_families(text)
+        if f.name == "orch_gpu_utilization_ratio"
+        for s in f.samples
+    ]
+    assert len(utilization) == 8 and {s.labels["run"] for s in utilization} == {run.id}
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (.ci/run installs Debian's prometheus)")
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
