@@ -33,6 +33,7 @@ from orchestrator.records import Event, Run
 from orchestrator.state.store import Store
 from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.telemetry.latest import latest_samples
+from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 from orchestrator.telemetry.scheduler import SchedulerCollector
 
 OUTPUT = click.option(
@@ -414,7 +415,8 @@ def controller(
     http_port: int | None,
 ) -> None:
     """Run the reconcile loop (Ctrl-C stops it cleanly)."""
-    parts = make_backend(backend)
+    rollout_metrics = RolloutMetrics(REGISTRY) if http_port is not None else None
+    parts = make_backend(backend, rollout_metrics=rollout_metrics)
     ctl = Controller(
         obj.store,
         parts.cluster,

@@ -226,3 +226,43 @@ def test_the_controller_endpoint_serves_scheduler_and_gpu_series_that_promtool_a
         pytest.skip("promtool is not installed (.ci/run installs Debian's prometheus)")
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_metric_the_dashboard_queries_is_really_exported(store: Store, tmp_path: Path) -> None:
+    """Scrape the controller's registry (scheduler, rollout and SQL-backed GPU series) after a simulated
+    run and the agent's exposition, then check every name in every PromQL expression against them."""
+    from orchestrator.backends import make_backend
+    from orchestrator.telemetry.exporter import GpuCollector
+    from orchestrator.telemetry.rollout_metrics import RolloutMetrics
+    from tests.test_views import DASHBOARD, all_panels, exprs
+
+    registry = CollectorRegistry()
+    metrics = RolloutMetrics(registry)
+    parts = make_backend("sim", sim_pace=0, rollout_metrics=metrics)
+    controller = Controller(store, parts.cluster, parts.executor, identity="ctl", telemetry=parts.telemetry)
+    spec = split_pools(tmp_path)
+    run = service.submit(store, spec)
+    while not store.get_run(run.id).phase.terminal:
+        controller.reconcile_once()
+    live = service.submit(store, spec)  # a live run, so per-run series exist at scrape time
+    while store.get_run(live.id).steps_done < 3:
+        controller.reconcile_once()
+    registry.register(SchedulerCollector(store))
+    registry.register(GpuCollector(store.latest_gpu_samples))
+    controller_text = generate_latest(registry).decode()
+    agent = CliRunner().invoke(main, ["agent", "--simulate", "--once"])
+    assert agent.exit_code == 0, agent.output
+    exported = set()
+    for text in (controller_text, agent.output):
+        for family in text_string_to_metric_families(text):
+            exported |= {sample.name for sample in family.samples}
+    assert metrics.dispatch_seconds.collect()[0].samples, "dispatch decisions were timed"
+    dashboard = json.loads(DASHBOARD.read_text())
+    referenced = {
+        name
+        for panel in all_panels(dashboard["panels"])
+        for expr in exprs(panel)
+        for name in __import__("re").findall(r"\borch_[a-z_]+", expr)
+    }
+    assert referenced, "the dashboard queries something"
+    assert referenced <= exported, f"queried but never exported: {sorted(referenced - exported)}"

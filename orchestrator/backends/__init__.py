@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.backends.base import Backend
 from orchestrator.errors import SpecError
+
+if TYPE_CHECKING:
+    from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 
 __all__ = [
     "BACKEND_ENV",
@@ -23,7 +26,9 @@ POOL_LABEL_ENV = "ORCH_POOL_LABEL"
 SIM_PACE_ENV = "ORCH_SIM_PACE"
 
 
-def make_backend(name: str | None = None, *, sim_pace: float | None = None) -> Backend:
+def make_backend(
+    name: str | None = None, *, sim_pace: float | None = None, rollout_metrics: RolloutMetrics | None = None
+) -> Backend:
     """The backend named by ``name`` or ``ORCH_BACKEND`` (default ``sim``).
 
     ``sim_pace``: virtual seconds the simulated pool plays per wall second (default ``ORCH_SIM_PACE``,
@@ -32,11 +37,12 @@ def make_backend(name: str | None = None, *, sim_pace: float | None = None) -> B
     name = name or os.environ.get(BACKEND_ENV, "sim")
     if name == "sim":
         from orchestrator.backends.sim import SimCluster
-        from orchestrator.backends.sim_training import SimTrainer
+        from orchestrator.backends.sim_training import SimTrainer, StepSimulator
 
         cluster = SimCluster.from_env()
         pace = sim_pace if sim_pace is not None else float(os.environ.get(SIM_PACE_ENV, "0") or 0)
-        return Backend(cluster, SimTrainer(cluster, pace=pace), telemetry=cluster.telemetry)
+        trainer = SimTrainer(cluster, StepSimulator(rollout_metrics), pace=pace)
+        return Backend(cluster, trainer, telemetry=cluster.telemetry)
     if name == "kube":
         from orchestrator.backends.kube import (
             DEFAULT_NAMESPACE,

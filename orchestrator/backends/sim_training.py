@@ -23,6 +23,7 @@ from orchestrator.rollout.hardware import GPU_TYPES
 from orchestrator.rollout.shapes import sample_rollouts
 from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
 from orchestrator.spec import RunSpec
+from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 
 __all__ = ["SimTrainer", "SimulatedStep", "StepSimulator"]
 
@@ -51,6 +52,8 @@ class SimulatedStep:
     outcome: StepOutcome
     engine_busy_seconds: tuple[float, ...]
     engine_peak_kv_tokens: tuple[int, ...]
+    tool_seconds: float = 0.0  # summed over every tool call of the rollout phase
+    kv_capacity_tokens: int = 0  # of one engine
 
 
 @dataclass
@@ -72,8 +75,11 @@ class StepSimulator:
     Shared by the simulated pool's trainer and by scripted trainers in Kubernetes tests.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: RolloutMetrics | None = None) -> None:
+        self.metrics = metrics
         self._difficulty: dict[tuple[int, int], list[float]] = {}
+        self.last_tool_seconds = 0.0  # of the last simulated rollout phase
+        self.last_kv_capacity = 0
 
     def difficulties(self, spec: RunSpec) -> list[float]:
         key = (spec.seed, spec.dataset.problems)
@@ -109,7 +115,12 @@ class StepSimulator:
         )
         gpu = GPU_TYPES[spec.pools[spec.rollout.pool].gpu_type]
         cost = EngineCost.for_engine(spec.model, gpu, spec.rollout.gpus_per_engine)
-        return simulate_rollout_phase(shapes, spec.rollout.engines, cost)
+        engines = spec.rollout.engines
+        dispatch = None if self.metrics is None else self.metrics.timed(lambda key, turn: key % engines)
+        phase = simulate_rollout_phase(shapes, engines, cost, dispatch=dispatch)
+        self.last_tool_seconds = sum(turn.tool_seconds for shape in shapes for turn in shape.turns)
+        self.last_kv_capacity = cost.kv_capacity_tokens
+        return phase
 
     def _train_seconds(self, spec: RunSpec, tokens: int) -> float:
         gpu = GPU_TYPES[spec.pools[spec.trainer.pool].gpu_type]
@@ -159,7 +170,13 @@ class StepSimulator:
             gpu_busy_seconds=busy,
             gpu_held_seconds=self._held_gpus(spec) * (phase.seconds + train + checkpoint),
         )
-        return SimulatedStep(outcome, phase.engine_busy_seconds, phase.peak_kv_tokens)
+        return SimulatedStep(
+            outcome,
+            phase.engine_busy_seconds,
+            phase.peak_kv_tokens,
+            self.last_tool_seconds,
+            self.last_kv_capacity,
+        )
 
     def evaluate(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome:
         """Sample every active problem ``plan.samples`` times; cost estimated from a simulated sample."""
@@ -249,6 +266,8 @@ class SimTrainer:
         if time.monotonic() < ends_at:
             raise WorkInProgress(f"run {plan.run_id}: step {plan.step} is still playing out")
         del self._playing[key]
+        if self.physics.metrics is not None:
+            self.physics.metrics.idle(plan.run_id)
         trainer.position = plan.step
         trainer.outcomes[plan.step] = outcome
         self.executed.append((plan.run_id, plan.attempt, plan.step))
@@ -291,6 +310,17 @@ class SimTrainer:
         if outcome.checkpoint_seconds:
             saving = {gpu: GpuLoad(0.05, load.memory_used_bytes, load.role) for gpu, load in train.items()}
             phases.append((outcome.checkpoint_seconds, saving))
+        metrics = self.physics.metrics
+        if metrics is not None and outcome.rollout_seconds:
+            metrics.rollout_phase(
+                run_id,
+                outcome.rollouts,
+                simulated.tool_seconds / outcome.rollout_seconds,
+                {
+                    str(engine): 1 - peak / simulated.kv_capacity_tokens
+                    for engine, peak in enumerate(simulated.engine_peak_kv_tokens)
+                },
+            )
         offset = 0.0
         for seconds, loads in phases:
             telemetry.record_phase(

@@ -44,8 +44,10 @@ def simulate_rollout_phase(
     cost: EngineCost,
     *,
     engine_factory: Callable[[EngineCost], Engine] = SimEngine,
+    dispatch: Callable[[int, int], int] | None = None,
 ) -> RolloutPhaseResult:
-    """Run every rollout to completion from time 0; rollout ``i`` goes to engine ``i % engines``.
+    """Run every rollout to completion from time 0; ``dispatch(rollout, turn)`` picks each turn's engine
+    (default: rollout ``i`` always goes to engine ``i % engines``, plain round robin).
 
     Each turn prefills the rollout's whole context (no prefix caching), decodes the turn's response,
     then leaves the engine for ``tool_seconds`` before its next turn arrives.
@@ -59,6 +61,7 @@ def simulate_rollout_phase(
                 f"engine's KV cache of {cost.kv_capacity_tokens}"
             )
     pool = [engine_factory(cost) for _ in range(engines)]
+    choose = dispatch if dispatch is not None else (lambda key, turn: key % engines)
     # (time, tie-break, engine index or _TOOL_RETURN, the engine's event id or the rollout index)
     heap: list[tuple[float, int, int, int]] = []
     pushes = 0
@@ -74,15 +77,17 @@ def simulate_rollout_phase(
     next_turn = [0] * len(rollouts)
     for key, shape in enumerate(rollouts):
         request = TurnRequest(key, shape.prompt_tokens, shape.turns[0].response_tokens)
-        if pool[key % engines].submit(request, 0.0):
-            wake(key % engines)
+        index = choose(key, 0)
+        if pool[index].submit(request, 0.0):
+            wake(index)
 
     seconds, turns, tool_calls, events = 0.0, 0, 0, 0
     while heap:
         time, _, target, payload = heapq.heappop(heap)
         if target == _TOOL_RETURN:
             events += 1
-            key, index = payload, payload % engines
+            key = payload
+            index = choose(key, next_turn[key])
             request = TurnRequest(key, context[key], rollouts[key].turns[next_turn[key]].response_tokens)
             if pool[index].submit(request, time):
                 wake(index)
