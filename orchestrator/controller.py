@@ -23,6 +23,7 @@ from orchestrator.backends.base import (
     TrainingExecutor,
     WorkInProgress,
 )
+from orchestrator.core.attribution import attribute_samples
 from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.core.idle import account_idle, idle_consequences
 from orchestrator.core.reconcile import cluster_diff, decide, record_checkpoint, record_filter, record_step
@@ -95,6 +96,7 @@ class Controller:
         samples = self.telemetry.drain()
         if not samples:
             return
+        samples = attribute_samples(samples, self.store.workloads(live_only=True))
         policies: dict[str, IdlePolicySpec | None] = {}
 
         def policy_of(run_id: str) -> IdlePolicySpec | None:

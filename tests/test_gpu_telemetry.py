@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,61 @@ def test_every_metric_the_dashboard_queries_is_really_exported(store: Store, tmp
     }
     assert referenced, "the dashboard queries something"
     assert referenced <= exported, f"queried but never exported: {sorted(referenced - exported)}"
+
+
+def test_the_controller_scrapes_agents_and_attributes_their_gpus_to_the_run_on_the_node(store: Store) -> None:
+    from orchestrator.core.attribution import attribute_samples
+    from orchestrator.records import Workload, WorkloadStatus
+    from orchestrator.telemetry.exporter import Agent
+    from orchestrator.telemetry.scrape import AgentScrapeFeed
+    from orchestrator.telemetry.simulated import SimulatedGpuSource
+
+    source = SimulatedGpuSource("gpu-node-7", gpus=8, seed=3)
+    source.set_load(2, 0.9, 40 * 2**30)
+    agent = Agent(source, interval=0.05)
+    agent.sample_once()
+    server = agent.serve(0, "127.0.0.1")
+    try:
+        feed = AgentScrapeFeed([server.url, "http://127.0.0.1:9/metrics"], timeout_s=0.5)
+        samples = feed.drain()
+    finally:
+        server.close()
+        agent.stop()
+    assert feed.failures == 1, "an unreachable agent is skipped, not fatal"
+    assert [s.index for s in samples] == list(range(8)) and {s.node for s in samples} == {"gpu-node-7"}
+    assert samples[2].utilization_ratio == pytest.approx(0.9, abs=0.05)
+    assert samples[2].memory_used_bytes == pytest.approx(40 * 2**30, rel=0.05)
+
+    holder = Workload("r-trainer-0-a1", "r", "trainer", 0, 1, "h100", "gpu-node-7", 8, WorkloadStatus.RUNNING)
+    labelled = attribute_samples(samples, [holder])
+    assert {(s.run, s.role, s.pool) for s in labelled} == {("r", "trainer", "h100")}
+    shared = attribute_samples(samples, [holder, replace(holder, name="q", run_id="q")])
+    assert {s.run for s in shared} == {""}, "a node shared by two runs is not guessed"
+
+
+def test_orch_top_shows_every_gpu_of_the_example_run_and_roles_alternate_on_shared_gpus(
+    db_url: str, quickstart: Path
+) -> None:
+    store = Store(db_url)
+    run = service.submit(store, quickstart)
+    controller = paced_controller(store)
+    roles_busy: set[str] = set()
+    while not store.get_run(run.id).phase.terminal:
+        controller.reconcile_once()
+        roles_busy |= {g.role for g in store.latest_gpu_samples() if (g.utilization_ratio or 0) > 0.5}
+    assert roles_busy == {"engine", "trainer"}, (
+        "the same 8 GPUs serve engines in rollouts, the trainer in training"
+    )
+    result = CliRunner().invoke(
+        main,
+        ["top", "--iterations", "1", "--interval", "0.01"],
+        env={"ORCH_DATABASE_URL": db_url, "COLUMNS": "160"},
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "sim-node-0" in line]
+    assert len(rows) == 8, result.output
+    released = store.latest_gpu_samples()
+    assert all(g.run == "" and g.memory_used_bytes == 0 for g in released), (
+        "a finished run gives its GPUs back"
+    )
+    store.close()

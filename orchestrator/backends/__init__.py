@@ -24,6 +24,7 @@ BACKEND_ENV = "ORCH_BACKEND"
 NAMESPACE_ENV = "ORCH_NAMESPACE"
 POOL_LABEL_ENV = "ORCH_POOL_LABEL"
 SIM_PACE_ENV = "ORCH_SIM_PACE"
+AGENT_URLS_ENV = "ORCH_AGENT_URLS"  # comma-separated agent (or agent Service endpoint) URLs to scrape
 
 
 def make_backend(
@@ -65,7 +66,16 @@ def make_kube_backend(
     from orchestrator.backends.kube import KubeCluster
     from orchestrator.backends.kube_executor import KubeExecutor
     from orchestrator.backends.kube_runs import TrainingRunMirror
+    from orchestrator.telemetry.scrape import AgentScrapeFeed
 
     cluster = KubeCluster(api_client, namespace, pool_label, watch_timeout_s=watch_timeout_s)
     mirror = TrainingRunMirror(api_client, cluster)
-    return Backend(cluster, KubeExecutor(cluster), sources=(mirror,), closers=(mirror.close, cluster.close))
+    urls = [url for url in os.environ.get(AGENT_URLS_ENV, "").split(",") if url.strip()]
+    feed = AgentScrapeFeed(urls) if urls else None
+    return Backend(
+        cluster,
+        KubeExecutor(cluster),
+        sources=(mirror,),
+        closers=(mirror.close, cluster.close),
+        telemetry=feed,
+    )

@@ -137,6 +137,7 @@ class SimCluster:
             pod = self._pods.pop(name, None)
             if pod is None:
                 return False
+            self.telemetry.release(pod.workload.node, pod.gpu_indices)
             self._emit("DELETED", pod)
             return True
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.records import Workload
 from orchestrator.rollout.hardware import H100_80GB
@@ -92,6 +92,31 @@ class SimTelemetry:
         ]
         with self._lock:
             self._pending.extend((shown_at, sample) for sample in samples)
+
+    def release(self, node: str, indices: Sequence[int]) -> None:
+        """GPUs given back by a deleted workload: idle and empty from the end of their last phase on."""
+        with self._lock:
+            last = {key: sample for _, sample in self._pending for key in [(sample.node, sample.index)]}
+            for index in indices:
+                previous = last.get((node, index)) or self._latest.get((node, index))
+                if previous is None:
+                    continue
+                freed = replace(
+                    previous,
+                    utilization_ratio=0.0,
+                    memory_utilization_ratio=0.0,
+                    memory_used_bytes=0,
+                    power_watts=IDLE_POWER_W,
+                    temperature_celsius=IDLE_TEMPERATURE_C,
+                    run="",
+                    role="",
+                    at=previous.at + previous.period_s,
+                    period_s=0.0,
+                )
+                shown = max(
+                    (at for at, s in self._pending if (s.node, s.index) == (node, index)), default=0.0
+                )
+                self._pending.append((shown, freed))
 
     def drain(self) -> list[GpuSample]:
         """Samples that became visible since the last drain, oldest first."""
