@@ -30,7 +30,7 @@ from orchestrator.core.reconcile import cluster_diff, decide, record_checkpoint,
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan, Work
 from orchestrator.errors import ConflictError, NotFound
-from orchestrator.records import RunPatch
+from orchestrator.records import GpuSample, RunPatch
 from orchestrator.spec import IdlePolicySpec, RunSpec
 from orchestrator.state.store import Store
 
@@ -74,6 +74,7 @@ class Controller:
         self.lease_seconds = lease_seconds
         self.sources = tuple(sources)
         self.telemetry = telemetry
+        self._latest_gpus: list[GpuSample] = []
         self._cluster_version = 0
 
     # ---- one pass ---------------------------------------------------------------------------
@@ -81,6 +82,7 @@ class Controller:
     def reconcile_once(self) -> PassReport:
         changes = sum(source.pull(self.store) for source in self.sources)
         run_ids = self.store.acquire_leases(self.identity, self.lease_seconds)
+        self._latest_gpus = self.store.latest_gpu_samples() if run_ids else []
         for run_id in run_ids:
             changes += self._reconcile_run(run_id)
         changes += self._delete_orphans()
@@ -132,6 +134,7 @@ class Controller:
             used_by_others=dict(used),
             last_checkpoint=last_checkpoint((c.step for c in checkpoints), run.steps_done),
             dropped_problems=self.store.dropped_problems(run_id),
+            gpus=tuple(sample for sample in self._latest_gpus if sample.run == run_id),
         )
 
     def _reconcile_run(self, run_id: str) -> int:

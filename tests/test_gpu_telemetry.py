@@ -325,3 +325,13 @@ def test_orch_top_shows_every_gpu_of_the_example_run_and_roles_alternate_on_shar
         "a finished run gives its GPUs back"
     )
     store.close()
+
+
+def test_a_run_snapshot_carries_the_latest_telemetry_of_its_gpus(store: Store, quickstart: Path) -> None:
+    run = service.submit(store, quickstart)
+    controller = paced_controller(store, pace=0)
+    while store.get_run(run.id).steps_done < 2:
+        controller.reconcile_once()
+    controller.reconcile_once()
+    snapshot = controller._snapshot(run.id)
+    assert len(snapshot.gpus) == 8 and {g.run for g in snapshot.gpus} == {run.id}
