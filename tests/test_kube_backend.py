@@ -42,6 +42,12 @@ class FakeCluster:
     def node(self, name: str, pool: str = "node", gpus: int = 8) -> None:
         self.kubelet.add_node(name, gpus=gpus, labels={POOL: pool}, taints=[GPU_TAINT])
 
+    def split_pool_nodes(self) -> None:
+        """Two 8-GPU nodes in pool "train", one in pool "gen" (for ``split_pools_data``)."""
+        for name in ("train-0", "train-1"):
+            self.node(name, pool="train")
+        self.node("gen-0", pool="gen")
+
     def backend(self) -> Backend:
         backend = make_kube_backend(
             self.server.api_client(), namespace=NAMESPACE, pool_label=POOL, watch_timeout_s=1
@@ -114,13 +120,17 @@ def env_of(pod: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
 
 
-def split_pools_spec(tmp_path: Path) -> Path:
+def split_pools_data() -> dict[str, Any]:
     """Trainer on two 8-GPU nodes of one pool, eight 1-GPU engines in another."""
     data = spec_data()
     data["pools"] = {"train": {"gpus": 16}, "gen": {"gpus": 8}}
     data["trainer"] = {"pool": "train", "gpus": 16}
     data["rollout"]["pool"] = "gen"
-    return write_spec(tmp_path, data)
+    return data
+
+
+def split_pools_spec(tmp_path: Path) -> Path:
+    return write_spec(tmp_path, split_pools_data())
 
 
 def test_the_quickstart_completes_on_kubernetes(store: Store, cluster: FakeCluster, quickstart: Path) -> None:
@@ -161,9 +171,7 @@ def test_the_quickstart_completes_on_kubernetes(store: Store, cluster: FakeClust
 def test_a_gang_across_nodes_and_separate_engines_get_the_right_pods(
     store: Store, cluster: FakeCluster, tmp_path: Path
 ) -> None:
-    for name in ("train-0", "train-1"):
-        cluster.node(name, pool="train")
-    cluster.node("gen-0", pool="gen")
+    cluster.split_pool_nodes()
     controller, _ = cluster.controller(store)
     run = service.submit(store, split_pools_spec(tmp_path))
     assert drive(controller, store, run.id).phase is Phase.SUCCEEDED
@@ -227,9 +235,7 @@ def test_a_pool_one_gpu_short_keeps_the_run_waiting_and_creates_no_pod(
 def test_a_failed_member_tears_down_the_gang_and_recreates_it_from_the_last_checkpoint(
     store: Store, cluster: FakeCluster, tmp_path: Path
 ) -> None:
-    for name in ("train-0", "train-1"):
-        cluster.node(name, pool="train")
-    cluster.node("gen-0", pool="gen")
+    cluster.split_pool_nodes()
     controller, _ = cluster.controller(store)
     run = service.submit(store, split_pools_spec(tmp_path))
     drive(controller, store, run.id, until=lambda r: r.steps_done >= 3)
@@ -366,13 +372,8 @@ def test_rbac_covers_every_call_the_backend_makes_and_grants_nothing_it_does_not
 ) -> None:
     from orchestrator.rbac import load_rbac_rules, rbac_allows
 
-    for name in ("train-0", "train-1"):
-        cluster.node(name, pool="train")
-    cluster.node("gen-0", pool="gen")
-    data = spec_data()
-    data["pools"] = {"train": {"gpus": 16}, "gen": {"gpus": 8}}
-    data["trainer"] = {"pool": "train", "gpus": 16}
-    data["rollout"]["pool"] = "gen"
+    cluster.split_pool_nodes()
+    data = split_pools_data()
     # Test-side objects go in without HTTP, so every logged request is the controller's own.
     cluster.server.put_object(training_run("math", data))
     cluster.server.put_object(training_run("bad", {**data, "image": ""}))
