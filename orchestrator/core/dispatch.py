@@ -1,0 +1,422 @@
+"""Rollout dispatch: which inference engine serves the next rollout turn. Pure: no I/O, no clock.
+
+A rollout turn prefills its context and decodes up to the stage's max response tokens, so the most KV
+cache it can ever hold is ``prompt_tokens + max_new_tokens`` (its *reservation*, as in rStar2-Agent,
+arXiv 2508.20722). A dispatcher keeps one FIFO central queue and a ledger per engine (reserved tokens,
+in-flight requests); ``assignments()`` places queued requests in order, and ``finished`` /
+``engine_lost`` release what a request held, whatever its ending, so no reservation can leak.
+
+Policies (``POLICIES``):
+
+- ``static`` — rollout ``r`` goes to engine ``r * n // expected_rollouts`` (a contiguous even split),
+  else ``r % n``; an unhealthy home engine hands over to the next healthy one. No capacity check.
+- ``round_robin`` — one global cursor over the healthy engines. No capacity check.
+- ``least_outstanding`` — the healthy engine with the fewest in-flight requests (ties → lowest index).
+- ``kv_aware`` — the healthy engine with the most KV budget left (``kv_total - reserved``, ties →
+  lowest index), only if the reservation fits; otherwise the request waits in the queue.
+- ``power_of_two`` — two distinct healthy engines drawn with ``random.Random(seed)``; of those with room,
+  the one with fewer in-flight requests. If neither has room but another engine has, the engine with
+  the most budget takes it (a request waits only when no engine has room).
+- ``prefix_affinity`` — the rollout's ``previous_engine`` when it is healthy and has room (its prefix
+  cache is warm), else ``kv_aware``.
+
+The KV-bounded policies (``kv_aware``, ``power_of_two``, ``prefix_affinity``) never reserve more than an
+engine's ``kv_total_tokens``, and ``assignments()`` stops at the first queued request that fits no engine:
+FIFO head-of-line blocking, which keeps turns in order and makes a large request impossible to starve.
+
+Every decision costs O(log n) in engines: choices come from heaps with lazy invalidation (a version per
+engine; stale entries are skipped when they reach the top, and the heap is rebuilt when it doubles), and
+the healthy engines are a sorted list searched with ``bisect``. Health and ``kv_total_tokens`` changes
+are rare and cost O(n). Telemetry other than health and ``kv_total_tokens`` (free KV, running, waiting,
+utilization) is kept for the caller but not used: the ledger of reservations is the source of truth,
+since an engine's report lags the requests just sent to it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from bisect import bisect_left, insort
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+__all__ = ["KV_BOUNDED", "POLICIES", "Dispatcher", "EngineState", "Request", "make_dispatcher"]
+
+POLICIES: tuple[str, ...] = (
+    "static",
+    "round_robin",
+    "least_outstanding",
+    "kv_aware",
+    "power_of_two",
+    "prefix_affinity",
+)
+KV_BOUNDED: frozenset[str] = frozenset({"kv_aware", "power_of_two", "prefix_affinity"})
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """What an inference engine last reported about itself."""
+
+    engine: int  # index 0..n-1
+    kv_total_tokens: int
+    kv_free_tokens: int | None = None  # as the engine last reported; None = unknown
+    running: int = 0
+    waiting: int = 0
+    healthy: bool = True
+    utilization_ratio: float | None = None  # NVML; used where the engine reports nothing else
+
+    def __post_init__(self) -> None:
+        if self.engine < 0:
+            raise ValueError(f"engine index must be >= 0, got {self.engine}")
+        if self.kv_total_tokens < 0:
+            raise ValueError(
+                f"engine {self.engine}: kv_total_tokens must be >= 0, got {self.kv_total_tokens}"
+            )
+
+
+@dataclass(frozen=True)
+class Request:
+    """One rollout turn to place on an engine."""
+
+    request_id: int
+    rollout_id: int
+    turn: int
+    prompt_tokens: int  # context to prefill
+    max_new_tokens: int  # the stage's max response tokens (remaining budget)
+    previous_engine: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 0 or self.max_new_tokens < 0:
+            raise ValueError(
+                f"request {self.request_id}: token counts must be >= 0, got prompt {self.prompt_tokens}, "
+                f"max_new {self.max_new_tokens}"
+            )
+        if self.rollout_id < 0:
+            raise ValueError(f"request {self.request_id}: rollout_id must be >= 0, got {self.rollout_id}")
+
+    @property
+    def reservation(self) -> int:
+        """The most KV cache this turn can hold: its context plus its longest possible answer."""
+        return self.prompt_tokens + self.max_new_tokens
+
+
+class Dispatcher(Protocol):
+    """A central FIFO queue in front of n engines, and the ledger of what each engine holds."""
+
+    name: str
+
+    def submit(self, request: Request) -> None:
+        """Enqueue ``request`` (FIFO)."""
+
+    def assignments(self) -> list[tuple[Request, int]]:
+        """Place what can be placed now, in queue order; the rest stays queued."""
+
+    def finished(self, request_id: int) -> None:
+        """Release a request, whatever its ending; unknown or already-finished id → KeyError."""
+
+    def engine_lost(self, engine: int) -> list[Request]:
+        """Mark ``engine`` unhealthy; release and return its in-flight requests (caller resubmits)."""
+
+    def update(self, state: EngineState) -> None:
+        """Fresh telemetry for one engine (may restore health)."""
+
+    def reserved_tokens(self, engine: int) -> int:
+        """KV tokens reserved on ``engine`` by its in-flight requests."""
+
+    def outstanding(self, engine: int) -> int:
+        """In-flight requests on ``engine``."""
+
+    def queued(self) -> int:
+        """Requests submitted and neither placed nor cancelled."""
+
+
+class _LazyHeap:
+    """Engines ordered by an int key (ties → lowest index); a key of None leaves the engine out.
+
+    ``touch`` after any change to an engine's key; stale entries are dropped when they reach the top.
+    """
+
+    __slots__ = ("_heap", "_key", "_version")
+
+    def __init__(self, size: int, key: Callable[[int], int | None]) -> None:
+        self._key = key
+        self._version = [0] * size
+        self._heap: list[tuple[int, int, int]] = []
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        version, key = self._version, self._key
+        self._heap = [(k, e, version[e]) for e in range(len(version)) if (k := key(e)) is not None]
+        heapq.heapify(self._heap)
+
+    def touch(self, engine: int) -> None:
+        self._version[engine] += 1
+        key = self._key(engine)
+        if key is not None:
+            heapq.heappush(self._heap, (key, engine, self._version[engine]))
+            if len(self._heap) > 2 * len(self._version) + 64:
+                self.rebuild()
+
+    def peek(self) -> int | None:
+        heap, version = self._heap, self._version
+        while heap:
+            _, engine, seen = heap[0]
+            if seen == version[engine]:
+                return engine
+            heapq.heappop(heap)
+        return None
+
+
+class _Ledger:
+    """Per-engine reservations, in-flight requests and health; keeps registered heaps current."""
+
+    def __init__(self, engines: Sequence[EngineState]) -> None:
+        self.states = list(engines)
+        self.size = len(self.states)
+        self.reserved = [0] * self.size
+        self.outstanding = [0] * self.size
+        self.on_engine: list[dict[int, Request]] = [{} for _ in range(self.size)]
+        self.in_flight: dict[int, int] = {}  # request_id -> engine
+        self.healthy = [state.engine for state in self.states if state.healthy]  # sorted
+        self.max_total = max(state.kv_total_tokens for state in self.states)
+        self._heaps: list[_LazyHeap] = []
+
+    def heap(self, key: Callable[[int], int | None]) -> _LazyHeap:
+        heap = _LazyHeap(self.size, key)
+        self._heaps.append(heap)
+        return heap
+
+    def is_healthy(self, engine: int) -> bool:
+        return self.states[engine].healthy
+
+    def budget(self, engine: int) -> int:
+        return self.states[engine].kv_total_tokens - self.reserved[engine]
+
+    def check(self, engine: int) -> None:
+        if not 0 <= engine < self.size:
+            raise KeyError(f"unknown engine {engine} (engines are 0..{self.size - 1})")
+
+    def assign(self, request: Request, engine: int) -> None:
+        self.reserved[engine] += request.reservation
+        self.outstanding[engine] += 1
+        self.on_engine[engine][request.request_id] = request
+        self.in_flight[request.request_id] = engine
+        self._touch(engine)
+
+    def release(self, request_id: int) -> Request:
+        engine = self.in_flight.pop(request_id)
+        request = self.on_engine[engine].pop(request_id)
+        self.reserved[engine] -= request.reservation
+        self.outstanding[engine] -= 1
+        self._touch(engine)
+        return request
+
+    def lose(self, engine: int) -> list[Request]:
+        self.set_state(replace(self.states[engine], healthy=False))
+        return [self.release(request_id) for request_id in list(self.on_engine[engine])]
+
+    def set_state(self, state: EngineState) -> None:
+        old = self.states[state.engine]
+        self.states[state.engine] = state
+        if old.healthy != state.healthy:
+            if state.healthy:
+                insort(self.healthy, state.engine)
+            else:
+                self.healthy.remove(state.engine)
+        if old.kv_total_tokens != state.kv_total_tokens:
+            self.max_total = max(s.kv_total_tokens for s in self.states)
+        if old.healthy != state.healthy or old.kv_total_tokens != state.kv_total_tokens:
+            self._touch(state.engine)
+
+    def next_healthy(self, start: int) -> int | None:
+        """The first healthy engine at or after ``start``, wrapping around; None if there is none."""
+        if not self.healthy:
+            return None
+        index = bisect_left(self.healthy, start)
+        return self.healthy[index if index < len(self.healthy) else 0]
+
+    def _touch(self, engine: int) -> None:
+        for heap in self._heaps:
+            heap.touch(engine)
+
+
+Choose = Callable[[Request], int | None]  # the engine for a request now, or None: it waits
+
+
+def _most_budget(ledger: _Ledger) -> Choose:
+    """kv_aware: the healthy engine with the most KV budget left, if the reservation fits there."""
+    by_budget = ledger.heap(lambda e: -ledger.budget(e) if ledger.is_healthy(e) else None)
+
+    def choose(request: Request) -> int | None:
+        engine = by_budget.peek()
+        if engine is None or ledger.budget(engine) < request.reservation:
+            return None
+        return engine
+
+    return choose
+
+
+def _static(ledger: _Ledger, expected_rollouts: int | None) -> Choose:
+    def choose(request: Request) -> int | None:
+        r, n = request.rollout_id, ledger.size
+        home = (r * n // expected_rollouts) % n if expected_rollouts else r % n
+        return home if ledger.is_healthy(home) else ledger.next_healthy(home)
+
+    return choose
+
+
+def _round_robin(ledger: _Ledger) -> Choose:
+    cursor = 0
+
+    def choose(request: Request) -> int | None:
+        nonlocal cursor
+        engine = ledger.next_healthy(cursor)
+        if engine is not None:
+            cursor = (engine + 1) % ledger.size
+        return engine
+
+    return choose
+
+
+def _least_outstanding(ledger: _Ledger) -> Choose:
+    by_load = ledger.heap(lambda e: ledger.outstanding[e] if ledger.is_healthy(e) else None)
+    return lambda request: by_load.peek()
+
+
+def _power_of_two(ledger: _Ledger, seed: int) -> Choose:
+    rng = random.Random(seed)
+    most_budget = _most_budget(ledger)
+
+    def choose(request: Request) -> int | None:
+        fallback = most_budget(request)
+        if fallback is None:  # no engine has room: wait, and draw nothing
+            return None
+        healthy = ledger.healthy
+        first = rng.randrange(len(healthy))
+        pair = [healthy[first]]
+        if len(healthy) > 1:
+            second = rng.randrange(len(healthy) - 1)
+            pair.append(healthy[second + 1 if second >= first else second])
+        fits = [e for e in sorted(pair) if ledger.budget(e) >= request.reservation]
+        return min(fits, key=ledger.outstanding.__getitem__) if fits else fallback
+
+    return choose
+
+
+def _prefix_affinity(ledger: _Ledger) -> Choose:
+    most_budget = _most_budget(ledger)
+
+    def choose(request: Request) -> int | None:
+        previous = request.previous_engine
+        if (
+            previous is not None
+            and 0 <= previous < ledger.size
+            and ledger.is_healthy(previous)
+            and ledger.budget(previous) >= request.reservation
+        ):
+            return previous
+        return most_budget(request)
+
+    return choose
+
+
+class _QueueDispatcher:
+    """A FIFO central queue, a ledger, and one policy's choice rule (see the module docstring)."""
+
+    def __init__(self, name: str, ledger: _Ledger, choose: Choose) -> None:
+        self.name = name
+        self._ledger = ledger
+        self._choose = choose
+        self._kv_bounded = name in KV_BOUNDED
+        self._queue: deque[tuple[int, Request]] = deque()  # (ticket, request); cancelled entries linger
+        self._tickets: dict[int, int] = {}  # request_id -> ticket of its live queue entry
+        self._next_ticket = 0
+
+    def submit(self, request: Request) -> None:
+        rid = request.request_id
+        if rid in self._tickets or rid in self._ledger.in_flight:
+            raise ValueError(f"request {rid} is already queued or in flight")
+        if self._kv_bounded and request.reservation > self._ledger.max_total:
+            raise ValueError(
+                f"request {rid} reserves {request.reservation} KV tokens (prompt {request.prompt_tokens} + "
+                f"max_new {request.max_new_tokens}) but the largest engine holds {self._ledger.max_total}"
+            )
+        self._tickets[rid] = self._next_ticket
+        self._queue.append((self._next_ticket, request))
+        self._next_ticket += 1
+
+    def assignments(self) -> list[tuple[Request, int]]:
+        placed: list[tuple[Request, int]] = []
+        while (head := self._head()) is not None:
+            engine = self._choose(head)
+            if engine is None:  # head-of-line blocking: later requests wait behind the head
+                break
+            self._queue.popleft()
+            del self._tickets[head.request_id]
+            self._ledger.assign(head, engine)
+            placed.append((head, engine))
+        return placed
+
+    def finished(self, request_id: int) -> None:
+        """Release an in-flight request, or cancel a queued one."""
+        if request_id in self._ledger.in_flight:
+            self._ledger.release(request_id)
+        elif request_id in self._tickets:
+            del self._tickets[request_id]  # its queue entry is skipped when it reaches the head
+        else:
+            raise KeyError(f"request {request_id} is neither queued nor in flight")
+
+    def engine_lost(self, engine: int) -> list[Request]:
+        self._ledger.check(engine)
+        return self._ledger.lose(engine)
+
+    def update(self, state: EngineState) -> None:
+        self._ledger.check(state.engine)
+        self._ledger.set_state(state)
+
+    def reserved_tokens(self, engine: int) -> int:
+        self._ledger.check(engine)
+        return self._ledger.reserved[engine]
+
+    def outstanding(self, engine: int) -> int:
+        self._ledger.check(engine)
+        return self._ledger.outstanding[engine]
+
+    def queued(self) -> int:
+        return len(self._tickets)
+
+    def _head(self) -> Request | None:
+        queue, tickets = self._queue, self._tickets
+        while queue:
+            ticket, request = queue[0]
+            if tickets.get(request.request_id) == ticket:
+                return request
+            queue.popleft()
+        return None
+
+
+def make_dispatcher(
+    policy: str, engines: Sequence[EngineState], *, seed: int = 0, expected_rollouts: int | None = None
+) -> Dispatcher:
+    """A dispatcher running ``policy`` over ``engines`` (``engines[i].engine == i``)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown dispatch policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if not engines:
+        raise ValueError("a dispatcher needs at least one engine")
+    for index, state in enumerate(engines):
+        if state.engine != index:
+            raise ValueError(f"engines[{index}] describes engine {state.engine}; list engines by index")
+    if expected_rollouts is not None and expected_rollouts < 1:
+        raise ValueError(f"expected_rollouts must be >= 1, got {expected_rollouts}")
+    ledger = _Ledger(engines)
+    factories: dict[str, Callable[[], Choose]] = {
+        "static": lambda: _static(ledger, expected_rollouts),
+        "round_robin": lambda: _round_robin(ledger),
+        "least_outstanding": lambda: _least_outstanding(ledger),
+        "kv_aware": lambda: _most_budget(ledger),
+        "power_of_two": lambda: _power_of_two(ledger, seed),
+        "prefix_affinity": lambda: _prefix_affinity(ledger),
+    }
+    return _QueueDispatcher(policy, ledger, factories[policy]())

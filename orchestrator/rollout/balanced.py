@@ -1,0 +1,139 @@
+"""A rollout phase driven by a dispatch policy, on virtual time: the balancer's logic, simulated.
+
+Every turn of every rollout is a ``Request`` to a ``Dispatcher`` (orchestrator.core.dispatch):
+the dispatcher places what it can, holds the rest in its central queue, and gets every turn's
+reservation back when the turn ends, so capacity-aware policies refill engines as budgets free up.
+The next turn of a rollout returns after its tool call and names the engine it ran on, for
+prefix affinity. Engines are the same event-granular simulated engines as ``simulator``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from orchestrator.core.dispatch import Dispatcher, EngineState, Request
+from orchestrator.rollout.cost import EngineCost
+from orchestrator.rollout.engines import SimEngine, TurnRequest
+from orchestrator.rollout.shapes import RolloutShape
+from orchestrator.rollout.simulator import RolloutPhaseResult
+
+__all__ = ["BalancedPhase", "simulate_balanced_phase"]
+
+_TOOL_RETURN = -1
+
+DispatcherFactory = Callable[[Sequence[EngineState]], Dispatcher]
+
+
+@dataclass(frozen=True)
+class BalancedPhase:
+    result: RolloutPhaseResult
+    rollout_seconds: tuple[float, ...]  # when each rollout finished its last turn
+    queued_peak: int  # the central queue's longest length
+
+
+def simulate_balanced_phase(
+    rollouts: Sequence[RolloutShape],
+    engines: int,
+    cost: EngineCost,
+    make_dispatcher: DispatcherFactory,
+    max_response_tokens: int,
+) -> BalancedPhase:
+    """Run every rollout to completion from time 0 with the dispatcher choosing each turn's engine.
+
+    A turn reserves its context plus what is left of the rollout's response budget.
+    """
+    pool = [SimEngine(cost) for _ in range(engines)]
+    dispatcher = make_dispatcher(
+        [EngineState(engine=i, kv_total_tokens=cost.kv_capacity_tokens) for i in range(engines)]
+    )
+    heap: list[tuple[float, int, int, int]] = []
+    pushes = 0
+    context = [shape.prompt_tokens for shape in rollouts]
+    generated = [0] * len(rollouts)
+    next_turn = [0] * len(rollouts)
+    on_engine = [-1] * len(rollouts)
+    request_of = [-1] * len(rollouts)
+    finished_at = [0.0] * len(rollouts)
+    request_ids = 0
+    queued_peak = 0
+
+    def wake(index: int) -> None:
+        nonlocal pushes
+        engine = pool[index]
+        if engine.next_event_time < math.inf:
+            pushes += 1
+            heapq.heappush(heap, (engine.next_event_time, pushes, index, engine.event_id))
+
+    def submit(key: int) -> None:
+        nonlocal request_ids
+        request_ids += 1
+        request_of[key] = request_ids
+        turn = next_turn[key]
+        previous = on_engine[key] if on_engine[key] >= 0 else None
+        budget = max(1, max_response_tokens - generated[key])
+        dispatcher.submit(Request(request_ids, key, turn, context[key], budget, previous_engine=previous))
+
+    def place(now: float) -> None:
+        nonlocal queued_peak
+        queued_peak = max(queued_peak, dispatcher.queued())
+        for request, index in dispatcher.assignments():
+            key = request.rollout_id
+            on_engine[key] = index
+            turn = rollouts[key].turns[next_turn[key]]
+            if pool[index].submit(TurnRequest(key, context[key], turn.response_tokens), now):
+                wake(index)
+
+    for key in range(len(rollouts)):
+        submit(key)
+    place(0.0)
+
+    seconds, turns, tool_calls, events = 0.0, 0, 0, 0
+    while heap:
+        time, _, target, payload = heapq.heappop(heap)
+        if target == _TOOL_RETURN:
+            events += 1
+            submit(payload)
+            place(time)
+            continue
+        if payload != pool[target].event_id:
+            continue  # superseded wake-up
+        events += 1
+        freed = False
+        for key in pool[target].advance():
+            turn = rollouts[key].turns[next_turn[key]]
+            dispatcher.finished(request_of[key])
+            freed = True
+            next_turn[key] += 1
+            generated[key] += turn.response_tokens
+            turns += 1
+            if next_turn[key] == len(rollouts[key].turns):
+                seconds = max(seconds, time)
+                finished_at[key] = time
+                continue
+            tool_calls += 1
+            context[key] += turn.response_tokens + turn.tool_output_tokens
+            pushes += 1
+            heapq.heappush(heap, (time + turn.tool_seconds, pushes, _TOOL_RETURN, key))
+        wake(target)
+        if freed:
+            place(time)
+
+    stats = [engine.stats() for engine in pool]
+    result = RolloutPhaseResult(
+        seconds=seconds,
+        rollouts=len(rollouts),
+        turns=turns,
+        tool_calls=tool_calls,
+        generated_tokens=sum(s.generated_tokens for s in stats),
+        prefill_tokens=sum(s.prefill_tokens for s in stats),
+        preemptions=sum(s.preemptions for s in stats),
+        correct=sum(shape.correct for shape in rollouts),
+        engine_busy_seconds=tuple(s.busy_seconds for s in stats),
+        engine_finish_seconds=tuple(s.last_finish_seconds for s in stats),
+        peak_kv_tokens=tuple(s.peak_kv_tokens for s in stats),
+        events=events,
+    )
+    return BalancedPhase(result, tuple(finished_at), queued_peak)

@@ -1,0 +1,421 @@
+"""Rollout dispatch policies: choice rules by example, and the ledger under random event sequences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from orchestrator.core import dispatch
+from orchestrator.core.dispatch import (
+    KV_BOUNDED,
+    POLICIES,
+    Dispatcher,
+    EngineState,
+    Request,
+    make_dispatcher,
+)
+
+
+def engines(*totals: int, unhealthy: Sequence[int] = ()) -> list[EngineState]:
+    return [EngineState(i, total, healthy=i not in unhealthy) for i, total in enumerate(totals)]
+
+
+def req(
+    rid: int, prompt: int = 100, new: int = 100, *, rollout: int | None = None, prev: int | None = None
+) -> Request:
+    return Request(rid, rid if rollout is None else rollout, 0, prompt, new, previous_engine=prev)
+
+
+def place(d: Dispatcher, *requests: Request) -> list[int]:
+    """Submit ``requests``, and return the engines of everything placed now."""
+    for request in requests:
+        d.submit(request)
+    return [engine for _, engine in d.assignments()]
+
+
+def test_all_names_in_dunder_all_exist() -> None:
+    assert all(hasattr(dispatch, name) for name in dispatch.__all__)
+    assert set(POLICIES) >= KV_BOUNDED
+
+
+# --- choice rules by example --------------------------------------------------------------------------
+
+
+def test_static_splits_the_batch_into_contiguous_even_blocks() -> None:
+    d = make_dispatcher("static", engines(*[1000] * 4), expected_rollouts=8)
+    assert place(d, *(req(r) for r in range(8))) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_static_keeps_every_turn_of_a_rollout_on_its_engine_and_wraps_without_a_batch_size() -> None:
+    d = make_dispatcher("static", engines(*[1000] * 3))
+    assert place(d, *(req(i, rollout=r) for i, r in enumerate([0, 1, 2, 3, 4, 1, 1]))) == [
+        0,
+        1,
+        2,
+        0,
+        1,
+        1,
+        1,
+    ]
+
+
+def test_static_checks_no_capacity_and_hands_an_unhealthy_home_to_the_next_healthy_engine() -> None:
+    d = make_dispatcher("static", engines(300, 300, 300, unhealthy=[1]), expected_rollouts=3)
+    assert place(d, req(0, 200, 200), req(1), req(2), req(3)) == [0, 2, 2, 0]
+    assert d.reserved_tokens(0) == 600  # over its 300 total: static is the no-capacity-check baseline
+
+
+def test_round_robin_cycles_over_healthy_engines_in_order() -> None:
+    d = make_dispatcher("round_robin", engines(100, 100, 100, 100, unhealthy=[2]))
+    assert place(d, *(req(i, 500, 500) for i in range(6))) == [0, 1, 3, 0, 1, 3]
+    d.update(EngineState(2, 100))
+    assert place(d, req(6), req(7)) == [0, 1] and place(d, req(8)) == [2]
+
+
+def test_least_outstanding_picks_the_fewest_in_flight_and_breaks_ties_by_lowest_index() -> None:
+    d = make_dispatcher("least_outstanding", engines(100, 100, 100))
+    assert place(d, *(req(i) for i in range(4))) == [0, 1, 2, 0]
+    d.finished(1)
+    assert place(d, req(4)) == [1]
+    d.finished(0)
+    d.finished(3)
+    assert place(d, req(5), req(6)) == [0, 0]
+
+
+def test_kv_aware_picks_the_engine_with_the_most_budget_left() -> None:
+    d = make_dispatcher("kv_aware", engines(1000, 3000, 2000))
+    assert place(d, req(0, 500, 500), req(1, 500, 500), req(2, 100, 100)) == [1, 1, 2]
+    assert [d.reserved_tokens(e) for e in range(3)] == [0, 2000, 200]
+
+
+def test_kv_aware_queues_what_does_not_fit_and_refills_as_requests_finish() -> None:
+    d = make_dispatcher("kv_aware", engines(1000, 1000))
+    assert place(d, *(req(i, 200, 300) for i in range(5))) == [0, 1, 0, 1]
+    assert d.queued() == 1 and d.reserved_tokens(0) == d.reserved_tokens(1) == 1000
+    assert d.assignments() == []
+    d.finished(1)
+    assert place(d) == [1] and d.queued() == 0
+
+
+def test_kv_aware_head_of_line_blocks_smaller_requests_behind_a_large_one() -> None:
+    d = make_dispatcher("kv_aware", engines(1000))
+    assert place(d, req(0, 300, 300), req(1, 400, 400), req(2, 50, 50)) == [0]
+    assert d.queued() == 2
+    d.finished(0)
+    assert [r.request_id for r, _ in d.assignments()] == [1, 2]
+
+
+@pytest.mark.parametrize("policy", sorted(KV_BOUNDED))
+def test_a_request_larger_than_every_engine_is_refused_at_submit_naming_the_sizes(policy: str) -> None:
+    d = make_dispatcher(policy, engines(1000, 4096))
+    with pytest.raises(
+        ValueError, match=r"reserves 4097 KV tokens \(prompt 97 \+ max_new 4000\).*holds 4096"
+    ):
+        d.submit(req(0, 97, 4000))
+    assert d.queued() == 0
+
+
+def test_power_of_two_takes_the_less_loaded_of_two_engines() -> None:
+    d = make_dispatcher("power_of_two", engines(10_000, 10_000))  # two engines: both always drawn
+    assert place(d, *(req(i) for i in range(4))) == [0, 1, 0, 1]
+
+
+def test_power_of_two_is_deterministic_for_a_seed() -> None:
+    def run(seed: int) -> list[int]:
+        return place(make_dispatcher("power_of_two", engines(*[10_000] * 8), seed=seed), *map(req, range(40)))
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_power_of_two_falls_back_to_the_engine_with_room_when_neither_drawn_engine_has_it(seed: int) -> None:
+    d = make_dispatcher("power_of_two", engines(100, 100, 5000, 100), seed=seed)
+    assert place(d, *(req(i, 500, 500) for i in range(6))) == [2] * 5
+    assert d.queued() == 1
+
+
+def test_prefix_affinity_returns_a_rollout_to_its_previous_engine_when_it_has_room() -> None:
+    d = make_dispatcher("prefix_affinity", engines(1000, 5000))
+    assert place(d, req(0, 100, 100, prev=0)) == [0]  # not the engine with the most budget: a cache hit
+    assert place(d, req(1, 100, 100)) == [1]  # first turn: kv_aware
+
+
+def test_prefix_affinity_falls_back_to_kv_aware_when_the_previous_engine_is_full_or_unhealthy() -> None:
+    d = make_dispatcher("prefix_affinity", engines(1000, 2000, 1500))
+    assert place(d, req(0, 400, 400, prev=0), req(1, 400, 400, prev=0)) == [0, 1]
+    d.update(EngineState(2, 1500, healthy=False))
+    assert place(d, req(2, 100, 100, prev=2), req(3, 100, 100, prev=7)) == [1, 1]
+
+
+def test_engines_marked_unhealthy_by_telemetry_get_nothing_until_restored() -> None:
+    for policy in POLICIES:
+        d = make_dispatcher(policy, engines(1000, 1000))
+        d.update(EngineState(0, 1000, healthy=False))
+        assert set(place(d, *(req(i, 10, 10, prev=0) for i in range(4)))) == {1}, policy
+        d.update(EngineState(1, 1000, healthy=False))
+        assert place(d, req(9)) == [] and d.queued() == 1, policy
+        d.update(EngineState(0, 1000))
+        assert place(d) == [0], policy
+
+
+def test_engine_lost_releases_and_returns_its_requests_in_dispatch_order() -> None:
+    d = make_dispatcher("round_robin", engines(1000, 1000))
+    place(d, *(req(i) for i in range(5)))
+    lost = d.engine_lost(0)
+    assert [r.request_id for r in lost] == [0, 2, 4]
+    assert d.reserved_tokens(0) == d.outstanding(0) == 0 and d.outstanding(1) == 2
+    with pytest.raises(KeyError):
+        d.finished(2)  # released already; a late reply from the lost engine must be ignored by the caller
+    assert place(d, *lost) == [1, 1, 1]
+    assert d.engine_lost(0) == []
+
+
+def test_finished_on_an_unknown_or_finished_id_raises_key_error() -> None:
+    d = make_dispatcher("kv_aware", engines(300))
+    place(d, req(0))
+    with pytest.raises(KeyError):
+        d.finished(99)
+    d.finished(0)
+    with pytest.raises(KeyError):
+        d.finished(0)
+    assert d.reserved_tokens(0) == d.outstanding(0) == 0
+
+
+def test_finished_on_a_queued_request_cancels_it_and_frees_its_id() -> None:
+    d = make_dispatcher("kv_aware", engines(300))
+    assert place(d, req(0), req(1), req(2)) == [0]
+    d.finished(1)
+    assert d.queued() == 1
+    d.finished(0)
+    assert [r.request_id for r, _ in d.assignments()] == [2]
+    assert place(d, req(1)) == [] and d.queued() == 1
+
+
+def test_a_request_id_cannot_be_submitted_twice_while_queued_or_in_flight() -> None:
+    d = make_dispatcher("kv_aware", engines(250))
+    place(d, req(0), req(1))
+    for rid in (0, 1):
+        with pytest.raises(ValueError, match=f"request {rid} is already queued or in flight"):
+            d.submit(req(rid))
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown dispatch policy 'fastest'"):
+        make_dispatcher("fastest", engines(1))
+    with pytest.raises(ValueError, match="at least one engine"):
+        make_dispatcher("kv_aware", [])
+    with pytest.raises(ValueError, match=r"engines\[0\] describes engine 1"):
+        make_dispatcher("kv_aware", [EngineState(1, 10)])
+    with pytest.raises(ValueError, match="token counts"):
+        req(0, -1)
+    d = make_dispatcher("kv_aware", engines(10))
+    for call in (d.reserved_tokens, d.outstanding, d.engine_lost):
+        with pytest.raises(KeyError, match="unknown engine 3"):
+            call(3)
+
+
+def test_a_shrunken_engine_takes_nothing_until_its_reservations_fit_again() -> None:
+    d = make_dispatcher("kv_aware", engines(1000))
+    place(d, req(0, 300, 300))
+    d.update(EngineState(0, 500))
+    assert place(d, req(1, 10, 10)) == []
+    d.finished(0)
+    assert place(d) == [0]
+
+
+def test_the_lazy_heap_stays_bounded_over_a_long_stream() -> None:
+    d = make_dispatcher("kv_aware", engines(*[10_000] * 4))
+    for i in range(5_000):
+        place(d, req(i))
+        d.finished(i)
+    heaps = d._ledger._heaps  # type: ignore[attr-defined]
+    assert all(len(heap._heap) <= 2 * 4 + 64 for heap in heaps)
+
+
+# --- random event sequences ---------------------------------------------------------------------------
+
+
+class DispatchMachine(RuleBasedStateMachine):
+    """Drives one dispatcher with random events and checks its ledger against a model after each."""
+
+    def __init__(self, policy: str) -> None:
+        super().__init__()
+        self.policy = policy
+        self.kv_bounded = policy in KV_BOUNDED
+        self.in_flight: dict[int, tuple[Request, int]] = {}
+        self.queue: dict[int, Request] = {}  # insertion order = FIFO order
+        self.to_resubmit: list[Request] = []
+        self.accepted: set[int] = set()
+        self.cancelled: set[int] = set()
+        self.dispatched: set[int] = set()
+        self.calls: list[tuple[str, Any]] = []
+        self.outputs: list[Any] = []
+        self.next_id = 0
+
+    @initialize(
+        totals=st.lists(st.integers(200, 2000), min_size=1, max_size=5),
+        down=st.sets(st.integers(0, 4), max_size=2),
+        seed=st.integers(0, 3),
+        expected=st.none() | st.integers(1, 12),
+    )
+    def start(self, totals: list[int], down: set[int], seed: int, expected: int | None) -> None:
+        self.totals = totals
+        self.healthy = [i not in down for i in range(len(totals))]
+        self.config = (engines(*totals, unhealthy=sorted(down)), seed, expected)
+        self.d = make_dispatcher(self.policy, self.config[0], seed=seed, expected_rollouts=expected)
+
+    # -- helpers
+
+    def call(self, method: str, arg: Any = None) -> Any:
+        self.calls.append((method, arg))
+        result = getattr(self.d, method)() if arg is None else getattr(self.d, method)(arg)
+        self.outputs.append(result)
+        return result
+
+    def budget(self, engine: int) -> int:
+        return self.totals[engine] - sum(r.reservation for r, e in self.in_flight.values() if e == engine)
+
+    def submit(self, request: Request) -> None:
+        if self.kv_bounded and request.reservation > max(self.totals):
+            with pytest.raises(ValueError):
+                self.d.submit(request)
+            return
+        self.call("submit", request)
+        self.queue[request.request_id] = request
+        self.accepted.add(request.request_id)
+
+    # -- rules
+
+    @rule(
+        prompt=st.integers(0, 1200),
+        new=st.integers(0, 1200),
+        rollout=st.integers(0, 11),
+        prev=st.none() | st.integers(0, 5),
+    )
+    def submit_turn(self, prompt: int, new: int, rollout: int, prev: int | None) -> None:
+        self.submit(Request(self.next_id, rollout, 0, prompt, new, previous_engine=prev))
+        self.next_id += 1
+
+    @rule()
+    def assign(self) -> None:
+        best_before = {e: self.budget(e) for e in range(len(self.totals))}
+        placed = self.call("assignments")
+        assert [r.request_id for r, _ in placed] == list(self.queue)[: len(placed)], "FIFO order"
+        for request, engine in placed:
+            assert self.healthy[engine], f"unhealthy engine {engine} got request {request.request_id}"
+            assert request.request_id not in self.in_flight
+            if self.policy == "kv_aware":
+                top = max(best_before[e] for e in best_before if self.healthy[e])
+                assert best_before[engine] == top and best_before[engine] >= request.reservation
+            best_before[engine] -= request.reservation
+            del self.queue[request.request_id]
+            self.in_flight[request.request_id] = (request, engine)
+            self.dispatched.add(request.request_id)
+        if self.queue and any(self.healthy):
+            head = next(iter(self.queue.values()))
+            assert self.kv_bounded, "a policy without a capacity check placed less than everything"
+            assert all(self.budget(e) < head.reservation for e in range(len(self.totals)) if self.healthy[e])
+
+    @precondition(lambda self: self.in_flight)
+    @rule(data=st.data())
+    def finish(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.in_flight)))
+        self.call("finished", rid)
+        del self.in_flight[rid]
+        with pytest.raises(KeyError):
+            self.d.finished(rid)
+
+    @precondition(lambda self: self.queue)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.queue)))
+        self.call("finished", rid)
+        del self.queue[rid]
+        self.cancelled.add(rid)
+
+    @rule(data=st.data())
+    def lose_engine(self, data: st.DataObject) -> None:
+        engine = data.draw(st.integers(0, len(self.totals) - 1))
+        lost = self.call("engine_lost", engine)
+        expected = [r for r, e in self.in_flight.values() if e == engine]
+        assert lost == expected
+        for request in lost:
+            del self.in_flight[request.request_id]
+        self.to_resubmit.extend(lost)
+        self.healthy[engine] = False
+
+    @precondition(lambda self: self.to_resubmit)
+    @rule()
+    def resubmit(self) -> None:
+        self.submit(self.to_resubmit.pop(0))
+
+    @rule(data=st.data(), healthy=st.booleans(), free=st.none() | st.integers(0, 2000))
+    def update(self, data: st.DataObject, healthy: bool, free: int | None) -> None:
+        engine = data.draw(st.integers(0, len(self.totals) - 1))
+        self.call("update", EngineState(engine, self.totals[engine], kv_free_tokens=free, healthy=healthy))
+        self.healthy[engine] = healthy
+
+    # -- invariants
+
+    @invariant()
+    def ledger_matches_the_model(self) -> None:
+        for engine, total in enumerate(self.totals):
+            mine = [r for r, e in self.in_flight.values() if e == engine]
+            assert self.d.reserved_tokens(engine) == sum(r.reservation for r in mine)
+            assert self.d.outstanding(engine) == len(mine)
+            if self.kv_bounded:
+                assert self.d.reserved_tokens(engine) <= total
+        assert self.d.queued() == len(self.queue)
+
+    def teardown(self) -> None:
+        if not hasattr(self, "d"):
+            return
+        for engine, total in enumerate(self.totals):
+            self.call("update", EngineState(engine, total))
+            self.healthy[engine] = True
+        while self.to_resubmit:
+            self.resubmit()
+        for _ in range(len(self.accepted) + 1):
+            self.assign()
+            for rid in sorted(self.in_flight):
+                self.call("finished", rid)
+                del self.in_flight[rid]
+            if not self.queue:
+                break
+        assert not self.queue, "requests still queued with every engine free"
+        assert self.accepted - self.cancelled <= self.dispatched, "a request was never dispatched"
+        assert all(self.d.reserved_tokens(e) == self.d.outstanding(e) == 0 for e in range(len(self.totals)))
+        self.replay_is_identical()
+
+    def replay_is_identical(self) -> None:
+        states, seed, expected = self.config
+        again = make_dispatcher(self.policy, states, seed=seed, expected_rollouts=expected)
+        for (method, arg), output in zip(self.calls, self.outputs, strict=True):
+            result = getattr(again, method)() if arg is None else getattr(again, method)(arg)
+            assert result == output, f"replay diverged at {method}({arg})"
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_random_event_sequences_never_leak_overcommit_or_double_dispatch(policy: str) -> None:
+    run_state_machine_as_test(
+        lambda: DispatchMachine(policy),
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
