@@ -26,6 +26,7 @@ from rich.table import Table
 from orchestrator import service, views
 from orchestrator.backends import make_backend
 from orchestrator.controller import Controller
+from orchestrator.core.dispatch import POLICIES
 from orchestrator.embedded import run_to_completion
 from orchestrator.errors import OrchError
 from orchestrator.health import HealthServer, LoopHeartbeat
@@ -530,6 +531,75 @@ def agent(
         pass
     finally:
         gpu_agent.stop()
+
+
+# ---- rollout router ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--engine",
+    "engines",
+    multiple=True,
+    required=True,
+    help="base URL of an OpenAI-compatible vLLM/SGLang engine (repeat for each engine)",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(list(POLICIES)),
+    default="kv_aware",
+    show_default=True,
+    help="dispatch policy (orchestrator.core.dispatch)",
+)
+@click.option("--port", type=int, default=8000, show_default=True, help="port to serve the router on")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option(
+    "--kv-tokens",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="KV-cache tokens per engine where its /metrics does not say (vLLM without cache_config_info)",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "vllm", "sglang"]),
+    default="auto",
+    show_default=True,
+    help="engine flavour, for reading /metrics",
+)
+@click.option(
+    "--max-tokens",
+    "max_tokens",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="max_tokens for requests that set none",
+)
+def router(
+    engines: tuple[str, ...], policy: str, port: int, host: str, kv_tokens: int, kind: str, max_tokens: int
+) -> None:
+    """Serve one OpenAI-compatible endpoint that queues and balances requests over inference engines."""
+    import asyncio
+    from contextlib import suppress
+
+    from orchestrator.rollout.router import serve_router
+
+    def ready(url: str) -> None:
+        click.echo(f"routing {url}/v1/completions over {len(engines)} engine(s) with {policy}")
+
+    with suppress(KeyboardInterrupt):
+        asyncio.run(
+            serve_router(
+                engines,
+                policy=policy,
+                host=host,
+                port=port,
+                kv_total_tokens=kv_tokens,
+                max_new_tokens_default=max_tokens,
+                kind=kind,  # type: ignore[arg-type]
+                ready=ready,
+            )
+        )
 
 
 # ---- Kubernetes manifests ---------------------------------------------------------------------

@@ -104,7 +104,9 @@ class RolloutSpec(_Strict):
     gpus_per_engine: int = Field(default=1, gt=0)
     samples_per_prompt: int = Field(gt=0)
     prompts_per_step: int = Field(gt=0)
-    dispatch: Literal["round_robin"] = "round_robin"
+    dispatch: Literal[
+        "static", "round_robin", "least_outstanding", "kv_aware", "power_of_two", "prefix_affinity"
+    ] = "round_robin"  # orchestrator.core.dispatch.POLICIES
 
     @property
     def gpus(self) -> int:

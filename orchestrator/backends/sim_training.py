@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from orchestrator.backends.base import ExecutionInterrupted, WorkInProgress
 from orchestrator.backends.sim import SimCluster
 from orchestrator.backends.sim_telemetry import GpuLoad
+from orchestrator.core.dispatch import make_dispatcher
 from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.errors import OrchError
+from orchestrator.rollout.balanced import simulate_balanced_phase
 from orchestrator.rollout.cost import EngineCost
 from orchestrator.rollout.hardware import GPU_TYPES
 from orchestrator.rollout.shapes import sample_rollouts
-from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
+from orchestrator.rollout.simulator import RolloutPhaseResult
 from orchestrator.spec import RunSpec
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 
@@ -116,8 +118,17 @@ class StepSimulator:
         gpu = GPU_TYPES[spec.pools[spec.rollout.pool].gpu_type]
         cost = EngineCost.for_engine(spec.model, gpu, spec.rollout.gpus_per_engine)
         engines = spec.rollout.engines
-        dispatch = None if self.metrics is None else self.metrics.timed(lambda key, turn: key % engines)
-        phase = simulate_rollout_phase(shapes, engines, cost, dispatch=dispatch)
+        observe = None if self.metrics is None else self.metrics.observe_decisions
+        phase = simulate_balanced_phase(
+            shapes,
+            engines,
+            cost,
+            lambda states: make_dispatcher(
+                spec.rollout.dispatch, states, seed=spec.seed, expected_rollouts=len(shapes)
+            ),
+            max_tokens,
+            on_decisions=observe,
+        ).result
         self.last_tool_seconds = sum(turn.tool_seconds for shape in shapes for turn in shape.turns)
         self.last_kv_capacity = cost.kv_capacity_tokens
         return phase

@@ -13,6 +13,7 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request
 from orchestrator.rollout.cost import EngineCost
@@ -40,10 +41,13 @@ def simulate_balanced_phase(
     cost: EngineCost,
     make_dispatcher: DispatcherFactory,
     max_response_tokens: int,
+    *,
+    on_decisions: Callable[[float, int], None] | None = None,
 ) -> BalancedPhase:
     """Run every rollout to completion from time 0 with the dispatcher choosing each turn's engine.
 
-    A turn reserves its context plus what is left of the rollout's response budget.
+    A turn reserves its context plus what is left of the rollout's response budget. ``on_decisions``
+    gets the wall time and count of each batch of placements (for the decision-latency histogram).
     """
     pool = [SimEngine(cost) for _ in range(engines)]
     dispatcher = make_dispatcher(
@@ -79,7 +83,11 @@ def simulate_balanced_phase(
     def place(now: float) -> None:
         nonlocal queued_peak
         queued_peak = max(queued_peak, dispatcher.queued())
-        for request, index in dispatcher.assignments():
+        started = perf_counter()
+        placed = dispatcher.assignments()
+        if on_decisions is not None and placed:
+            on_decisions(perf_counter() - started, len(placed))
+        for request, index in placed:
             key = request.rollout_id
             on_engine[key] = index
             turn = rollouts[key].turns[next_turn[key]]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GPU_LABELS", "GPU_METRICS", "SCHEDULER_METRICS"]
+__all__ = ["GPU_LABELS", "GPU_METRICS", "ROUTER_METRICS", "SCHEDULER_METRICS"]
 
 # Labels on every per-GPU series.
 GPU_LABELS = ("node", "gpu", "uuid", "pool", "run", "role")
@@ -38,4 +38,14 @@ SCHEDULER_METRICS: dict[str, tuple[str, str]] = {
     "orch_tool_calls_in_flight": ("gauge", "Tool calls executing"),
     "orch_dispatch_decision_seconds": ("histogram", "Time to choose an engine for one rollout turn"),
     "orch_engine_kv_cache_free_ratio": ("gauge", "Fraction of an engine's KV cache that is free"),
+}
+
+# `orch router`'s own series (it also exports orch_dispatch_decision_seconds and
+# orch_engine_kv_cache_free_ratio).
+ROUTER_METRICS: dict[str, tuple[str, str]] = {
+    "orch_router_requests_total": ("counter", "Requests the router answered, by endpoint and status code"),
+    "orch_router_retries_total": ("counter", "Requests resubmitted because their engine failed"),
+    "orch_router_queued_requests": ("gauge", "Requests waiting in the router's central queue"),
+    "orch_router_engine_healthy": ("gauge", "1 while an engine answers its /metrics and requests"),
+    "orch_router_engine_outstanding_requests": ("gauge", "Requests in flight on an engine"),
 }

@@ -53,6 +53,12 @@ class RolloutMetrics:
 
         return decide
 
+    def observe_decisions(self, seconds: float, decisions: int) -> None:
+        """A batch of ``decisions`` placements took ``seconds``: observe the mean once per decision."""
+        mean = seconds / decisions
+        for _ in range(decisions):
+            self.dispatch_seconds.observe(mean)
+
     def rollout_phase(self, run: str, rollouts: int, tool_calls: float, kv_free: dict[str, float]) -> None:
         self.rollouts_in_flight.labels(run).set(rollouts)
         self.tool_calls_in_flight.labels(run).set(tool_calls)
