@@ -19,7 +19,7 @@ from orchestrator.core.dispatch import Dispatcher, EngineState, Request
 from orchestrator.rollout.cost import EngineCost
 from orchestrator.rollout.engines import SimEngine, TurnRequest
 from orchestrator.rollout.shapes import RolloutShape
-from orchestrator.rollout.simulator import RolloutPhaseResult
+from orchestrator.rollout.simulator import RolloutPhaseResult, phase_result
 
 __all__ = ["BalancedPhase", "simulate_balanced_phase"]
 
@@ -129,19 +129,5 @@ def simulate_balanced_phase(
         if freed:
             place(time)
 
-    stats = [engine.stats() for engine in pool]
-    result = RolloutPhaseResult(
-        seconds=seconds,
-        rollouts=len(rollouts),
-        turns=turns,
-        tool_calls=tool_calls,
-        generated_tokens=sum(s.generated_tokens for s in stats),
-        prefill_tokens=sum(s.prefill_tokens for s in stats),
-        preemptions=sum(s.preemptions for s in stats),
-        correct=sum(shape.correct for shape in rollouts),
-        engine_busy_seconds=tuple(s.busy_seconds for s in stats),
-        engine_finish_seconds=tuple(s.last_finish_seconds for s in stats),
-        peak_kv_tokens=tuple(s.peak_kv_tokens for s in stats),
-        events=events,
-    )
+    result = phase_result(pool, rollouts, seconds, turns, tool_calls, events)
     return BalancedPhase(result, tuple(finished_at), queued_peak)

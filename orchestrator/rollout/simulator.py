@@ -15,7 +15,7 @@ from orchestrator.rollout.cost import EngineCost
 from orchestrator.rollout.engines import Engine, SimEngine, TurnRequest
 from orchestrator.rollout.shapes import RolloutShape
 
-__all__ = ["RolloutPhaseResult", "simulate_rollout_phase"]
+__all__ = ["RolloutPhaseResult", "phase_result", "simulate_rollout_phase"]
 
 _TOOL_RETURN = -1
 
@@ -109,6 +109,18 @@ def simulate_rollout_phase(
             heapq.heappush(heap, (time + turn.tool_seconds, pushes, _TOOL_RETURN, key))
         wake(target)
 
+    return phase_result(pool, rollouts, seconds, turns, tool_calls, events)
+
+
+def phase_result(
+    pool: Sequence[Engine],
+    rollouts: Sequence[RolloutShape],
+    seconds: float,
+    turns: int,
+    tool_calls: int,
+    events: int,
+) -> RolloutPhaseResult:
+    """Totals of a finished phase from its engines' statistics."""
     stats = [engine.stats() for engine in pool]
     return RolloutPhaseResult(
         seconds=seconds,
