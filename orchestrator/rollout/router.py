@@ -35,7 +35,7 @@ from orchestrator.rollout.http_engine import EngineKind, EngineRejected, EngineU
 from orchestrator.telemetry.names import ROUTER_METRICS
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 
-__all__ = ["ROUTER_METRICS", "BadRequest", "Router", "estimate_tokens", "serve_router"]
+__all__ = ["ROUTER_METRICS", "BadRequest", "Flight", "Router", "estimate_tokens", "serve_router"]
 
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def _error(status: int, message: str, param: str | None = None) -> web.Response:
 
 
 @dataclass
-class _Flight:
+class Flight:
     """A client request inside the router: its dispatcher request and where it is now."""
 
     request: Request
@@ -250,7 +250,7 @@ class Router:
             self._metrics.outstanding.labels(str(index)).set_function(
                 lambda index=index: self.dispatcher.outstanding(index)
             )
-        self._flights: dict[int, _Flight] = {}
+        self._flights: dict[int, Flight] = {}
         self._ids = itertools.count()
         self._last_engine: OrderedDict[int, int] = OrderedDict()  # rollout -> engine of its last turn
         self._runner: web.AppRunner | None = None
@@ -347,7 +347,7 @@ class Router:
             self._metrics.decision_seconds.observe(each)
             self._flights[request.request_id].place(engine)
 
-    def _submit(self, flight: _Flight) -> None:
+    def _submit(self, flight: Flight) -> None:
         self.dispatcher.submit(flight.request)
         flight.known = True
 
@@ -369,7 +369,7 @@ class Router:
             self._metrics.retries.inc()
         self._pump()
 
-    def _finish(self, flight: _Flight) -> None:
+    def _finish(self, flight: Flight) -> None:
         """Release ``flight`` in the dispatcher: called once, on every ending."""
         rid = flight.request.request_id
         self._flights.pop(rid, None)
@@ -404,7 +404,7 @@ class Router:
             body, turn = await self._read(request, path)
         except BadRequest as error:
             return _error(400, str(error), error.param)
-        flight = _Flight(turn, asyncio.get_running_loop().create_future())
+        flight = Flight(turn, asyncio.get_running_loop().create_future())
         self._flights[turn.request_id] = flight
         try:
             try:
@@ -445,7 +445,7 @@ class Router:
             previous_engine=previous,
         )
 
-    async def _serve(self, flight: _Flight, body: dict[str, Any], path: str) -> web.Response:
+    async def _serve(self, flight: Flight, body: dict[str, Any], path: str) -> web.Response:
         """Forward to the placed engine; on an engine failure, wait for the next placement and retry."""
         attempts = 0
         while attempts < self.max_attempts:

@@ -1,0 +1,374 @@
+"""The rollout balancer: multi-turn agentic rollouts on OpenAI-compatible engines, placed by a Dispatcher.
+
+Every turn of every rollout is a ``core.dispatch.Request``: its ``prompt_tokens`` is the rollout's current
+context, its ``max_new_tokens`` what is left of the stage's response budget (``max_response_tokens`` minus
+the completion tokens the rollout already generated), its ``previous_engine`` the engine of its last turn.
+Once the dispatcher places the turn, the engine gets ``POST /v1/completions`` with ``max_tokens`` = that
+remaining budget, so no request can ever ask for more than the stage allows. This is the asyncio twin of
+``orchestrator.rollout.balanced`` (the same loop on virtual time) and drives the dispatcher the way the
+router does (``orchestrator.rollout.router``): a placement future per turn, engine loss → ``engine_lost``
+→ every turn the engine held is resubmitted and retried elsewhere, and a ``finally`` that releases the turn
+exactly once whatever its ending (answer, engine error, timeout, cancellation of ``run_step``).
+
+Tool-call convention: a completion whose text, trailing whitespace stripped, *ends* with a fenced block
+opened by ```` ```python ```` and closed by ```` ``` ```` asks to run the code inside that block. The rollout
+then leaves the engine (its reservation is released), the ``ToolExecutor`` runs the code while the engine
+serves other rollouts, and the next turn's context is the previous context + the completion + the tool's
+output as a block fenced with ```` ```output ````. To make a real engine stop right after the closing fence,
+pass e.g. ``sampling={"stop": ["```\\n"], "include_stop_str_in_output": True}`` (vLLM's names).
+
+A rollout ends with a final answer (a completion that ends in no tool call), at ``max_turns`` engine
+turns, or when its response budget is spent (the engine stopped with ``finish_reason="length"``, or nothing
+is left for another turn). Dispatch decisions are the dispatcher's: O(log n) in engines.
+
+The dispatcher must belong to this balancer alone: ``engine_lost`` hands back every request of an engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orchestrator.core.dispatch import Dispatcher, EngineState, Request
+from orchestrator.rollout.http_engine import EngineRejected, EngineUnavailable, HttpEngine
+from orchestrator.rollout.router import COMPLETIONS, Flight, estimate_tokens
+from orchestrator.rollout.tools import ToolCall, ToolExecutor, ToolResult
+
+__all__ = ["Balancer", "RolloutPrompt", "Trajectory", "TrajectoryVerdict", "parse_tool_call"]
+
+log = logging.getLogger(__name__)
+
+TOOL_OPEN = "```python"
+FENCE = "```"
+
+TrajectoryVerdict = Literal["answer", "max_turns", "budget", "timeout", "error"]
+
+
+@dataclass(frozen=True)
+class RolloutPrompt:
+    """One rollout to run: its id (unique within a step) and its prompt text."""
+
+    rollout_id: int
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A finished rollout: its whole transcript and per-rollout metrics."""
+
+    rollout_id: int
+    text: str  # prompt + every completion + every tool output
+    turns: int  # engine turns that produced a completion
+    tool_calls: int
+    completion_tokens: int
+    wall_seconds: float
+    engines: tuple[int, ...]  # the engine of each turn
+    verdict: TrajectoryVerdict
+    retries: int = 0  # attempts lost with their engine and retried elsewhere
+    error: str | None = None
+
+
+def parse_tool_call(text: str) -> str | None:
+    """The code of the ```` ```python ```` block that ends ``text``, or None (see the module docstring)."""
+    body = text.rstrip()
+    if not body.endswith(FENCE):
+        return None
+    body = body[: -len(FENCE)]
+    start = body.rfind(TOOL_OPEN)
+    if start < 0:
+        return None
+    code = body[start + len(TOOL_OPEN) :]
+    if FENCE in code:  # the closing fence belongs to some other block
+        return None
+    return code.strip("\n")
+
+
+def format_tool_output(result: ToolResult) -> str:
+    """How a tool's output is appended to the context."""
+    return f"\n{FENCE}output\n{result.output}\n{FENCE}\n"
+
+
+@dataclass
+class _Rollout:
+    """A rollout in progress."""
+
+    prompt: RolloutPrompt
+    context: str
+    context_tokens: int
+    started: float
+    generated: int = 0
+    turns: int = 0
+    tool_calls: int = 0
+    retries: int = 0
+    engines: list[int] = field(default_factory=list)
+
+    def previous_engine(self) -> int | None:
+        return self.engines[-1] if self.engines else None
+
+    def trajectory(self, verdict: TrajectoryVerdict, error: str | None = None) -> Trajectory:
+        return Trajectory(
+            rollout_id=self.prompt.rollout_id,
+            text=self.context,
+            turns=self.turns,
+            tool_calls=self.tool_calls,
+            completion_tokens=self.generated,
+            wall_seconds=time.monotonic() - self.started,
+            engines=tuple(self.engines),
+            verdict=verdict,
+            retries=self.retries,
+            error=error,
+        )
+
+
+@dataclass(frozen=True)
+class _Completion:
+    text: str
+    tokens: int
+    prompt_tokens: int | None  # as the engine counted them
+    truncated: bool  # stopped by max_tokens
+
+
+def _read_completion(body: dict[str, Any], max_tokens: int) -> _Completion:
+    """The text and token counts of an OpenAI completion answer."""
+    choices = body.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    text = str(choice.get("text") or "")
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    tokens = usage.get("completion_tokens")
+    if not isinstance(tokens, int) or tokens < 0:
+        tokens = estimate_tokens({"prompt": text}, COMPLETIONS) if text else 0
+    prompt_tokens = usage.get("prompt_tokens")
+    return _Completion(
+        text=text,
+        tokens=min(tokens, max_tokens),
+        prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
+        truncated=choice.get("finish_reason") == "length" or tokens >= max_tokens,
+    )
+
+
+class Balancer:
+    """Runs steps of multi-turn rollouts over ``engines``, each turn placed by ``dispatcher``."""
+
+    def __init__(
+        self,
+        engines: Sequence[HttpEngine],
+        dispatcher: Dispatcher,
+        tools: ToolExecutor,
+        *,
+        max_response_tokens: int,
+        max_turns: int,
+        request_timeout_s: float = 600,
+        max_attempts: int | None = None,
+        sampling: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not engines:
+            raise ValueError("a balancer needs at least one engine")
+        if max_response_tokens < 1 or max_turns < 1:
+            raise ValueError(
+                f"max_response_tokens and max_turns must be >= 1, got {max_response_tokens}, {max_turns}"
+            )
+        self.engines = list(engines)
+        self.dispatcher = dispatcher
+        self.tools = tools
+        self.max_response_tokens = max_response_tokens
+        self.max_turns = max_turns
+        self.request_timeout_s = request_timeout_s
+        self.max_attempts = max_attempts or max(3, len(self.engines) + 1)
+        self.sampling = dict(sampling or {})
+        self.healthy = [True] * len(self.engines)  # as this balancer last saw them
+        self.retries = 0
+        self._flights: dict[int, Flight] = {}
+        self._ids = itertools.count()
+
+    # ---- a step ---------------------------------------------------------------------------------
+
+    async def run_step(self, prompts: Sequence[RolloutPrompt]) -> list[Trajectory]:
+        """Run every prompt to the end of its rollout; trajectories in the order of ``prompts``."""
+        ids = [prompt.rollout_id for prompt in prompts]
+        if len(set(ids)) != len(ids):
+            raise ValueError("rollout ids must be unique within a step")
+        await self.revive_lost()
+        tasks = [asyncio.ensure_future(self._rollout(prompt)) for prompt in prompts]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:  # cancelled, or a bug in one rollout: stop the others, whose finally blocks release all
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def revive_lost(self) -> None:
+        """Give back to the dispatcher every lost engine whose ``/metrics`` answers again."""
+        await asyncio.gather(*(self._revive(i) for i, ok in enumerate(self.healthy) if not ok))
+
+    async def _revive(self, index: int) -> None:
+        engine = self.engines[index]
+        try:
+            load = await asyncio.wait_for(engine.load(), timeout=min(10.0, self.request_timeout_s))
+        except (EngineUnavailable, asyncio.TimeoutError):
+            return
+        total = load.kv_total_tokens or engine.kv_total_tokens
+        self.dispatcher.update(EngineState(engine=index, kv_total_tokens=total, healthy=True))
+        self.healthy[index] = True
+        log.warning("engine %d (%s) answers again", index, engine.base_url)
+
+    # ---- one rollout ----------------------------------------------------------------------------
+
+    async def _rollout(self, prompt: RolloutPrompt) -> Trajectory:
+        tokens = estimate_tokens({"prompt": prompt.prompt}, COMPLETIONS) if prompt.prompt else 0
+        rollout = _Rollout(prompt, prompt.prompt, tokens, time.monotonic())
+        try:
+            return rollout.trajectory(await self._turns(rollout))
+        except asyncio.TimeoutError:
+            return rollout.trajectory("timeout", f"no answer within {self.request_timeout_s:g}s")
+        except (EngineUnavailable, EngineRejected) as error:
+            return rollout.trajectory("error", str(error))
+
+    async def _turns(self, rollout: _Rollout) -> TrajectoryVerdict:
+        """Turns until the rollout ends; its verdict."""
+        while True:
+            remaining = self.max_response_tokens - rollout.generated
+            if remaining <= 0:
+                return "budget"
+            if rollout.turns >= self.max_turns:
+                return "max_turns"
+            completion = await self._generate(rollout, remaining)
+            code = parse_tool_call(completion.text)
+            if code is None:
+                return "budget" if completion.truncated else "answer"
+            if rollout.turns >= self.max_turns:
+                return "max_turns"
+            if rollout.generated >= self.max_response_tokens:
+                return "budget"
+            rollout.tool_calls += 1
+            result = await self._run_tool(ToolCall(rollout.prompt.rollout_id, rollout.turns - 1, code))
+            rollout.context += format_tool_output(result)
+            rollout.context_tokens += result.tokens
+
+    async def _run_tool(self, call: ToolCall) -> ToolResult:
+        """The tool's result; a tool executor that raises becomes an ``error`` verdict the model sees."""
+        try:
+            return await self.tools.run(call)
+        except Exception as error:  # a broken executor must not end every rollout of the step
+            message = f"tool failed: {type(error).__name__}: {error}"
+            tokens = estimate_tokens({"prompt": message}, COMPLETIONS)
+            return ToolResult(message, tokens=tokens, verdict="error")
+
+    async def _generate(self, rollout: _Rollout, remaining: int) -> _Completion:
+        """One engine turn with at most ``remaining`` new tokens; the rollout records its completion."""
+        request = Request(
+            request_id=next(self._ids),
+            rollout_id=rollout.prompt.rollout_id,
+            turn=rollout.turns,
+            prompt_tokens=rollout.context_tokens,
+            max_new_tokens=remaining,
+            previous_engine=rollout.previous_engine(),
+        )
+        payload = {**self.sampling, "prompt": rollout.context, "max_tokens": remaining}
+        engine, body = await self._place_and_send(rollout, request, payload)
+        completion = _read_completion(body, remaining)
+        rollout.turns += 1
+        rollout.generated += completion.tokens
+        rollout.engines.append(engine)
+        rollout.context += completion.text
+        rollout.context_tokens = (completion.prompt_tokens or rollout.context_tokens) + completion.tokens
+        return completion
+
+    # ---- one turn in the dispatcher (the router's pattern) ----------------------------------------
+
+    async def _place_and_send(
+        self, rollout: _Rollout, request: Request, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        flight = Flight(request, asyncio.get_running_loop().create_future())
+        self._flights[request.request_id] = flight
+        try:
+            try:
+                self._submit(flight)
+            except ValueError as error:  # the turn fits no engine's KV cache
+                raise EngineRejected(400, str(error)) from error
+            self._pump()
+            return await asyncio.wait_for(self._send(rollout, flight, payload), self.request_timeout_s)
+        finally:
+            self._finish(flight)
+
+    async def _send(
+        self, rollout: _Rollout, flight: Flight, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """Send to the placed engine; when that engine is lost, wait for the next placement and retry."""
+        attempts = 0
+        while attempts < self.max_attempts:
+            placed = flight.placed
+            engine = await placed
+            if placed is not flight.placed:  # requeued (its engine lost) before this attempt began
+                continue
+            attempts += 1
+            attempt = asyncio.ensure_future(self.engines[engine].complete(payload))
+            flight.attempt = attempt
+            try:
+                await asyncio.wait({attempt})
+            finally:
+                if not attempt.done():  # cancelled: run_step was cancelled or the turn timed out
+                    attempt.cancel()
+                    await asyncio.wait({attempt})
+            if attempt.cancelled():  # its engine was lost under it; the flight is already requeued
+                rollout.retries += 1
+                continue
+            error = attempt.exception()
+            if error is None:
+                return engine, attempt.result()
+            if not isinstance(error, EngineUnavailable):
+                raise error
+            flight.errors.append(f"engine {engine}: {error}")
+            rollout.retries += 1
+            self._lose(engine, str(error))
+        raise EngineUnavailable(f"no engine answered after {self.max_attempts} attempts: {flight.errors}")
+
+    def _submit(self, flight: Flight) -> None:
+        self.dispatcher.submit(flight.request)
+        flight.known = True
+
+    def _pump(self) -> None:
+        """Hand every placement the dispatcher can make now to its waiting turn."""
+        for request, engine in self.dispatcher.assignments():
+            self._flights[request.request_id].place(engine)
+
+    def _lose(self, engine: int, reason: str) -> None:
+        """Mark ``engine`` lost and requeue every turn it held; fail waiting turns if no engine is left."""
+        if self.healthy[engine]:
+            log.warning("engine %d (%s) lost: %s", engine, self.engines[engine].base_url, reason)
+        self.healthy[engine] = False
+        for request in self.dispatcher.engine_lost(engine):
+            flight = self._flights[request.request_id]
+            flight.known = False
+            flight.requeue()
+            self.retries += 1
+            try:
+                self._submit(flight)
+            except ValueError as error:  # it no longer fits any engine: fail it rather than lose it
+                _fail(flight, EngineUnavailable(str(error)))
+        if not any(self.healthy):
+            for flight in self._flights.values():
+                _fail(flight, EngineUnavailable(f"every engine is lost (last: {reason})"))
+        self._pump()
+
+    def _finish(self, flight: Flight) -> None:
+        """Release ``flight`` in the dispatcher: called once, on every ending."""
+        rid = flight.request.request_id
+        self._flights.pop(rid, None)
+        if flight.attempt is not None and not flight.attempt.done():
+            flight.attempt.cancel()
+        if flight.placed.done() and not flight.placed.cancelled():
+            flight.placed.exception()  # retrieved, so an unused failure is not logged as never retrieved
+        if flight.known:
+            flight.known = False
+            self.dispatcher.finished(rid)
+        self._pump()
+
+
+def _fail(flight: Flight, error: Exception) -> None:
+    if not flight.placed.done():
+        flight.placed.set_exception(error)
