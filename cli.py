@@ -226,9 +226,19 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         ("idle GPU-hours", f"{summary['idle_gpu_hours']} {summary['idle_gpu_hours_by_role'] or ''}".rstrip()),
         ("simulated time", f"{summary['simulated_seconds']}s ({hours:.2f} h)"),
         ("message", summary["message"]),
+        ("last step's engines", _engines_line(summary["last_step_engines"], summary["last_step_queue_peak"])),
     ):
         table.add_row(label, str(value))
     return table
+
+
+def _engines_line(engines: list[dict[str, Any]], queue_peak: int) -> str:
+    """Busy share and KV headroom of each engine in the last step, one compact line."""
+    if not engines:
+        return "-"
+    busy = " ".join(f"{e['busy_ratio']:.0%}" for e in engines)
+    headroom = min(e["kv_free_ratio"] for e in engines)
+    return f"busy {busy}; min KV headroom {headroom:.0%}; queue peak {queue_peak}"
 
 
 @main.command("list")

@@ -140,6 +140,8 @@ class Step:
     preemptions: int
     correct: int
     superseded: bool
+    engines: tuple[dict[str, float], ...] = ()  # per engine: busy_ratio, kv_free_ratio
+    queue_peak: int = 0
 
 
 @dataclass(frozen=True)

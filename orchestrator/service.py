@@ -66,6 +66,12 @@ class RunReport:
             ],
             "simulated_seconds": round(run.sim_seconds, 1),
             "message": run.message,
+            "last_step_engines": [
+                {"engine": index, **stats} for index, stats in enumerate(self.steps[-1].engines)
+            ]
+            if self.steps
+            else [],
+            "last_step_queue_peak": self.steps[-1].queue_peak if self.steps else 0,
             "stages": [
                 {
                     "name": s.name,

@@ -335,3 +335,25 @@ def test_a_run_snapshot_carries_the_latest_telemetry_of_its_gpus(store: Store, q
     controller.reconcile_once()
     snapshot = controller._snapshot(run.id)
     assert len(snapshot.gpus) == 8 and {g.run for g in snapshot.gpus} == {run.id}
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "kv_aware"])
+def test_status_shows_each_engines_busy_share_and_kv_headroom_of_the_last_step(
+    store: Store, tmp_path: Path, policy: str
+) -> None:
+    data = spec_data()
+    data["rollout"]["dispatch"] = policy
+    run = store.create_run(load_spec(write_spec(tmp_path, data)))
+    controller = paced_controller(store, pace=0)
+    while not store.get_run(run.id).phase.terminal:
+        controller.reconcile_once()
+    report = service.report(store, run.id).as_dict()
+    engines = report["last_step_engines"]
+    assert [e["engine"] for e in engines] == list(range(8))
+    assert all(0 < e["busy_ratio"] <= 1 and 0 <= e["kv_free_ratio"] <= 1 for e in engines)
+    if policy == "kv_aware":
+        assert all(step.preemptions == 0 for step in store.steps(run.id)), "reservations prevent preemption"
+    status = CliRunner().invoke(
+        main, ["status", run.id], env={"ORCH_DATABASE_URL": store.url, "COLUMNS": "200"}
+    )
+    assert "min KV headroom" in status.output

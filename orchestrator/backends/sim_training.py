@@ -82,6 +82,7 @@ class StepSimulator:
         self._difficulty: dict[tuple[int, int], list[float]] = {}
         self.last_tool_seconds = 0.0  # of the last simulated rollout phase
         self.last_kv_capacity = 0
+        self.last_queue_peak = 0
 
     def difficulties(self, spec: RunSpec) -> list[float]:
         key = (spec.seed, spec.dataset.problems)
@@ -119,7 +120,7 @@ class StepSimulator:
         cost = EngineCost.for_engine(spec.model, gpu, spec.rollout.gpus_per_engine)
         engines = spec.rollout.engines
         observe = None if self.metrics is None else self.metrics.observe_decisions
-        phase = simulate_balanced_phase(
+        balanced = simulate_balanced_phase(
             shapes,
             engines,
             cost,
@@ -128,7 +129,9 @@ class StepSimulator:
             ),
             max_tokens,
             on_decisions=observe,
-        ).result
+        )
+        self.last_queue_peak = balanced.queued_peak
+        phase = balanced.result
         self.last_tool_seconds = sum(turn.tool_seconds for shape in shapes for turn in shape.turns)
         self.last_kv_capacity = cost.kv_capacity_tokens
         return phase
@@ -180,6 +183,11 @@ class StepSimulator:
             correct=phase.correct,
             gpu_busy_seconds=busy,
             gpu_held_seconds=self._held_gpus(spec) * (phase.seconds + train + checkpoint),
+            engine_busy_ratio=tuple(
+                busy / phase.seconds if phase.seconds else 0.0 for busy in phase.engine_busy_seconds
+            ),
+            engine_kv_free_ratio=tuple(1 - peak / self.last_kv_capacity for peak in phase.peak_kv_tokens),
+            queue_peak=self.last_queue_peak,
         )
         return SimulatedStep(
             outcome,
@@ -279,6 +287,7 @@ class SimTrainer:
         del self._playing[key]
         if self.physics.metrics is not None:
             self.physics.metrics.idle(plan.run_id)
+            self.physics.metrics.phase_done(plan.run_id, outcome.engine_busy_ratio, outcome.queue_peak)
         trainer.position = plan.step
         trainer.outcomes[plan.step] = outcome
         self.executed.append((plan.run_id, plan.attempt, plan.step))

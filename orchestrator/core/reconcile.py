@@ -418,6 +418,11 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
         preemptions=outcome.preemptions,
         correct=outcome.correct,
         superseded=False,
+        engines=tuple(
+            {"busy_ratio": round(busy, 4), "kv_free_ratio": round(free, 4)}
+            for busy, free in zip(outcome.engine_busy_ratio, outcome.engine_kv_free_ratio, strict=False)
+        ),
+        queue_peak=outcome.queue_peak,
     )
     events = [
         NewEvent(

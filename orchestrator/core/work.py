@@ -33,6 +33,11 @@ class StepOutcome:
     correct: int
     gpu_busy_seconds: float
     gpu_held_seconds: float
+    # Per engine, when the executor knows: share of the rollout phase it generated, and its KV headroom
+    # at its fullest; the dispatcher's central queue at its longest.
+    engine_busy_ratio: tuple[float, ...] = ()
+    engine_kv_free_ratio: tuple[float, ...] = ()
+    queue_peak: int = 0
 
     @property
     def seconds(self) -> float:

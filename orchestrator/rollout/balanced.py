@@ -32,7 +32,7 @@ DispatcherFactory = Callable[[Sequence[EngineState]], Dispatcher]
 class BalancedPhase:
     result: RolloutPhaseResult
     rollout_seconds: tuple[float, ...]  # when each rollout finished its last turn
-    queued_peak: int  # the central queue's longest length
+    queued_peak: int  # the central queue's longest length after placing what fit
 
 
 def simulate_balanced_phase(
@@ -82,9 +82,9 @@ def simulate_balanced_phase(
 
     def place(now: float) -> None:
         nonlocal queued_peak
-        queued_peak = max(queued_peak, dispatcher.queued())
         started = perf_counter()
         placed = dispatcher.assignments()
+        queued_peak = max(queued_peak, dispatcher.queued())  # what had to wait for room
         if on_decisions is not None and placed:
             on_decisions(perf_counter() - started, len(placed))
         for request, index in placed:

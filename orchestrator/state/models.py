@@ -115,6 +115,8 @@ class StepRow(Base):
     correct: Mapped[int] = mapped_column(Integer)
     superseded: Mapped[bool] = mapped_column(Boolean, default=False)
     finished_sim_seconds: Mapped[float] = mapped_column(Float)
+    engines: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    queue_peak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class CheckpointRow(Base):

@@ -122,7 +122,7 @@ def _workload(row: WorkloadRow) -> Workload:
 
 
 def _step(row: StepRow) -> Step:
-    return _record(Step, row)
+    return _record(Step, row, engines=tuple(row.engines or ()))
 
 
 class Store:
@@ -292,7 +292,10 @@ class Store:
                 )
             if patch.step is not None:
                 session.add(
-                    StepRow(**asdict(patch.step), finished_sim_seconds=patch.run.get("sim_seconds", 0.0))
+                    StepRow(
+                        **{**asdict(patch.step), "engines": list(patch.step.engines)},
+                        finished_sim_seconds=patch.run.get("sim_seconds", 0.0),
+                    )
                 )
             if patch.checkpoint is not None:
                 session.add(CheckpointRow(**asdict(patch.checkpoint), created_at=now))

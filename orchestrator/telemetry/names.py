@@ -38,6 +38,11 @@ SCHEDULER_METRICS: dict[str, tuple[str, str]] = {
     "orch_tool_calls_in_flight": ("gauge", "Tool calls executing"),
     "orch_dispatch_decision_seconds": ("histogram", "Time to choose an engine for one rollout turn"),
     "orch_engine_kv_cache_free_ratio": ("gauge", "Fraction of an engine's KV cache that is free"),
+    "orch_engine_busy_ratio": ("gauge", "Share of the last rollout phase an engine spent generating"),
+    "orch_rollout_queue_peak": (
+        "gauge",
+        "Longest the dispatcher's central queue got in the last rollout phase",
+    ),
 }
 
 # `orch router`'s own series (it also exports orch_dispatch_decision_seconds and

@@ -35,6 +35,12 @@ class RolloutMetrics:
             ["run", "engine"],
             registry=registry,
         )
+        self.engine_busy = Gauge(
+            "orch_engine_busy_ratio", _help("orch_engine_busy_ratio"), ["run", "engine"], registry=registry
+        )
+        self.queue_peak = Gauge(
+            "orch_rollout_queue_peak", _help("orch_rollout_queue_peak"), ["run"], registry=registry
+        )
         self.dispatch_seconds = Histogram(
             "orch_dispatch_decision_seconds",
             _help("orch_dispatch_decision_seconds"),
@@ -64,6 +70,12 @@ class RolloutMetrics:
         self.tool_calls_in_flight.labels(run).set(tool_calls)
         for engine, free in kv_free.items():
             self.kv_cache_free.labels(run, engine).set(free)
+
+    def phase_done(self, run: str, busy_ratio: tuple[float, ...], queue_peak: int) -> None:
+        """What the finished rollout phase did: per-engine busy share and the queue's peak."""
+        for engine, busy in enumerate(busy_ratio):
+            self.engine_busy.labels(run, str(engine)).set(busy)
+        self.queue_peak.labels(run).set(queue_peak)
 
     def idle(self, run: str) -> None:
         self.rollouts_in_flight.labels(run).set(0)
