@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,14 @@ def write_spec(directory: Path, data: dict, filename: str = "run.yaml") -> Path:
     path = directory / filename
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def run_async(test: Callable[[], Awaitable[None]]) -> None:
+    """Run an async test body, then fail if it left any asyncio task behind."""
+
+    async def checked() -> None:
+        await test()
+        leftover = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not leftover, f"leaked tasks: {leftover}"
+
+    asyncio.run(checked())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ from orchestrator.rollout.balancer import Balancer, RolloutPrompt, Trajectory, p
 from orchestrator.rollout.http_engine import HttpEngine
 from orchestrator.rollout.tools import SimulatedTools, ToolCall, ToolResult
 from orchestrator.testing.fake_engine import FakeEngine
+from tests.conftest import run_async as run
 
 TOKENS_PER_TURN = 40
 WANTS = re.compile(r"tools=(\d+)")
@@ -59,17 +60,6 @@ def _agent_answer(prompt: str, tokens: int, max_tokens: int) -> dict[str, Any]:
         text, reason = "\nthe answer is 42", "stop"
     usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": tokens}
     return {"choices": [{"index": 0, "text": text, "finish_reason": reason}], "usage": usage}
-
-
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    """Run an async test body, then fail if it left any task behind."""
-
-    async def checked() -> None:
-        await test()
-        leftover = asyncio.all_tasks() - {asyncio.current_task()}
-        assert not leftover, f"leaked tasks: {leftover}"
-
-    asyncio.run(checked())
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,17 +17,7 @@ from orchestrator.rollout.engines import EngineLoad
 from orchestrator.rollout.http_engine import EngineUnavailable, HttpEngine, parse_engine_metrics
 from orchestrator.rollout.router import Router, estimate_tokens, serve_router
 from orchestrator.testing.fake_engine import FakeEngine
-
-
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    """Run an async test body, then fail if it left any task behind."""
-
-    async def checked() -> None:
-        await test()
-        leftover = asyncio.all_tasks() - {asyncio.current_task()}
-        assert not leftover, f"leaked tasks: {leftover}"
-
-    asyncio.run(checked())
+from tests.conftest import run_async as run
 
 
 @dataclass

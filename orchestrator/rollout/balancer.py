@@ -357,15 +357,8 @@ class Balancer:
 
     def _finish(self, flight: Flight) -> None:
         """Release ``flight`` in the dispatcher: called once, on every ending."""
-        rid = flight.request.request_id
-        self._flights.pop(rid, None)
-        if flight.attempt is not None and not flight.attempt.done():
-            flight.attempt.cancel()
-        if flight.placed.done() and not flight.placed.cancelled():
-            flight.placed.exception()  # retrieved, so an unused failure is not logged as never retrieved
-        if flight.known:
-            flight.known = False
-            self.dispatcher.finished(rid)
+        self._flights.pop(flight.request.request_id, None)
+        flight.release(self.dispatcher)
         self._pump()
 
 

@@ -167,6 +167,16 @@ class Flight:
         if not self.placed.done():
             self.placed.set_result(engine)
 
+    def release(self, dispatcher: Dispatcher) -> None:
+        """End this request everywhere: cancel its attempt and give its reservation back, exactly once."""
+        if self.attempt is not None and not self.attempt.done():
+            self.attempt.cancel()
+        if self.placed.done() and not self.placed.cancelled():
+            self.placed.exception()  # retrieved, so an unused failure is not logged as never retrieved
+        if self.known:
+            self.known = False
+            dispatcher.finished(self.request.request_id)
+
     def requeue(self) -> None:
         """Cancel the attempt in flight (its engine is lost) and wait for a new placement."""
         if self.attempt is not None and not self.attempt.done():
@@ -371,15 +381,8 @@ class Router:
 
     def _finish(self, flight: Flight) -> None:
         """Release ``flight`` in the dispatcher: called once, on every ending."""
-        rid = flight.request.request_id
-        self._flights.pop(rid, None)
-        if flight.attempt is not None and not flight.attempt.done():
-            flight.attempt.cancel()
-        if flight.placed.done() and not flight.placed.cancelled():
-            flight.placed.exception()  # retrieved, so an unused failure is not logged as never retrieved
-        if flight.known:
-            flight.known = False
-            self.dispatcher.finished(rid)
+        self._flights.pop(flight.request.request_id, None)
+        flight.release(self.dispatcher)
         self._pump()
 
     # ---- HTTP handlers ------------------------------------------------------------------------
