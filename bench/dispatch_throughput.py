@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.core.dispatch import EngineState, Request, make_dispatcher
+from orchestrator.core.dispatch import AFFINITY_SLACK_FRACTION, EngineState, Request, make_dispatcher
 
 IN_FLIGHT, ENGINES, EVENTS = 45_000, (64, 256, 512), 100_000
 QUICK_IN_FLIGHT, QUICK_ENGINES, QUICK_EVENTS = 5_000, (64, 256), 20_000
@@ -38,6 +38,7 @@ class ScanAll:
     def __init__(self, policy: str, engines: Sequence[EngineState]) -> None:
         self.kv = policy == "kv_aware"
         self.budget = [state.kv_total_tokens for state in engines]
+        self.slack = [int(state.kv_total_tokens * AFFINITY_SLACK_FRACTION) for state in engines]
         self.load = [0] * len(engines)
         self.where: dict[int, tuple[Request, int]] = {}
         self.queue: deque[Request] = deque()
@@ -54,6 +55,11 @@ class ScanAll:
                 engine = max(self.all, key=self.budget.__getitem__)  # first maximum: lowest index
                 if self.budget[engine] < request.reservation:
                     break
+                warm = request.previous_engine
+                if warm is not None and self.budget[warm] >= max(
+                    request.reservation, self.budget[engine] - self.slack[warm]
+                ):
+                    engine = warm
             else:
                 engine = min(self.all, key=self.load.__getitem__)
             self.queue.popleft()

@@ -4,11 +4,16 @@
 16 samples (quick: 64 × 16 on 8 engines), long-tailed lognormal response lengths capped at the stage
 limit, 1–10 turns with lognormal tool calls (orchestrator/rollout/shapes.py states the distributions).
 For each policy: makespan, a lower bound, makespan ÷ bound, GPU busy fraction, preemptions and
-rollout latency percentiles; the headline compares KV-aware dispatch with the static even split.
+rollout latency percentiles; the headline compares KV-aware dispatch with the static even split. KV-bounded
+policies reserve context + ``--chunk-tokens`` per engine request (continuing longer answers in the next
+request); ``kv_aware/whole`` reserves context + the whole remaining budget, as rStar2-Agent does. The other
+policies send the whole budget as ``max_tokens``, as RL frameworks do. A turn placed on the engine of the
+rollout's previous request finds its prefix cached (orchestrator/rollout/balanced.py).
 
 Lower bound = max(the longest single rollout run alone on an idle engine, total work ÷ aggregate
 capacity), where an engine's best decode throughput is a full KV cache of sequences of the step's mean
-context, and prefill is every turn's context at the engine's prefill rate.
+context, and prefill is each prompt and tool output once at the engine's prefill rate (everything else is
+in a prefix cache at best).
 """
 
 from __future__ import annotations
@@ -18,11 +23,19 @@ import random
 import statistics
 import time
 
-from orchestrator.core.dispatch import POLICIES, make_dispatcher
+from orchestrator.core.dispatch import KV_BOUNDED, POLICIES, make_dispatcher
 from orchestrator.rollout.balanced import simulate_balanced_phase
 from orchestrator.rollout.cost import EngineCost
 from orchestrator.rollout.hardware import H100_80GB
-from orchestrator.rollout.shapes import RolloutShape, sample_rollouts
+from orchestrator.rollout.shapes import (
+    PROBLEM_SIGMA,
+    RESPONSE_MEDIAN_FRACTION,
+    SAMPLE_SIGMA,
+    TOOL_SECONDS_MEDIAN,
+    TOOL_SECONDS_SIGMA,
+    RolloutShape,
+    sample_rollouts,
+)
 from orchestrator.spec import ModelSpec
 
 MODEL = ModelSpec(name="Qwen3-14B-Base", params_b=14.8, layers=40, kv_heads=8, head_dim=128, dtype="bf16")
@@ -31,12 +44,14 @@ MODEL = ModelSpec(name="Qwen3-14B-Base", params_b=14.8, layers=40, kv_heads=8, h
 def lower_bound(shapes: list[RolloutShape], engines: int, cost: EngineCost) -> float:
     chain, decode_tokens, prefill_tokens, context_weight = 0.0, 0, 0, 0
     for shape in shapes:
-        context, alone = shape.prompt_tokens, 0.0
+        context = shape.prompt_tokens
+        alone = cost.prefill_seconds(context)
+        prefill_tokens += context
         for turn in shape.turns:
-            alone += cost.prefill_seconds(context) + cost.decode_seconds(1, context, turn.response_tokens)
-            alone += turn.tool_seconds
-            prefill_tokens += context
+            alone += cost.decode_seconds(1, context, turn.response_tokens) + turn.tool_seconds
+            alone += cost.prefill_seconds(turn.tool_output_tokens)
             decode_tokens += turn.response_tokens
+            prefill_tokens += turn.tool_output_tokens
             context_weight += turn.response_tokens * (context + turn.response_tokens // 2)
             context += turn.response_tokens + turn.tool_output_tokens
         chain = max(chain, alone)
@@ -52,29 +67,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI size: 64 prompts x 16 samples on 8 engines")
-    parser.add_argument("--seed", type=int, default=20250828)
-    parser.add_argument("--max-response-tokens", type=int, default=8192)
-    args = parser.parse_args()
+def run_table(args: argparse.Namespace, max_response_tokens: int) -> None:
     prompts, samples, engines = (64, 16, 8) if args.quick else (512, 16, 64)
     cost = EngineCost.for_engine(MODEL, H100_80GB, 1)
     rng = random.Random(args.seed)
-    problems = list(range(prompts))
-    shapes = sample_rollouts(rng, problems, samples, 400, args.max_response_tokens, 10, lambda p: 0.5)
+    shapes = sample_rollouts(rng, list(range(prompts)), samples, 400, max_response_tokens, 10, lambda p: 0.5)
     bound = lower_bound(shapes, engines, cost)
     print(
-        f"{prompts} prompts x {samples} samples = {len(shapes)} rollouts on {engines} x {H100_80GB.name}, "
-        f"{MODEL.name}, max {args.max_response_tokens} response tokens, seed {args.seed}; "
-        f"lower bound {bound:.1f}s"
+        f"\n{prompts} prompts x {samples} samples = {len(shapes)} rollouts on {engines} x {H100_80GB.name}, "
+        f"{MODEL.name}, max {max_response_tokens} response tokens, seed {args.seed}; response length "
+        f"lognormal, median {RESPONSE_MEDIAN_FRACTION:.0%} of the budget, sigma {PROBLEM_SIGMA} per problem "
+        f"+ {SAMPLE_SIGMA} per sample; 1-10 turns, tool calls lognormal median {TOOL_SECONDS_MEDIAN}s "
+        f"sigma {TOOL_SECONDS_SIGMA}; lower bound {bound:.1f}s"
     )
     print(
-        f"{'policy':<18} {'makespan s':>10} {'÷ bound':>8} {'busy':>6} {'preempt':>8} {'p50 s':>8} "
-        f"{'p99 s':>8} {'wall s':>7}"
+        f"{'policy':<18} {'chunk':>6} {'makespan s':>10} {'÷ bound':>8} {'busy':>6} {'preempt':>8} "
+        f"{'p50 s':>8} {'p99 s':>8} {'wall s':>7}"
     )
+    rows = [(policy, args.chunk_tokens if policy in KV_BOUNDED else None) for policy in POLICIES]
+    rows.insert(POLICIES.index("kv_aware") + 1, ("kv_aware/whole", None))
     makespans: dict[str, float] = {}
-    for policy in POLICIES:
+    for name, chunk in rows:
+        policy = name.split("/")[0]
         started = time.perf_counter()
         phase = simulate_balanced_phase(
             shapes,
@@ -83,24 +97,39 @@ def main() -> None:
             lambda states, policy=policy: make_dispatcher(
                 policy, states, seed=args.seed, expected_rollouts=len(shapes)
             ),
-            args.max_response_tokens,
+            max_response_tokens,
+            chunk_tokens=chunk,
         )
         wall = time.perf_counter() - started
         result = phase.result
         busy = sum(result.engine_busy_seconds) / (engines * result.seconds)
         latencies = list(phase.rollout_seconds)
-        makespans[policy] = result.seconds
+        makespans[name] = result.seconds
         print(
-            f"{policy:<18} {result.seconds:>10.1f} {result.seconds / bound:>8.2f} {busy:>6.2f} "
-            f"{result.preemptions:>8} {statistics.median(latencies):>8.1f} "
+            f"{name:<18} {chunk or 'whole':>6} {result.seconds:>10.1f} {result.seconds / bound:>8.2f} "
+            f"{busy:>6.2f} {result.preemptions:>8} {statistics.median(latencies):>8.1f} "
             f"{percentile(latencies, 0.99):>8.1f} {wall:>7.2f}"
         )
     speedup = makespans["static"] / makespans["kv_aware"]
     print(
-        f"headline: kv_aware makespan {makespans['kv_aware']:.1f}s = "
+        f"headline: at {max_response_tokens} tokens kv_aware makespan {makespans['kv_aware']:.1f}s = "
         f"{makespans['kv_aware'] / bound:.2f}x the lower bound; {speedup:.2f}x faster than the static even "
         "split (goals: <= 1.05x bound, >= 1.5x static)"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI size: 64 prompts x 16 samples on 8 engines")
+    parser.add_argument("--seed", type=int, default=20250828)
+    parser.add_argument(
+        "--max-response-tokens", type=int, nargs="+", default=None, help="stage limits (default 8192 12288)"
+    )
+    parser.add_argument("--chunk-tokens", type=int, default=512, help="KV-bounded policies' request chunk")
+    args = parser.parse_args()
+    limits = args.max_response_tokens or ([8192] if args.quick else [8192, 12288])
+    for limit in limits:
+        run_table(args, limit)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,11 @@ class RolloutSpec(_Strict):
     dispatch: Literal[
         "static", "round_robin", "least_outstanding", "kv_aware", "power_of_two", "prefix_affinity"
     ] = "round_robin"  # orchestrator.core.dispatch.POLICIES
+    # KV-bounded policies (kv_aware, power_of_two, prefix_affinity) ask an engine for at most this many
+    # new tokens per request and continue a longer answer in the next request, so a reservation is the
+    # context plus this chunk, not plus the whole response budget; null reserves the whole budget
+    # (as rStar2-Agent does).
+    chunk_tokens: int | None = Field(default=512, gt=0)
 
     @property
     def gpus(self) -> int:

@@ -23,12 +23,14 @@ from tests.conftest import run_async as run
 
 TOKENS_PER_TURN = 40
 WANTS = re.compile(r"tools=(\d+)")
+PART = re.compile(r"<part (\d+)>")
 
 
 class AgentEngine(FakeEngine):
     """A FakeEngine that plays an agent: the prompt says ``tools=k``; the first k turns end in a tool call
-    (one per ```` ```output ```` block already in the prompt), then it answers. Each turn generates
-    ``min(TOKENS_PER_TURN, max_tokens)`` tokens; every request's ``max_tokens`` is recorded."""
+    (one per ```` ```output ```` block already in the prompt), then it answers. A turn is TOKENS_PER_TURN
+    tokens; a request with a smaller ``max_tokens`` is cut (``<part n>``, finish_reason length) and the
+    next request continues the turn. Every request's ``max_tokens`` is recorded."""
 
     def __init__(self, name: str, **options: Any) -> None:
         super().__init__(name, **options)
@@ -42,18 +44,21 @@ class AgentEngine(FakeEngine):
         body = await request.json()
         prompt, max_tokens = body["prompt"], int(body["max_tokens"])
         self.requests.append((prompt, max_tokens))
-        tokens = min(TOKENS_PER_TURN, max_tokens)
-        if not await self._run(tokens, len(prompt) // 4 + max_tokens):
+        answer = _agent_answer(prompt, max_tokens)
+        if not await self._run(answer["usage"]["completion_tokens"], len(prompt) // 4 + max_tokens):
             return self._refuse(request)
         self.completed += 1
-        return web.json_response(_agent_answer(prompt, tokens, max_tokens))
+        return web.json_response(answer)
 
 
-def _agent_answer(prompt: str, tokens: int, max_tokens: int) -> dict[str, Any]:
+def _agent_answer(prompt: str, max_tokens: int) -> dict[str, Any]:
     done = prompt.count("```output")
     wants = int(WANTS.search(prompt).group(1))  # type: ignore[union-attr]
-    if tokens < TOKENS_PER_TURN:  # cut off by max_tokens: no closing fence
-        text, reason = f"\nthinking about step {done}, but", "length"
+    this_turn = prompt[prompt.rfind("```output") :] if done else prompt
+    left = TOKENS_PER_TURN - sum(int(n) for n in PART.findall(this_turn))
+    tokens = min(left, max_tokens)
+    if tokens < left:  # cut off by max_tokens: no closing fence
+        text, reason = f"<part {tokens}>", "length"
     elif done < wants:
         text, reason = f"\nstep {done}\n```python\nprint({done})\n```", "stop"
     else:
@@ -272,3 +277,42 @@ def test_a_tool_executor_that_raises_shows_the_model_an_error() -> None:
             r.assert_released()
 
     run(body)
+
+
+def test_chunked_turns_continue_until_the_turn_ends_and_release_every_chunk() -> None:
+    async def body() -> None:
+        async with rig(engines(3), chunk_tokens=16) as r:
+            trajectories = await r.balancer.run_step(prompts(6, tools=2))
+            for t in trajectories:
+                assert t.verdict == "answer", t
+                assert (t.turns, t.tool_calls, t.completion_tokens) == (3, 2, 3 * TOKENS_PER_TURN)
+                assert len(t.engines) == 9  # each 40-token turn is three requests: 16 + 16 + 8
+                assert t.text.count("<part 16>") == 6 and t.text.endswith("the answer is 42")
+            requests = [max_tokens for fake in r.fakes for _, max_tokens in fake.requests]
+            assert len(requests) == 54 and max(requests) == 16
+            r.assert_released()
+
+    run(body)
+
+
+def test_a_chunk_cut_at_the_budget_ends_the_rollout_with_budget() -> None:
+    async def body() -> None:
+        async with rig(engines(2), chunk_tokens=16, max_response_tokens=50) as r:
+            trajectories = await r.balancer.run_step(prompts(4, tools=5))
+            for t in trajectories:  # 40 tokens (16 + 16 + 8), tool call, then 10 of the next turn
+                assert (t.verdict, t.turns, t.tool_calls, t.completion_tokens) == ("budget", 2, 1, 50), t
+            r.assert_released()
+
+    run(body)
+
+
+def test_chunk_tokens_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        Balancer(
+            [HttpEngine("http://127.0.0.1:1", None)],  # type: ignore[arg-type]
+            make_dispatcher("kv_aware", [EngineState(0, 1000)]),
+            SimulatedTools(lambda call: 0.0),
+            max_response_tokens=10,
+            max_turns=1,
+            chunk_tokens=0,
+        )

@@ -147,6 +147,26 @@ def test_power_of_two_falls_back_to_the_engine_with_room_when_neither_drawn_engi
     assert d.queued() == 1
 
 
+def test_the_queue_places_higher_priority_first_and_equal_priorities_in_submission_order() -> None:
+    d = make_dispatcher("kv_aware", engines(1000))
+    first = [Request(i, i, 0, 200, 200, priority=p) for i, p in enumerate([0, 5, 0, 5, 9])]
+    assert place(d, *first) == [0, 0]  # 400 tokens each: only two fit
+    d.finished(4)
+    d.finished(1)
+    assert [r.request_id for r, _ in d.assignments()] == [3, 0]  # 3 (priority 5), then 0 before 2
+
+
+def test_kv_aware_keeps_a_turn_on_its_warm_engine_only_within_the_slack() -> None:
+    slack = int(8000 * dispatch.AFFINITY_SLACK_FRACTION)  # 1000 tokens
+    d = make_dispatcher("kv_aware", engines(8000, 8000))
+    assert place(d, req(0, 400, 400)) == [0]  # engine 0 now has 800 tokens less budget than engine 1
+    assert place(d, req(1, 150, 150, prev=0)) == [0]  # 800 behind <= slack: stays warm
+    assert place(d, req(2, 100, 100, prev=0)) == [1]  # 1100 behind: the budget wins
+    d2 = make_dispatcher("kv_aware", engines(8000, 8000))
+    assert place(d2, req(0, slack, 0), req(1, 50, 50, prev=0)) == [0, 0]  # exactly the slack: warm
+    assert place(d2, req(2, 50, 50, prev=7)) == [1]  # an unknown previous engine is ignored
+
+
 def test_prefix_affinity_returns_a_rollout_to_its_previous_engine_when_it_has_room() -> None:
     d = make_dispatcher("prefix_affinity", engines(1000, 5000))
     assert place(d, req(0, 100, 100, prev=0)) == [0]  # not the engine with the most budget: a cache hit
@@ -256,7 +276,8 @@ class DispatchMachine(RuleBasedStateMachine):
         self.policy = policy
         self.kv_bounded = policy in KV_BOUNDED
         self.in_flight: dict[int, tuple[Request, int]] = {}
-        self.queue: dict[int, Request] = {}  # insertion order = FIFO order
+        self.queue: dict[int, Request] = {}
+        self.ticket: dict[int, int] = {}  # request id -> submission order, for ties in priority
         self.to_resubmit: list[Request] = []
         self.accepted: set[int] = set()
         self.cancelled: set[int] = set()
@@ -264,6 +285,7 @@ class DispatchMachine(RuleBasedStateMachine):
         self.calls: list[tuple[str, Any]] = []
         self.outputs: list[Any] = []
         self.next_id = 0
+        self.next_ticket = 0
 
     @initialize(
         totals=st.lists(st.integers(200, 2000), min_size=1, max_size=5),
@@ -295,7 +317,13 @@ class DispatchMachine(RuleBasedStateMachine):
             return
         self.call("submit", request)
         self.queue[request.request_id] = request
+        self.ticket[request.request_id] = self.next_ticket
+        self.next_ticket += 1
         self.accepted.add(request.request_id)
+
+    def queue_order(self) -> list[int]:
+        """Queued request ids in the order they must be placed: priority, then submission."""
+        return sorted(self.queue, key=lambda rid: (-self.queue[rid].priority, self.ticket[rid]))
 
     # -- rules
 
@@ -304,28 +332,33 @@ class DispatchMachine(RuleBasedStateMachine):
         new=st.integers(0, 1200),
         rollout=st.integers(0, 11),
         prev=st.none() | st.integers(0, 5),
+        priority=st.integers(0, 3),
     )
-    def submit_turn(self, prompt: int, new: int, rollout: int, prev: int | None) -> None:
-        self.submit(Request(self.next_id, rollout, 0, prompt, new, previous_engine=prev))
+    def submit_turn(self, prompt: int, new: int, rollout: int, prev: int | None, priority: int) -> None:
+        self.submit(Request(self.next_id, rollout, 0, prompt, new, previous_engine=prev, priority=priority))
         self.next_id += 1
 
     @rule()
     def assign(self) -> None:
         best_before = {e: self.budget(e) for e in range(len(self.totals))}
         placed = self.call("assignments")
-        assert [r.request_id for r, _ in placed] == list(self.queue)[: len(placed)], "FIFO order"
+        order = self.queue_order()
+        assert [r.request_id for r, _ in placed] == order[: len(placed)], "priority, then FIFO order"
         for request, engine in placed:
             assert self.healthy[engine], f"unhealthy engine {engine} got request {request.request_id}"
             assert request.request_id not in self.in_flight
             if self.policy == "kv_aware":
                 top = max(best_before[e] for e in best_before if self.healthy[e])
-                assert best_before[engine] == top and best_before[engine] >= request.reservation
+                assert best_before[engine] >= request.reservation
+                if best_before[engine] != top:  # only a warm previous engine within the slack
+                    slack = int(self.totals[engine] * dispatch.AFFINITY_SLACK_FRACTION)
+                    assert engine == request.previous_engine and best_before[engine] >= top - slack
             best_before[engine] -= request.reservation
             del self.queue[request.request_id]
             self.in_flight[request.request_id] = (request, engine)
             self.dispatched.add(request.request_id)
         if self.queue and any(self.healthy):
-            head = next(iter(self.queue.values()))
+            head = self.queue[self.queue_order()[0]]
             assert self.kv_bounded, "a policy without a capacity check placed less than everything"
             assert all(self.budget(e) < head.reservation for e in range(len(self.totals)) if self.healthy[e])
 

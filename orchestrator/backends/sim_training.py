@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from orchestrator.backends.base import ExecutionInterrupted, WorkInProgress
 from orchestrator.backends.sim import SimCluster
 from orchestrator.backends.sim_telemetry import GpuLoad
-from orchestrator.core.dispatch import make_dispatcher
+from orchestrator.core.dispatch import KV_BOUNDED, make_dispatcher
 from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.errors import OrchError
 from orchestrator.rollout.balanced import simulate_balanced_phase
@@ -128,6 +128,7 @@ class StepSimulator:
                 spec.rollout.dispatch, states, seed=spec.seed, expected_rollouts=len(shapes)
             ),
             max_tokens,
+            chunk_tokens=spec.rollout.chunk_tokens if spec.rollout.dispatch in KV_BOUNDED else None,
             on_decisions=observe,
         )
         self.last_queue_peak = balanced.queued_peak

@@ -1,10 +1,17 @@
 """A rollout phase driven by a dispatch policy, on virtual time: the balancer's logic, simulated.
 
-Every turn of every rollout is a ``Request`` to a ``Dispatcher`` (orchestrator.core.dispatch):
-the dispatcher places what it can, holds the rest in its central queue, and gets every turn's
-reservation back when the turn ends, so capacity-aware policies refill engines as budgets free up.
-The next turn of a rollout returns after its tool call and names the engine it ran on, for
-prefix affinity. Engines are the same event-granular simulated engines as ``simulator``.
+Every engine request of every rollout is a ``Request`` to a ``Dispatcher`` (orchestrator.core.dispatch):
+the dispatcher places what it can, holds the rest in its central queue, and gets every request's
+reservation back when the request ends, so capacity-aware policies refill engines as budgets free up.
+A request asks for at most ``chunk_tokens`` new tokens (None: the whole remaining response budget, as
+rStar2-Agent does); a turn that is not done when its request ends continues at once in a new request
+whose context holds what was generated. The next turn of a rollout returns after its tool call. Every
+request names the engine of the rollout's last request, for prefix affinity, and is queued with the
+rollout's generated tokens as its priority, so long-running rollouts (the phase's critical path) are
+placed before ones that just started. A request placed on the engine that served the rollout's last
+request finds its context, up to the end of that request, in the engine's prefix cache (assumed
+retained: vLLM and SGLang evict cached prefixes only under memory pressure, least recently used first).
+Engines are the same event-granular simulated engines as ``simulator``.
 """
 
 from __future__ import annotations
@@ -42,22 +49,29 @@ def simulate_balanced_phase(
     make_dispatcher: DispatcherFactory,
     max_response_tokens: int,
     *,
+    chunk_tokens: int | None = None,
     on_decisions: Callable[[float, int], None] | None = None,
 ) -> BalancedPhase:
-    """Run every rollout to completion from time 0 with the dispatcher choosing each turn's engine.
+    """Run every rollout to completion from time 0 with the dispatcher choosing each request's engine.
 
-    A turn reserves its context plus what is left of the rollout's response budget. ``on_decisions``
-    gets the wall time and count of each batch of placements (for the decision-latency histogram).
+    A request reserves its context plus ``min(chunk_tokens, what is left of the response budget)``.
+    ``on_decisions`` gets the wall time and count of each batch of placements (for the decision-latency
+    histogram).
     """
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1 or None, got {chunk_tokens}")
     pool = [SimEngine(cost) for _ in range(engines)]
     dispatcher = make_dispatcher(
         [EngineState(engine=i, kv_total_tokens=cost.kv_capacity_tokens) for i in range(engines)]
     )
     heap: list[tuple[float, int, int, int]] = []
     pushes = 0
-    context = [shape.prompt_tokens for shape in rollouts]
+    context = [shape.prompt_tokens for shape in rollouts]  # KV tokens when the next request starts
+    cached = [0] * len(rollouts)  # prefix of that context cached on on_engine
     generated = [0] * len(rollouts)
     next_turn = [0] * len(rollouts)
+    turn_done = [0] * len(rollouts)  # tokens of the current turn generated so far
+    asked = [0] * len(rollouts)  # new tokens the request in flight generates
     on_engine = [-1] * len(rollouts)
     request_of = [-1] * len(rollouts)
     finished_at = [0.0] * len(rollouts)
@@ -75,10 +89,20 @@ def simulate_balanced_phase(
         nonlocal request_ids
         request_ids += 1
         request_of[key] = request_ids
-        turn = next_turn[key]
         previous = on_engine[key] if on_engine[key] >= 0 else None
         budget = max(1, max_response_tokens - generated[key])
-        dispatcher.submit(Request(request_ids, key, turn, context[key], budget, previous_engine=previous))
+        limit = budget if chunk_tokens is None else min(budget, chunk_tokens)
+        dispatcher.submit(
+            Request(
+                request_ids,
+                key,
+                next_turn[key],
+                context[key],
+                limit,
+                previous_engine=previous,
+                priority=generated[key],
+            )
+        )
 
     def place(now: float) -> None:
         nonlocal queued_peak
@@ -89,9 +113,11 @@ def simulate_balanced_phase(
             on_decisions(perf_counter() - started, len(placed))
         for request, index in placed:
             key = request.rollout_id
+            hit = cached[key] if index == on_engine[key] else 0
             on_engine[key] = index
-            turn = rollouts[key].turns[next_turn[key]]
-            if pool[index].submit(TurnRequest(key, context[key], turn.response_tokens), now):
+            left = rollouts[key].turns[next_turn[key]].response_tokens - turn_done[key]
+            asked[key] = min(left, request.max_new_tokens)
+            if pool[index].submit(TurnRequest(key, context[key], asked[key], hit), now):
                 wake(index)
 
     for key in range(len(rollouts)):
@@ -111,18 +137,25 @@ def simulate_balanced_phase(
         events += 1
         freed = False
         for key in pool[target].advance():
-            turn = rollouts[key].turns[next_turn[key]]
             dispatcher.finished(request_of[key])
             freed = True
+            turn = rollouts[key].turns[next_turn[key]]
+            generated[key] += asked[key]
+            turn_done[key] += asked[key]
+            context[key] += asked[key]
+            cached[key] = context[key]
+            if turn_done[key] < turn.response_tokens:  # cut at its chunk: continue the turn
+                submit(key)
+                continue
+            turn_done[key] = 0
             next_turn[key] += 1
-            generated[key] += turn.response_tokens
             turns += 1
             if next_turn[key] == len(rollouts[key].turns):
                 seconds = max(seconds, time)
                 finished_at[key] = time
                 continue
             tool_calls += 1
-            context[key] += turn.response_tokens + turn.tool_output_tokens
+            context[key] += turn.tool_output_tokens
             pushes += 1
             heapq.heappush(heap, (time + turn.tool_seconds, pushes, _TOOL_RETURN, key))
         wake(target)

@@ -1,10 +1,15 @@
 """The rollout balancer: multi-turn agentic rollouts on OpenAI-compatible engines, placed by a Dispatcher.
 
-Every turn of every rollout is a ``core.dispatch.Request``: its ``prompt_tokens`` is the rollout's current
-context, its ``max_new_tokens`` what is left of the stage's response budget (``max_response_tokens`` minus
-the completion tokens the rollout already generated), its ``previous_engine`` the engine of its last turn.
-Once the dispatcher places the turn, the engine gets ``POST /v1/completions`` with ``max_tokens`` = that
-remaining budget, so no request can ever ask for more than the stage allows. This is the asyncio twin of
+Every engine request of every rollout is a ``core.dispatch.Request``: its ``prompt_tokens`` is the
+rollout's current context, its ``max_new_tokens`` what is left of the stage's response budget
+(``max_response_tokens`` minus the completion tokens the rollout already generated), capped at
+``chunk_tokens`` when that is set, its ``previous_engine`` the engine of the rollout's last request, its
+``priority`` the tokens the rollout has generated (long-running rollouts, the step's critical path, are
+placed first). Once the dispatcher places the request, the engine gets ``POST /v1/completions`` with
+``max_tokens`` = ``max_new_tokens``, so no request can ever ask for more than the stage allows or the
+reservation covers. A turn cut at its chunk (``finish_reason="length"`` with budget left) continues at
+once in a new request whose prompt holds what was generated; the engine that served it has that prefix
+cached, and the dispatcher may keep it there. This is the asyncio twin of
 ``orchestrator.rollout.balanced`` (the same loop on virtual time) and drives the dispatcher the way the
 router does (``orchestrator.rollout.router``): a placement future per turn, engine loss → ``engine_lost``
 → every turn the engine held is resubmitted and retried elsewhere, and a ``finally`` that releases the turn
@@ -67,7 +72,7 @@ class Trajectory:
     tool_calls: int
     completion_tokens: int
     wall_seconds: float
-    engines: tuple[int, ...]  # the engine of each turn
+    engines: tuple[int, ...]  # the engine of each engine request
     verdict: TrajectoryVerdict
     retries: int = 0  # attempts lost with their engine and retried elsewhere
     error: str | None = None
@@ -165,6 +170,7 @@ class Balancer:
         request_timeout_s: float = 600,
         max_attempts: int | None = None,
         sampling: Mapping[str, Any] | None = None,
+        chunk_tokens: int | None = None,
     ) -> None:
         if not engines:
             raise ValueError("a balancer needs at least one engine")
@@ -175,6 +181,9 @@ class Balancer:
         self.engines = list(engines)
         self.dispatcher = dispatcher
         self.tools = tools
+        if chunk_tokens is not None and chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1 or None, got {chunk_tokens}")
+        self.chunk_tokens = chunk_tokens
         self.max_response_tokens = max_response_tokens
         self.max_turns = max_turns
         self.request_timeout_s = request_timeout_s
@@ -236,7 +245,7 @@ class Balancer:
                 return "budget"
             if rollout.turns >= self.max_turns:
                 return "max_turns"
-            completion = await self._generate(rollout, remaining)
+            completion = await self._turn(rollout)
             code = parse_tool_call(completion.text)
             if code is None:
                 return "budget" if completion.truncated else "answer"
@@ -258,20 +267,33 @@ class Balancer:
             tokens = estimate_tokens({"prompt": message}, COMPLETIONS)
             return ToolResult(message, tokens=tokens, verdict="error")
 
-    async def _generate(self, rollout: _Rollout, remaining: int) -> _Completion:
-        """One engine turn with at most ``remaining`` new tokens; the rollout records its completion."""
+    async def _turn(self, rollout: _Rollout) -> _Completion:
+        """One model turn: engine requests of at most ``chunk_tokens`` until it ends or the budget does."""
+        text, tokens = "", 0
+        while True:
+            remaining = self.max_response_tokens - rollout.generated
+            limit = remaining if self.chunk_tokens is None else min(remaining, self.chunk_tokens)
+            part = await self._generate(rollout, limit)
+            text, tokens = text + part.text, tokens + part.tokens
+            if not part.truncated or limit >= remaining or part.tokens == 0:
+                break  # the turn ended, or the budget is spent (or the engine gave nothing: do not spin)
+        rollout.turns += 1
+        return _Completion(text, tokens, None, part.truncated)
+
+    async def _generate(self, rollout: _Rollout, limit: int) -> _Completion:
+        """One engine request with at most ``limit`` new tokens; the rollout records its completion."""
         request = Request(
             request_id=next(self._ids),
             rollout_id=rollout.prompt.rollout_id,
             turn=rollout.turns,
             prompt_tokens=rollout.context_tokens,
-            max_new_tokens=remaining,
+            max_new_tokens=limit,
             previous_engine=rollout.previous_engine(),
+            priority=rollout.generated,
         )
-        payload = {**self.sampling, "prompt": rollout.context, "max_tokens": remaining}
+        payload = {**self.sampling, "prompt": rollout.context, "max_tokens": limit}
         engine, body = await self._place_and_send(rollout, request, payload)
-        completion = _read_completion(body, remaining)
-        rollout.turns += 1
+        completion = _read_completion(body, limit)
         rollout.generated += completion.tokens
         rollout.engines.append(engine)
         rollout.context += completion.text

@@ -25,11 +25,16 @@ __all__ = ["Engine", "EngineLoad", "EngineStats", "SimEngine", "TokenStepEngine"
 
 @dataclass(frozen=True)
 class TurnRequest:
-    """One turn of a rollout: prefill ``context_tokens``, then generate ``new_tokens``."""
+    """One turn of a rollout: prefill ``context_tokens``, then generate ``new_tokens``.
+
+    ``cached_tokens`` leading context tokens are already in the engine's prefix cache (vLLM's automatic
+    prefix caching, SGLang's radix cache): they hold KV cache but are not prefilled again.
+    """
 
     key: int
     context_tokens: int
     new_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,11 @@ class Engine(Protocol):
 def _check(request: TurnRequest, capacity: int) -> None:
     if request.new_tokens < 1 or request.context_tokens < 0:
         raise ValueError(f"request {request.key}: needs new_tokens >= 1 and context_tokens >= 0")
+    if not 0 <= request.cached_tokens <= request.context_tokens:
+        raise ValueError(
+            f"request {request.key}: cached_tokens must be in [0, context_tokens], "
+            f"got {request.cached_tokens}"
+        )
     if request.context_tokens + request.new_tokens > capacity:
         raise ValueError(
             f"request {request.key}: {request.context_tokens} + {request.new_tokens} tokens exceed "
@@ -248,7 +258,7 @@ class SimEngine:
             self._context_sum += context
             self._admitted_sum += counter
             kv += context
-            tokens += context
+            tokens += context - request.cached_tokens
         if tokens:
             seconds = self._cost.prefill_seconds(tokens)
             self._time += seconds
@@ -376,7 +386,7 @@ class TokenStepEngine:
                 break
             self._waiting.popleft()
             self._running.append(_StepSequence(request.key, request.context_tokens, request.new_tokens))
-            tokens += request.context_tokens
+            tokens += request.context_tokens - request.cached_tokens
         self._event_id += 1
         if tokens:
             seconds = self._cost.prefill_seconds(tokens)
