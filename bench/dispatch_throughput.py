@@ -4,8 +4,9 @@
 each engine's KV budget 10% above an even share of the reservations (prompt + 8,192 max response tokens).
 Then a steady stream of events: one random in-flight turn finishes, the rollout's next turn is submitted,
 and ``assignments()`` places what fits. Each event (finished + submit + assignments) is timed with
-``time.perf_counter``; a decision is one placement. The baseline, in this file, keeps the same FIFO queue
-and ledger but scans every engine per decision; both must make the same choices.
+``time.perf_counter``; a decision is one placement. The baseline, in this file, keeps the same queues
+(kv_aware: a central FIFO queue and one per engine for requests waiting for the engine that holds their
+prefix) and ledger but scans every engine per decision; both must make the same choices.
 
     python bench/dispatch_throughput.py [--quick]     # from the repository root
 """
@@ -31,48 +32,65 @@ SEED = 7
 
 
 class ScanAll:
-    """The naive baseline: the same FIFO queue and ledger, but every decision scans all engines."""
+    """The naive baseline: the same queues, ledger and rules, but every decision scans all engines."""
 
     name = "scan-all"
 
     def __init__(self, policy: str, engines: Sequence[EngineState]) -> None:
         self.kv = policy == "kv_aware"
         self.budget = [state.kv_total_tokens for state in engines]
-        self.slack = [int(state.kv_total_tokens * AFFINITY_SLACK_FRACTION) for state in engines]
+        self.total = [state.kv_total_tokens for state in engines]
         self.load = [0] * len(engines)
         self.where: dict[int, tuple[Request, int]] = {}
         self.queue: deque[Request] = deque()
+        self.warm: dict[int, deque[Request]] = {}  # kv_aware: requests waiting for their previous engine
+        self.dirty: set[int] = set()
         self.all = range(len(engines))
 
+    def most_budget(self) -> int:
+        return max(self.all, key=self.budget.__getitem__)  # first maximum: lowest index
+
     def submit(self, request: Request) -> None:
+        warm = request.previous_engine
+        if self.kv and warm is not None and request.reservation <= self.total[warm]:
+            best = self.most_budget()
+            slack = int(self.total[warm] * AFFINITY_SLACK_FRACTION)
+            far_behind = self.budget[warm] < self.budget[best] - slack
+            if best == warm or self.budget[best] < request.reservation or not far_behind:
+                self.warm.setdefault(warm, deque()).append(request)
+                self.dirty.add(warm)
+                return
         self.queue.append(request)
 
     def assignments(self) -> list[tuple[Request, int]]:
-        placed = []
+        placed: list[tuple[Request, int]] = []
+        for engine in sorted(self.dirty):
+            waiting = self.warm.get(engine, deque())
+            while waiting and self.budget[engine] >= waiting[0].reservation:
+                self.place(waiting.popleft(), engine, placed)
+        self.dirty.clear()
         while self.queue:
             request = self.queue[0]
             if self.kv:
-                engine = max(self.all, key=self.budget.__getitem__)  # first maximum: lowest index
+                engine = self.most_budget()
                 if self.budget[engine] < request.reservation:
                     break
-                warm = request.previous_engine
-                if warm is not None and self.budget[warm] >= max(
-                    request.reservation, self.budget[engine] - self.slack[warm]
-                ):
-                    engine = warm
             else:
                 engine = min(self.all, key=self.load.__getitem__)
-            self.queue.popleft()
-            self.budget[engine] -= request.reservation
-            self.load[engine] += 1
-            self.where[request.request_id] = (request, engine)
-            placed.append((request, engine))
+            self.place(self.queue.popleft(), engine, placed)
         return placed
+
+    def place(self, request: Request, engine: int, placed: list[tuple[Request, int]]) -> None:
+        self.budget[engine] -= request.reservation
+        self.load[engine] += 1
+        self.where[request.request_id] = (request, engine)
+        placed.append((request, engine))
 
     def finished(self, request_id: int) -> None:
         request, engine = self.where.pop(request_id)
         self.budget[engine] += request.reservation
         self.load[engine] -= 1
+        self.dirty.add(engine)
 
 
 @dataclass(frozen=True)

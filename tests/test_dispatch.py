@@ -162,9 +162,29 @@ def test_kv_aware_keeps_a_turn_on_its_warm_engine_only_within_the_slack() -> Non
     assert place(d, req(0, 400, 400)) == [0]  # engine 0 now has 800 tokens less budget than engine 1
     assert place(d, req(1, 150, 150, prev=0)) == [0]  # 800 behind <= slack: stays warm
     assert place(d, req(2, 100, 100, prev=0)) == [1]  # 1100 behind: the budget wins
-    d2 = make_dispatcher("kv_aware", engines(8000, 8000))
-    assert place(d2, req(0, slack, 0), req(1, 50, 50, prev=0)) == [0, 0]  # exactly the slack: warm
-    assert place(d2, req(2, 50, 50, prev=7)) == [1]  # an unknown previous engine is ignored
+    assert place(d, req(3, 50, 50, prev=7)) == [1]  # an unknown previous engine is ignored
+    assert slack == 1000
+
+
+def test_kv_aware_waits_for_a_full_warm_engine_instead_of_prefilling_elsewhere() -> None:
+    d = make_dispatcher("kv_aware", engines(1000, 1000))
+    assert place(d, *(req(i, 250, 250) for i in range(4))) == [0, 1, 0, 1]  # both engines full
+    assert place(d, req(4, 200, 200, prev=0), req(5, 200, 200)) == []
+    d.finished(1)  # engine 1 frees 500: the central request takes it, the warm one keeps waiting
+    assert [(r.request_id, e) for r, e in d.assignments()] == [(5, 1)]
+    d.finished(0)
+    assert [(r.request_id, e) for r, e in d.assignments()] == [(4, 0)]
+
+
+def test_a_lost_engine_sends_the_requests_waiting_for_it_to_the_central_queue() -> None:
+    d = make_dispatcher("kv_aware", engines(1000, 1000))
+    assert place(d, req(0, 500, 500)) == [0]
+    assert place(d, req(1, 250, 250, prev=0)) == [1]  # engine 0 is full and 1 has room: it moves
+    assert place(d, req(2, 300, 300, prev=1)) == []  # engine 1 has 500 left: waits for it
+    assert [r.request_id for r in d.engine_lost(1)] == [1]
+    assert d.assignments() == [] and d.queued() == 1  # in the central queue now; engine 0 is full
+    d.finished(0)
+    assert [(r.request_id, e) for r, e in d.assignments()] == [(2, 0)]
 
 
 def test_prefix_affinity_returns_a_rollout_to_its_previous_engine_when_it_has_room() -> None:
@@ -286,6 +306,8 @@ class DispatchMachine(RuleBasedStateMachine):
         self.outputs: list[Any] = []
         self.next_id = 0
         self.next_ticket = 0
+        self.waits_on: dict[int, int | None] = {}  # kv_aware: queued id -> engine it waits for; None: central
+        self.dirty: set[int] = set()
 
     @initialize(
         totals=st.lists(st.integers(200, 2000), min_size=1, max_size=5),
@@ -319,11 +341,53 @@ class DispatchMachine(RuleBasedStateMachine):
         self.queue[request.request_id] = request
         self.ticket[request.request_id] = self.next_ticket
         self.next_ticket += 1
+        self.waits_on[request.request_id] = self.route(request)
+        if self.waits_on[request.request_id] is not None:
+            self.dirty.add(self.waits_on[request.request_id])
         self.accepted.add(request.request_id)
 
-    def queue_order(self) -> list[int]:
-        """Queued request ids in the order they must be placed: priority, then submission."""
-        return sorted(self.queue, key=lambda rid: (-self.queue[rid].priority, self.ticket[rid]))
+    def queue_order(self, waiting_on: int | None = None) -> list[int]:
+        """Queued ids of one queue (central by default) in placement order: priority, then submission."""
+        mine = [rid for rid in self.queue if self.waits_on.get(rid) == waiting_on]
+        return sorted(mine, key=lambda rid: (-self.queue[rid].priority, self.ticket[rid]))
+
+    def best(self, budgets: dict[int, int]) -> int | None:
+        """The healthy engine with the most budget (lowest index on ties), by a plain scan."""
+        healthy = [e for e in range(len(self.totals)) if self.healthy[e]]
+        return max(healthy, key=lambda e: (budgets[e], -e)) if healthy else None
+
+    def route(self, request: Request) -> int | None:
+        """kv_aware's rule, restated: wait for the warm engine unless a much emptier one has room."""
+        prev = request.previous_engine
+        if self.policy != "kv_aware" or prev is None or not 0 <= prev < len(self.totals):
+            return None
+        if not self.healthy[prev] or request.reservation > self.totals[prev]:
+            return None
+        budgets = {e: self.budget(e) for e in range(len(self.totals))}
+        best = self.best(budgets)
+        slack = int(self.totals[prev] * dispatch.AFFINITY_SLACK_FRACTION)
+        roomy = best is not None and best != prev and budgets[best] >= request.reservation
+        if roomy and budgets[prev] < budgets[best] - slack:
+            return None
+        return prev
+
+    def expected_kv_aware_placements(self) -> list[tuple[int, int]]:
+        """What kv_aware must place now: dirty engines' own queues in engine order, then the central one."""
+        budgets = {e: self.budget(e) for e in range(len(self.totals))}
+        placed: list[tuple[int, int]] = []
+        for engine in sorted(self.dirty):
+            for rid in self.queue_order(engine):
+                if budgets[engine] < self.queue[rid].reservation:
+                    break
+                budgets[engine] -= self.queue[rid].reservation
+                placed.append((rid, engine))
+        for rid in self.queue_order(None):
+            best = self.best(budgets)
+            if best is None or budgets[best] < self.queue[rid].reservation:
+                break
+            budgets[best] -= self.queue[rid].reservation
+            placed.append((rid, best))
+        return placed
 
     # -- rules
 
@@ -340,34 +404,36 @@ class DispatchMachine(RuleBasedStateMachine):
 
     @rule()
     def assign(self) -> None:
-        best_before = {e: self.budget(e) for e in range(len(self.totals))}
+        expected = self.expected_kv_aware_placements() if self.policy == "kv_aware" else None
         placed = self.call("assignments")
-        order = self.queue_order()
-        assert [r.request_id for r, _ in placed] == order[: len(placed)], "priority, then FIFO order"
+        if expected is not None:
+            assert [(r.request_id, e) for r, e in placed] == expected, "kv_aware's placement rule"
+        else:
+            order = self.queue_order()
+            assert [r.request_id for r, _ in placed] == order[: len(placed)], "priority, then FIFO order"
         for request, engine in placed:
             assert self.healthy[engine], f"unhealthy engine {engine} got request {request.request_id}"
             assert request.request_id not in self.in_flight
-            if self.policy == "kv_aware":
-                top = max(best_before[e] for e in best_before if self.healthy[e])
-                assert best_before[engine] >= request.reservation
-                if best_before[engine] != top:  # only a warm previous engine within the slack
-                    slack = int(self.totals[engine] * dispatch.AFFINITY_SLACK_FRACTION)
-                    assert engine == request.previous_engine and best_before[engine] >= top - slack
-            best_before[engine] -= request.reservation
             del self.queue[request.request_id]
+            self.waits_on.pop(request.request_id, None)
             self.in_flight[request.request_id] = (request, engine)
             self.dispatched.add(request.request_id)
-        if self.queue and any(self.healthy):
-            head = self.queue[self.queue_order()[0]]
+        self.dirty.clear()
+        central = self.queue_order()
+        if central and any(self.healthy):
+            head = self.queue[central[0]]
             assert self.kv_bounded, "a policy without a capacity check placed less than everything"
             assert all(self.budget(e) < head.reservation for e in range(len(self.totals)) if self.healthy[e])
+        for engine in {e for e in self.waits_on.values() if e is not None}:
+            head = self.queue[self.queue_order(engine)[0]]
+            assert self.budget(engine) < head.reservation, f"engine {engine}'s own queue could place more"
 
     @precondition(lambda self: self.in_flight)
     @rule(data=st.data())
     def finish(self, data: st.DataObject) -> None:
         rid = data.draw(st.sampled_from(sorted(self.in_flight)))
         self.call("finished", rid)
-        del self.in_flight[rid]
+        self.dirty.add(self.in_flight.pop(rid)[1])
         with pytest.raises(KeyError):
             self.d.finished(rid)
 
@@ -377,6 +443,7 @@ class DispatchMachine(RuleBasedStateMachine):
         rid = data.draw(st.sampled_from(sorted(self.queue)))
         self.call("finished", rid)
         del self.queue[rid]
+        self.waits_on.pop(rid, None)
         self.cancelled.add(rid)
 
     @rule(data=st.data())
@@ -389,6 +456,7 @@ class DispatchMachine(RuleBasedStateMachine):
             del self.in_flight[request.request_id]
         self.to_resubmit.extend(lost)
         self.healthy[engine] = False
+        self.to_central(engine)
 
     @precondition(lambda self: self.to_resubmit)
     @rule()
@@ -399,7 +467,15 @@ class DispatchMachine(RuleBasedStateMachine):
     def update(self, data: st.DataObject, healthy: bool, free: int | None) -> None:
         engine = data.draw(st.integers(0, len(self.totals) - 1))
         self.call("update", EngineState(engine, self.totals[engine], kv_free_tokens=free, healthy=healthy))
+        if self.healthy[engine] != healthy:
+            self.to_central(engine)
         self.healthy[engine] = healthy
+        self.dirty.add(engine)
+
+    def to_central(self, engine: int) -> None:
+        for rid, waits in self.waits_on.items():
+            if waits == engine:
+                self.waits_on[rid] = None
 
     # -- invariants
 
@@ -418,14 +494,17 @@ class DispatchMachine(RuleBasedStateMachine):
             return
         for engine, total in enumerate(self.totals):
             self.call("update", EngineState(engine, total))
+            if not self.healthy[engine]:
+                self.to_central(engine)
             self.healthy[engine] = True
+            self.dirty.add(engine)
         while self.to_resubmit:
             self.resubmit()
         for _ in range(len(self.accepted) + 1):
             self.assign()
             for rid in sorted(self.in_flight):
                 self.call("finished", rid)
-                del self.in_flight[rid]
+                self.dirty.add(self.in_flight.pop(rid)[1])
             if not self.queue:
                 break
         assert not self.queue, "requests still queued with every engine free"

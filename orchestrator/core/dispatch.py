@@ -17,8 +17,10 @@ Policies (``POLICIES``):
 - ``least_outstanding`` — the healthy engine with the fewest in-flight requests (ties → lowest index).
 - ``kv_aware`` — the healthy engine with the most KV budget left (``kv_total - reserved``, ties →
   lowest index), only if the reservation fits; otherwise the request waits in the queue. A request whose
-  ``previous_engine`` has room and a budget within ``AFFINITY_SLACK_FRACTION`` of its KV cache of the
-  best engine's stays there: that engine holds its prefix, which anywhere else is prefilled again.
+  ``previous_engine`` is healthy waits in that engine's own queue instead (its prefix is cached there;
+  anywhere else it is prefilled again, stalling that engine's decoding), unless, when it is submitted,
+  another engine has room for it and a budget more than ``AFFINITY_SLACK_FRACTION`` of the previous
+  engine's KV cache larger. Whatever an engine frees goes to its own queue first, then to the central one.
 - ``power_of_two`` — two distinct healthy engines drawn with ``random.Random(seed)``; of those with room,
   the one with fewer in-flight requests. If neither has room but another engine has, the engine with
   the most budget takes it (a request waits only when no engine has room).
@@ -26,8 +28,9 @@ Policies (``POLICIES``):
   cache is warm), else ``kv_aware``.
 
 The KV-bounded policies (``kv_aware``, ``power_of_two``, ``prefix_affinity``) never reserve more than an
-engine's ``kv_total_tokens``, and ``assignments()`` stops at the first queued request that fits no engine:
-head-of-line blocking, which keeps turns in order and makes a large request impossible to starve.
+engine's ``kv_total_tokens``, and ``assignments()`` stops at the first queued request that fits no engine
+(in each queue): head-of-line blocking, which keeps turns in order and makes a large request impossible to
+starve.
 
 Every decision costs O(log n) in engines: choices come from heaps with lazy invalidation (a version per
 engine; stale entries are skipped when they reach the top, and the heap is rebuilt when it doubles), and
@@ -56,10 +59,11 @@ __all__ = [
     "make_dispatcher",
 ]
 
-# kv_aware keeps a turn on the engine that holds its prefix when that engine's free budget is within this
-# share of its KV cache of the best engine's: re-prefilling a context elsewhere costs more than the small
+# kv_aware keeps a turn with the engine that holds its prefix unless another engine's free budget is larger
+# by more than this share of the KV cache: re-prefilling a context elsewhere costs more than a small
 # imbalance. 1/8 measured best of 0, 1/32, 1/16, 1/8, 1/4 and "always" on bench/rollout_balance.py (full
-# size, seed 20250828: 313.5, 218.3, 197.8, 191.5, 193.5, 198.9 s at 512- or 256-token chunks).
+# size, 8,192 tokens, seed 20250828: 313.5, 218.3, 197.8, 191.5, 193.5, 198.9 s), before requests could
+# wait for their engine (which took 12,288 tokens from 469.2 to 316.7 s: 12x less prefill).
 AFFINITY_SLACK_FRACTION = 1 / 8
 
 POLICIES: tuple[str, ...] = (
@@ -201,11 +205,18 @@ class _Ledger:
         self.healthy = [state.engine for state in self.states if state.healthy]  # sorted
         self.max_total = max(state.kv_total_tokens for state in self.states)
         self._heaps: list[_LazyHeap] = []
+        self._by_budget: _LazyHeap | None = None
 
     def heap(self, key: Callable[[int], int | None]) -> _LazyHeap:
         heap = _LazyHeap(self.size, key)
         self._heaps.append(heap)
         return heap
+
+    def by_budget(self) -> _LazyHeap:
+        """Healthy engines, most KV budget first; one heap shared by every rule that asks."""
+        if self._by_budget is None:
+            self._by_budget = self.heap(lambda e: -self.budget(e) if self.is_healthy(e) else None)
+        return self._by_budget
 
     def is_healthy(self, engine: int) -> bool:
         return self.states[engine].healthy
@@ -266,7 +277,7 @@ Choose = Callable[[Request], int | None]  # the engine for a request now, or Non
 
 def _most_budget(ledger: _Ledger) -> Choose:
     """The healthy engine with the most KV budget left, if the reservation fits there."""
-    by_budget = ledger.heap(lambda e: -ledger.budget(e) if ledger.is_healthy(e) else None)
+    by_budget = ledger.by_budget()
 
     def choose(request: Request) -> int | None:
         engine = by_budget.peek()
@@ -277,23 +288,27 @@ def _most_budget(ledger: _Ledger) -> Choose:
     return choose
 
 
-def _kv_aware(ledger: _Ledger) -> Choose:
-    """Most KV budget, but a warm previous engine within ``AFFINITY_SLACK_FRACTION`` of it keeps the turn."""
-    most_budget = _most_budget(ledger)
+Route = Callable[[Request], int | None]  # the engine whose own queue a request waits in, or None: central
 
-    def choose(request: Request) -> int | None:
-        best = most_budget(request)
+
+def _warm_route(ledger: _Ledger) -> Route:
+    """kv_aware: wait for the engine that holds the request's prefix, unless a much emptier one has room."""
+    by_budget = ledger.by_budget()
+
+    def route(request: Request) -> int | None:
         previous = request.previous_engine
-        if best is None or previous is None or previous == best or not 0 <= previous < ledger.size:
-            return best
-        budget = ledger.budget(previous)
-        slack = int(ledger.states[previous].kv_total_tokens * AFFINITY_SLACK_FRACTION)
-        warm = ledger.is_healthy(previous) and budget >= request.reservation
-        if warm and budget >= ledger.budget(best) - slack:
-            return previous
-        return best
+        if previous is None or not 0 <= previous < ledger.size or not ledger.is_healthy(previous):
+            return None
+        if request.reservation > ledger.states[previous].kv_total_tokens:
+            return None
+        best = by_budget.peek()
+        if best is not None and best != previous and ledger.budget(best) >= request.reservation:
+            slack = int(ledger.states[previous].kv_total_tokens * AFFINITY_SLACK_FRACTION)
+            if ledger.budget(previous) < ledger.budget(best) - slack:
+                return None
+        return previous
 
-    return choose
+    return route
 
 
 def _static(ledger: _Ledger, expected_rollouts: int | None) -> Choose:
@@ -360,16 +375,26 @@ def _prefix_affinity(ledger: _Ledger) -> Choose:
     return choose
 
 
-class _QueueDispatcher:
-    """A central priority queue, a ledger, and one policy's choice rule (see the module docstring)."""
+_Entry = tuple[int, int, Request]  # (-priority, ticket, request): a heap entry of a queue
 
-    def __init__(self, name: str, ledger: _Ledger, choose: Choose) -> None:
+
+class _QueueDispatcher:
+    """A central priority queue, optional per-engine queues, a ledger, and one policy's choice rule.
+
+    With a ``route``, a request that names an engine to wait for waits in that engine's own queue, which
+    gets first claim on whatever that engine frees; everything else goes through the central queue and
+    ``choose``. Cancelled entries linger in their heap until they reach its top.
+    """
+
+    def __init__(self, name: str, ledger: _Ledger, choose: Choose, route: Route | None = None) -> None:
         self.name = name
         self._ledger = ledger
         self._choose = choose
+        self._route = route
         self._kv_bounded = name in KV_BOUNDED
-        # (-priority, ticket, request), a heap; cancelled entries linger until they reach the top
-        self._queue: list[tuple[int, int, Request]] = []
+        self._queue: list[_Entry] = []
+        self._warm: dict[int, list[_Entry]] = {}  # engine -> its own queue
+        self._dirty: set[int] = set()  # engines whose own queue may now place something
         self._tickets: dict[int, int] = {}  # request_id -> ticket of its live queue entry
         self._next_ticket = 0
 
@@ -383,24 +408,38 @@ class _QueueDispatcher:
                 f"max_new {request.max_new_tokens}) but the largest engine holds {self._ledger.max_total}"
             )
         self._tickets[rid] = self._next_ticket
-        heapq.heappush(self._queue, (-request.priority, self._next_ticket, request))
+        entry = (-request.priority, self._next_ticket, request)
         self._next_ticket += 1
+        engine = self._route(request) if self._route is not None else None
+        if engine is None:
+            heapq.heappush(self._queue, entry)
+        else:
+            heapq.heappush(self._warm.setdefault(engine, []), entry)
+            self._dirty.add(engine)
 
     def assignments(self) -> list[tuple[Request, int]]:
         placed: list[tuple[Request, int]] = []
-        while (head := self._head()) is not None:
+        ledger = self._ledger
+        for engine in sorted(self._dirty):
+            queue = self._warm.get(engine)
+            while queue and (head := self._head(queue)) is not None:
+                if ledger.budget(engine) < head.reservation:
+                    break
+                self._place(queue, head, engine, placed)
+            if queue is not None and not queue:
+                del self._warm[engine]
+        self._dirty.clear()
+        while (head := self._head(self._queue)) is not None:
             engine = self._choose(head)
             if engine is None:  # head-of-line blocking: later requests wait behind the head
                 break
-            heapq.heappop(self._queue)
-            del self._tickets[head.request_id]
-            self._ledger.assign(head, engine)
-            placed.append((head, engine))
+            self._place(self._queue, head, engine, placed)
         return placed
 
     def finished(self, request_id: int) -> None:
         """Release an in-flight request, or cancel a queued one."""
         if request_id in self._ledger.in_flight:
+            self._dirty.add(self._ledger.in_flight[request_id])
             self._ledger.release(request_id)
         elif request_id in self._tickets:
             del self._tickets[request_id]  # its queue entry is skipped when it reaches the head
@@ -409,11 +448,17 @@ class _QueueDispatcher:
 
     def engine_lost(self, engine: int) -> list[Request]:
         self._ledger.check(engine)
-        return self._ledger.lose(engine)
+        lost = self._ledger.lose(engine)
+        self._to_central(engine)
+        return lost
 
     def update(self, state: EngineState) -> None:
         self._ledger.check(state.engine)
+        old = self._ledger.states[state.engine]
         self._ledger.set_state(state)
+        if (old.healthy, old.kv_total_tokens) != (state.healthy, state.kv_total_tokens):
+            self._to_central(state.engine)  # its waiting requests may no longer fit, or it left
+        self._dirty.add(state.engine)
 
     def reserved_tokens(self, engine: int) -> int:
         self._ledger.check(engine)
@@ -426,8 +471,21 @@ class _QueueDispatcher:
     def queued(self) -> int:
         return len(self._tickets)
 
-    def _head(self) -> Request | None:
-        queue, tickets = self._queue, self._tickets
+    def _place(
+        self, queue: list[_Entry], head: Request, engine: int, placed: list[tuple[Request, int]]
+    ) -> None:
+        heapq.heappop(queue)
+        del self._tickets[head.request_id]
+        self._ledger.assign(head, engine)
+        placed.append((head, engine))
+
+    def _to_central(self, engine: int) -> None:
+        """Move ``engine``'s own queue into the central one, each request keeping its place in line."""
+        for entry in self._warm.pop(engine, []):
+            heapq.heappush(self._queue, entry)
+
+    def _head(self, queue: list[_Entry]) -> Request | None:
+        tickets = self._tickets
         while queue:
             _, ticket, request = queue[0]
             if tickets.get(request.request_id) == ticket:
@@ -454,8 +512,9 @@ def make_dispatcher(
         "static": lambda: _static(ledger, expected_rollouts),
         "round_robin": lambda: _round_robin(ledger),
         "least_outstanding": lambda: _least_outstanding(ledger),
-        "kv_aware": lambda: _kv_aware(ledger),
+        "kv_aware": lambda: _most_budget(ledger),
         "power_of_two": lambda: _power_of_two(ledger, seed),
         "prefix_affinity": lambda: _prefix_affinity(ledger),
     }
-    return _QueueDispatcher(policy, ledger, factories[policy]())
+    route = _warm_route(ledger) if policy == "kv_aware" else None
+    return _QueueDispatcher(policy, ledger, factories[policy](), route)

@@ -3,13 +3,12 @@
 Every engine request of every rollout is a ``core.dispatch.Request``: its ``prompt_tokens`` is the
 rollout's current context, its ``max_new_tokens`` what is left of the stage's response budget
 (``max_response_tokens`` minus the completion tokens the rollout already generated), capped at
-``chunk_tokens`` when that is set, its ``previous_engine`` the engine of the rollout's last request, its
-``priority`` the tokens the rollout has generated (long-running rollouts, the step's critical path, are
-placed first). Once the dispatcher places the request, the engine gets ``POST /v1/completions`` with
-``max_tokens`` = ``max_new_tokens``, so no request can ever ask for more than the stage allows or the
-reservation covers. A turn cut at its chunk (``finish_reason="length"`` with budget left) continues at
-once in a new request whose prompt holds what was generated; the engine that served it has that prefix
-cached, and the dispatcher may keep it there. This is the asyncio twin of
+``chunk_tokens`` when that is set, its ``previous_engine`` the engine of the rollout's last request.
+Once the dispatcher places the request, the engine gets ``POST /v1/completions`` with ``max_tokens`` =
+``max_new_tokens``, so no request can ever ask for more than the stage allows or the reservation covers.
+A turn cut at its chunk (``finish_reason="length"`` with budget left) continues at once in a new request
+whose prompt holds what was generated; the engine that served it has that prefix cached, and the
+dispatcher may keep it there. This is the asyncio twin of
 ``orchestrator.rollout.balanced`` (the same loop on virtual time) and drives the dispatcher the way the
 router does (``orchestrator.rollout.router``): a placement future per turn, engine loss → ``engine_lost``
 → every turn the engine held is resubmitted and retried elsewhere, and a ``finally`` that releases the turn
@@ -289,7 +288,6 @@ class Balancer:
             prompt_tokens=rollout.context_tokens,
             max_new_tokens=limit,
             previous_engine=rollout.previous_engine(),
-            priority=rollout.generated,
         )
         payload = {**self.sampling, "prompt": rollout.context, "max_tokens": limit}
         engine, body = await self._place_and_send(rollout, request, payload)
