@@ -585,14 +585,39 @@ def agent(
     show_default=True,
     help="max_tokens for requests that set none",
 )
+@click.option(
+    "--gpu",
+    "gpus",
+    multiple=True,
+    metavar="AGENT_METRICS_URL#GPU",
+    help="the GPU of each engine, in --engine order (an orch agent's /metrics and the GPU's index or UUID): "
+    "its NVML utilization places requests where the engine reports no load of its own",
+)
 def router(
-    engines: tuple[str, ...], policy: str, port: int, host: str, kv_tokens: int, kind: str, max_tokens: int
+    engines: tuple[str, ...],
+    policy: str,
+    port: int,
+    host: str,
+    kv_tokens: int,
+    kind: str,
+    max_tokens: int,
+    gpus: tuple[str, ...],
 ) -> None:
     """Serve one OpenAI-compatible endpoint that queues and balances requests over inference engines."""
     import asyncio
     from contextlib import suppress
 
+    from orchestrator.rollout.engine_gpu import parse_engine_gpu
     from orchestrator.rollout.router import serve_router
+
+    if gpus and len(gpus) != len(engines):
+        raise click.BadParameter(
+            f"{len(gpus)} given for {len(engines)} --engine; give one per engine", param_hint="--gpu"
+        )
+    try:
+        engine_gpus = [parse_engine_gpu(text) for text in gpus] if gpus else None
+    except ValueError as error:
+        raise click.BadParameter(str(error).split(": ", 1)[1], param_hint="--gpu") from error
 
     def ready(url: str) -> None:
         click.echo(f"routing {url}/v1/completions over {len(engines)} engine(s) with {policy}")
@@ -608,6 +633,7 @@ def router(
                 max_new_tokens_default=max_tokens,
                 kind=kind,  # type: ignore[arg-type]
                 ready=ready,
+                gpus=engine_gpus,
             )
         )
 

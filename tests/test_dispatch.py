@@ -94,6 +94,21 @@ def test_least_outstanding_picks_the_fewest_in_flight_and_breaks_ties_by_lowest_
     assert place(d, req(5), req(6)) == [0, 0]
 
 
+@pytest.mark.parametrize("policy", ["least_outstanding", "power_of_two"])
+def test_gpu_utilization_breaks_ties_between_engines_with_as_many_requests_in_flight(policy: str) -> None:
+    d = make_dispatcher(policy, engines(1000, 1000), seed=3)
+    d.update(EngineState(0, 1000, utilization_ratio=0.9))  # busy with work the ledger cannot see
+    d.update(EngineState(1, 1000, utilization_ratio=0.2))
+    assert place(d, req(0)) == [1]
+    assert place(d, req(1)) == [0]  # one in flight on engine 1 outweighs any utilization
+    d.update(EngineState(0, 1000, utilization_ratio=0.1))
+    d.finished(0)
+    d.finished(1)
+    assert place(d, req(2)) == [0]
+    with pytest.raises(ValueError, match="utilization_ratio"):
+        EngineState(0, 1000, utilization_ratio=1.5)
+
+
 def test_kv_aware_picks_the_engine_with_the_most_budget_left() -> None:
     d = make_dispatcher("kv_aware", engines(1000, 3000, 2000))
     assert place(d, req(0, 500, 500), req(1, 500, 500), req(2, 100, 100)) == [1, 1, 2]
@@ -463,10 +478,17 @@ class DispatchMachine(RuleBasedStateMachine):
     def resubmit(self) -> None:
         self.submit(self.to_resubmit.pop(0))
 
-    @rule(data=st.data(), healthy=st.booleans(), free=st.none() | st.integers(0, 2000))
-    def update(self, data: st.DataObject, healthy: bool, free: int | None) -> None:
+    @rule(
+        data=st.data(),
+        healthy=st.booleans(),
+        free=st.none() | st.integers(0, 2000),
+        busy=st.none() | st.floats(0, 1),
+    )
+    def update(self, data: st.DataObject, healthy: bool, free: int | None, busy: float | None) -> None:
         engine = data.draw(st.integers(0, len(self.totals) - 1))
-        self.call("update", EngineState(engine, self.totals[engine], kv_free_tokens=free, healthy=healthy))
+        total = self.totals[engine]
+        state = EngineState(engine, total, kv_free_tokens=free, healthy=healthy, utilization_ratio=busy)
+        self.call("update", state)
         if self.healthy[engine] != healthy:
             self.to_central(engine)
         self.healthy[engine] = healthy

@@ -11,11 +11,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry, generate_latest
 
+from orchestrator.records import GpuSample
+from orchestrator.rollout.engine_gpu import EngineGpu, parse_engine_gpu
 from orchestrator.rollout.engines import EngineLoad
 from orchestrator.rollout.http_engine import EngineUnavailable, HttpEngine, parse_engine_metrics
 from orchestrator.rollout.router import Router, estimate_tokens, serve_router
+from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.testing.fake_engine import FakeEngine
 from tests.conftest import run_async as run
 
@@ -435,3 +440,54 @@ def test_orch_router_is_a_cli_command() -> None:
     assert "--engine" in result.output and "--kv-tokens" in result.output
     result = CliRunner().invoke(main, ["router"])
     assert result.exit_code == 2 and "--engine" in result.output
+    two = ["router", "--engine", "http://a:8000", "--engine", "http://b:8000"]
+    result = CliRunner().invoke(main, [*two, "--gpu", "http://n:9400/metrics#0"])
+    assert result.exit_code == 2 and "--gpu" in result.output and "one per engine" in result.output
+    result = CliRunner().invoke(main, [*two, "--gpu", "http://n:9400/metrics#0", "--gpu", "n:9400#1"])
+    assert result.exit_code == 2 and "http://" in result.output
+
+
+def test_engines_that_report_nothing_are_placed_by_their_gpus_nvml_utilization() -> None:
+    samples = [
+        GpuSample(node="n", index=0, uuid="GPU-a", utilization_ratio=0.95),  # busy with others' work
+        GpuSample(node="n", index=1, uuid="GPU-b", utilization_ratio=0.05),
+    ]
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(lambda: samples))
+
+    async def agent_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    async def body() -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", agent_metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        agent = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+        gpus = [EngineGpu(agent, "0"), parse_engine_gpu(agent + "#GPU-b")]
+        fakes = [FakeEngine("silent-a", metrics=False), FakeEngine("silent-b", metrics=False)]
+        try:
+            async with cluster(fakes, "least_outstanding", gpus=gpus) as c:
+                await c.router.poll_once()
+                assert c.router.healthy == [True, True]  # /metrics is 404, but /health answers
+                served = [(await c.complete(f"p{i}"))[2] for i in range(6)]  # one at a time: a tie each
+                assert served == ["1"] * 6
+                samples[1] = GpuSample(node="n", index=1, uuid="GPU-b", utilization_ratio=0.99)
+                await c.router.poll_once()
+                assert (await c.complete("after"))[2] == "0"
+                fakes[0].die()
+                await c.router.poll_once()
+                assert c.router.healthy == [False, True]  # neither /metrics nor /health: unhealthy
+                c.assert_released()
+        finally:
+            await runner.cleanup()
+
+    run(body)
+
+
+@pytest.mark.parametrize("text", ["http://agent:9400/metrics", "agent:9400/metrics#0", "#0", "http://a#"])
+def test_a_gpu_reference_without_url_and_gpu_is_refused_with_the_form(text: str) -> None:
+    with pytest.raises(ValueError, match=r"AGENT_METRICS_URL#GPU|http://"):
+        parse_engine_gpu(text)

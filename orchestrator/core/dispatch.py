@@ -35,9 +35,11 @@ starve.
 Every decision costs O(log n) in engines: choices come from heaps with lazy invalidation (a version per
 engine; stale entries are skipped when they reach the top, and the heap is rebuilt when it doubles), and
 the healthy engines are a sorted list searched with ``bisect``. Health and ``kv_total_tokens`` changes
-are rare and cost O(n). Telemetry other than health and ``kv_total_tokens`` (free KV, running, waiting,
-utilization) is kept for the caller but not used: the ledger of reservations is the source of truth,
-since an engine's report lags the requests just sent to it.
+are rare and cost O(n). Free KV, running and waiting as engines report them are kept for the caller but
+not used: the ledger of reservations is the source of truth, since an engine's report lags the requests
+just sent to it. The GPU's utilization (NVML, from ``orch agent``) breaks ties between engines with as
+many requests in flight (``least_outstanding``, ``power_of_two``): it is the one load figure left for
+an engine that reports nothing itself, and it shows work the ledger cannot see (other clients).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class EngineState:
     running: int = 0
     waiting: int = 0
     healthy: bool = True
-    utilization_ratio: float | None = None  # NVML; used where the engine reports nothing else
+    utilization_ratio: float | None = None  # the GPU's, from NVML; breaks ties in in-flight counts
 
     def __post_init__(self) -> None:
         if self.engine < 0:
@@ -95,6 +97,10 @@ class EngineState:
         if self.kv_total_tokens < 0:
             raise ValueError(
                 f"engine {self.engine}: kv_total_tokens must be >= 0, got {self.kv_total_tokens}"
+            )
+        if self.utilization_ratio is not None and not 0 <= self.utilization_ratio <= 1:
+            raise ValueError(
+                f"engine {self.engine}: utilization_ratio must be in [0, 1], got {self.utilization_ratio}"
             )
 
 
@@ -224,6 +230,11 @@ class _Ledger:
     def budget(self, engine: int) -> int:
         return self.states[engine].kv_total_tokens - self.reserved[engine]
 
+    def load(self, engine: int) -> int:
+        """In-flight requests, then the GPU's utilization in thousandths (0 when unknown), as one int."""
+        utilization = self.states[engine].utilization_ratio
+        return self.outstanding[engine] * 1001 + (round(utilization * 1000) if utilization is not None else 0)
+
     def check(self, engine: int) -> None:
         if not 0 <= engine < self.size:
             raise KeyError(f"unknown engine {engine} (engines are 0..{self.size - 1})")
@@ -257,7 +268,11 @@ class _Ledger:
                 self.healthy.remove(state.engine)
         if old.kv_total_tokens != state.kv_total_tokens:
             self.max_total = max(s.kv_total_tokens for s in self.states)
-        if old.healthy != state.healthy or old.kv_total_tokens != state.kv_total_tokens:
+        if (old.healthy, old.kv_total_tokens, old.utilization_ratio) != (
+            state.healthy,
+            state.kv_total_tokens,
+            state.utilization_ratio,
+        ):
             self._touch(state.engine)
 
     def next_healthy(self, start: int) -> int | None:
@@ -334,7 +349,7 @@ def _round_robin(ledger: _Ledger) -> Choose:
 
 
 def _least_outstanding(ledger: _Ledger) -> Choose:
-    by_load = ledger.heap(lambda e: ledger.outstanding[e] if ledger.is_healthy(e) else None)
+    by_load = ledger.heap(lambda e: ledger.load(e) if ledger.is_healthy(e) else None)
     return lambda request: by_load.peek()
 
 
@@ -353,7 +368,7 @@ def _power_of_two(ledger: _Ledger, seed: int) -> Choose:
             second = rng.randrange(len(healthy) - 1)
             pair.append(healthy[second + 1 if second >= first else second])
         fits = [e for e in sorted(pair) if ledger.budget(e) >= request.reservation]
-        return min(fits, key=ledger.outstanding.__getitem__) if fits else fallback
+        return min(fits, key=ledger.load) if fits else fallback
 
     return choose
 

@@ -208,6 +208,14 @@ class HttpEngine:
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             raise EngineUnavailable(f"{self.base_url}: {type(error).__name__}: {error}") from error
 
+    async def alive(self) -> bool:
+        """Whether ``GET /health`` answers 200 (vLLM and SGLang both serve it)."""
+        try:
+            async with self.session.get(self.base_url + "/health") as response:
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
     async def load(self) -> EngineLoad:
         """Scrape ``/metrics``; ``EngineUnavailable`` when the engine is silent or exports too little."""
         try:

@@ -6,7 +6,10 @@ is forwarded there. Whatever the ending (answer, engine error, timeout, client g
 it exactly once. An engine that drops a connection or answers 5xx is *lost*: the dispatcher hands back its
 in-flight requests, the router cancels their attempts there and resubmits them, so each is retried on
 another engine and every client gets exactly one answer. A background task scrapes each engine's
-``/metrics`` into ``dispatcher.update``; an engine whose scrape fails stays unhealthy until one succeeds.
+``/metrics`` into ``dispatcher.update``. An engine whose scrape fails but whose ``/health`` answers reports
+nothing about its load: it keeps serving, placed by the dispatcher's own ledger and, where its GPU is
+given (``gpus``: an ``orch agent``'s /metrics and the GPU there), by that GPU's NVML utilization. An engine
+that answers neither is unhealthy until it does.
 
 Optional request headers ``X-Rollout-Id`` and ``X-Rollout-Turn`` name the rollout a turn belongs to, so
 ``prefix_affinity`` can send a rollout's next turn to the engine that served its last one. Every answer
@@ -31,6 +34,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request, make_dispatcher
+from orchestrator.rollout.engine_gpu import EngineGpu
 from orchestrator.rollout.http_engine import EngineKind, EngineRejected, EngineUnavailable, HttpEngine
 from orchestrator.telemetry.names import ROUTER_METRICS
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
@@ -237,9 +241,13 @@ class Router:
         max_attempts: int | None = None,
         registry: CollectorRegistry | None = None,
         run: str = "",
+        gpus: Sequence[EngineGpu | None] | None = None,
     ) -> None:
         if not engines:
             raise ValueError("a router needs at least one engine")
+        if gpus is not None and len(gpus) != len(engines):
+            raise ValueError(f"gpus: {len(gpus)} given for {len(engines)} engines; give one per engine")
+        self.gpus: list[EngineGpu | None] = list(gpus) if gpus is not None else [None] * len(engines)
         if max_new_tokens_default < 1:
             raise ValueError(f"max_new_tokens_default must be >= 1, got {max_new_tokens_default}")
         self.engines = engines
@@ -311,10 +319,20 @@ class Router:
             await self.poll_once()
 
     async def _poll(self, index: int) -> None:
-        engine = self.engines[index]
+        engine, gpu = self.engines[index], self.gpus[index]
+        timeout = max(2.0, 4 * self.poll_interval)
+        utilization = None if gpu is None else await gpu.utilization(engine.session, timeout)
         try:
-            load = await asyncio.wait_for(engine.load(), timeout=max(2.0, 4 * self.poll_interval))
+            load = await asyncio.wait_for(engine.load(), timeout=timeout)
         except (EngineUnavailable, asyncio.TimeoutError) as error:  # asyncio's: distinct on 3.10
+            alive = await asyncio.wait_for(engine.alive(), timeout=timeout)
+            if alive:  # it serves but reports nothing: the ledger and the GPU's utilization must do
+                if self.healthy[index]:
+                    log.info("engine %d (%s) reports no load (%s); using NVML", index, engine.base_url, error)
+                total = self._kv_totals[index]
+                self.dispatcher.update(EngineState(index, total, healthy=True, utilization_ratio=utilization))
+                self._set_health(index, True, update=False)
+                return
             if self.healthy[index]:
                 log.warning("engine %d (%s) is unhealthy: %s", index, engine.base_url, error)
             self._set_health(index, False)
@@ -328,6 +346,7 @@ class Router:
             running=load.running,
             waiting=load.waiting,
             healthy=True,
+            utilization_ratio=utilization,
         )
         if not self.healthy[index]:
             log.warning("engine %d (%s) answers again", index, engine.base_url)
@@ -529,12 +548,13 @@ async def serve_router(
     poll_interval: float = 0.5,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    gpus: Sequence[EngineGpu | None] | None = None,
 ) -> None:
     """Run a router until ``stop`` is set (or forever); ``ready`` gets its URL once it listens."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         engines = [HttpEngine(url, session, kind, kv_total_tokens=kv_total_tokens) for url in engine_urls]
-        router = Router(engines, policy, kv_total_tokens, max_new_tokens_default, poll_interval)
+        router = Router(engines, policy, kv_total_tokens, max_new_tokens_default, poll_interval, gpus=gpus)
         url = await router.start(host, port)
         try:
             if ready is not None:

@@ -86,12 +86,14 @@ class FakeEngine:
         max_running: int = 64,
         kv_total_tokens: int = 65536,
         block_size: int = 16,
+        metrics: bool = True,
     ) -> None:
         if style not in ("vllm", "sglang"):
             raise ValueError(f"style must be vllm or sglang, not {style!r}")
         self.name, self.style = name, style
         self.latency, self.seconds_per_token = latency, seconds_per_token
         self.max_running, self.kv_total_tokens, self.block_size = max_running, kv_total_tokens, block_size
+        self.metrics = metrics  # False: /metrics answers 404, like an engine that exports nothing
         self.received = 0  # completion requests that arrived
         self.completed = 0  # answered with 200
         self.running = 0
@@ -164,6 +166,8 @@ class FakeEngine:
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         if self.death_mode:
             return self._refuse(request)
+        if not self.metrics:
+            raise web.HTTPNotFound()
         return web.Response(body=generate_latest(self.registry), content_type="text/plain")
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
