@@ -638,6 +638,66 @@ def router(
         )
 
 
+# ---- tool-execution service -------------------------------------------------------------------
+
+
+@main.group()
+def tools() -> None:
+    """The sandboxed code-execution service for tool calls and reward checks."""
+
+
+@tools.command("serve")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8900, show_default=True, help="port to listen on"
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="warm sandbox workers (default: this machine's CPU count)",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="run one sandbox pool per node of this Ray cluster ('auto': the cluster this node belongs to)",
+)
+@click.option(
+    "--max-pending",
+    type=click.IntRange(min=1),
+    default=65_536,
+    show_default=True,
+    help="accepted, unanswered calls; beyond it callers get 429 busy, retry after",
+)
+def tools_serve(port: int, host: str, workers: int | None, ray_address: str | None, max_pending: int) -> None:
+    """Serve POST /v1/exec, /v1/exec/batch, /v1/verify, GET /v1/results/ID and /metrics."""
+    import asyncio
+    import os
+    from contextlib import suppress
+
+    from orchestrator.tools.serve import serve_tools
+
+    count = workers or os.cpu_count() or 1
+
+    def ready(url: str, service: object) -> None:
+        where = f"Ray cluster {ray_address}" if ray_address else f"{count} sandbox workers"
+        click.echo(f"serving tool calls on {url} with {where}")
+
+    with suppress(KeyboardInterrupt):
+        asyncio.run(
+            serve_tools(
+                host=host,
+                port=port,
+                workers=count,
+                ray_address=ray_address,
+                max_pending=max_pending,
+                ready=ready,
+            )
+        )
+
+
 # ---- Kubernetes manifests ---------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import SpecError
 
@@ -123,8 +123,26 @@ class RolloutSpec(_Strict):
 
 
 class ToolsSpec(_Strict):
+    """The sandboxed code-execution service that runs the model's tool calls (``orchestrator.tools``).
+
+    ``service``: ``embedded`` (a sandbox pool in the process that runs the rollouts), the URL of an
+    ``orch tools serve`` (``http://tools:8900``), or ``ray:ADDRESS`` / ``ray:auto`` (sandbox pools as Ray
+    actors, one per node). The limits apply to every call; the maxima are the service's.
+    """
+
     max_concurrent_calls: int = Field(default=1024, gt=0)
-    call_timeout_s: float = Field(default=10.0, gt=0)
+    call_timeout_s: float = Field(default=10.0, gt=0, le=120)  # wall clock per call
+    cpu_seconds: float = Field(default=5.0, gt=0, le=120)
+    memory_mb: int = Field(default=512, gt=0, le=8192)  # address space
+    output_bytes: int = Field(default=64 * 1024, gt=0, le=16 * 2**20)  # stdout + stderr kept
+    service: str = "embedded"
+
+    @field_validator("service")
+    @classmethod
+    def _known_service(cls, value: str) -> str:
+        if value == "embedded" or re.fullmatch(r"(https?://|ray:)\S+", value):
+            return value
+        raise ValueError("use embedded, http(s)://HOST:PORT of an orch tools serve, or ray:ADDRESS / ray:auto")
 
 
 class EntryFilterSpec(_Strict):

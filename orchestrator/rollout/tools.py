@@ -1,8 +1,8 @@
-"""Tool execution for rollouts: the protocol the balancer calls, and a simulated-latency stand-in.
+"""Tool execution for rollouts: the protocol the balancer calls, and its two implementations.
 
-The sandboxed code-execution service (``orchestrator/tools/``) will implement ``ToolExecutor``; until it
-lands, ``SimulatedTools`` sleeps for a chosen latency and answers a fixed-size output, which is all the
-balancer needs to overlap tool time with generation.
+``SandboxTools`` runs the code of each tool call on a ``CodeExecutor`` from ``orchestrator.tools``: the
+in-process sandbox pool (embedded), an ``orch tools serve`` over HTTP, or sandbox pools on Ray.
+``SimulatedTools`` sleeps for a chosen latency and answers a fixed-size output, for simulations.
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["SimulatedTools", "ToolCall", "ToolExecutor", "ToolResult", "ToolVerdict"]
+from orchestrator.tools.api import CodeExecutor, Limits
+
+__all__ = ["SandboxTools", "SimulatedTools", "ToolCall", "ToolExecutor", "ToolResult", "ToolVerdict"]
+
+CHARS_PER_TOKEN = 4  # the router's estimate, for tool output joining the context
 
 ToolVerdict = Literal["ok", "error", "timeout"]
+_TOOL_VERDICTS: dict[str, ToolVerdict] = {"ok": "ok", "timeout": "timeout"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,30 @@ class ToolExecutor(Protocol):
     """Runs one tool call; never raises for a failing program (that is a verdict, not an exception)."""
 
     async def run(self, call: ToolCall) -> ToolResult: ...
+
+
+class SandboxTools:
+    """Runs each call's code on ``executor`` within ``limits``; shows the model its stdout (and stderr when
+    the code failed), at most ``max_output_chars`` of it."""
+
+    def __init__(self, executor: CodeExecutor, limits: Limits, max_output_chars: int = 4096) -> None:
+        if max_output_chars < 1:
+            raise ValueError(f"max_output_chars must be >= 1, got {max_output_chars}")
+        self.executor = executor
+        self.limits = limits
+        self.max_output_chars = max_output_chars
+
+    async def run(self, call: ToolCall) -> ToolResult:
+        result = await self.executor.execute(call.code, self.limits)
+        output = result.stdout if result.verdict == "ok" else result.stdout + result.stderr
+        if result.verdict == "timeout":
+            output += f"\ntimed out after {self.limits.wall_seconds:g}s"
+        elif result.verdict not in ("ok", "error"):
+            output += f"\n[{result.verdict.replace('_', ' ')}]"
+        if len(output) > self.max_output_chars:
+            output = output[: self.max_output_chars] + "\n[output truncated]"
+        verdict = _TOOL_VERDICTS.get(result.verdict, "error")  # memory, output cut, killed: errors
+        return ToolResult(output, tokens=max(1, len(output) // CHARS_PER_TOKEN), verdict=verdict)
 
 
 class SimulatedTools:

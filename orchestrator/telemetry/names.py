@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GPU_LABELS", "GPU_METRICS", "ROUTER_METRICS", "SCHEDULER_METRICS"]
+__all__ = ["GPU_LABELS", "GPU_METRICS", "ROUTER_METRICS", "SCHEDULER_METRICS", "TOOL_METRICS"]
 
 # Labels on every per-GPU series.
 GPU_LABELS = ("node", "gpu", "uuid", "pool", "run", "role")
@@ -53,4 +53,13 @@ ROUTER_METRICS: dict[str, tuple[str, str]] = {
     "orch_router_queued_requests": ("gauge", "Requests waiting in the router's central queue"),
     "orch_router_engine_healthy": ("gauge", "1 while an engine answers its /metrics and requests"),
     "orch_router_engine_outstanding_requests": ("gauge", "Requests in flight on an engine"),
+}
+
+# `orch tools serve`: the sandboxed code-execution service.
+TOOL_METRICS: dict[str, tuple[str, str]] = {
+    "orch_tools_in_flight": ("gauge", "Accepted calls not yet answered (queued or running)"),
+    "orch_tools_queued": ("gauge", "Accepted calls waiting for a sandbox worker"),
+    "orch_tools_completed_total": ("counter", "Calls answered, by kind (exec, verify) and verdict"),
+    "orch_tools_rejected_total": ("counter", "Calls refused with busy, retry after (admission full)"),
+    "orch_tools_latency_seconds": ("histogram", "From acceptance to answer, by kind"),
 }

@@ -1,0 +1,606 @@
+"""The zygote of one sandbox worker: a warm interpreter that forks a fresh child for every call.
+
+``orchestrator.tools.sandbox`` starts it as ``python -I -B _sandbox_child.py INDEX NETWORK SCRATCH_ROOT``
+and talks to it in frames on stdin/stdout (a 4-byte big-endian length, then that many bytes): a JSON hello,
+then for each JSON request (code, scratch, limits) a JSON header frame and an output frame (stdout bytes,
+then stderr bytes). End of stdin means the service is gone: the zygote kills its call and exits. It
+imports only the standard library, so it starts fast and a snippet sees no orch code.
+
+Per call the child starts a new session; as root it gets private mount and IPC namespaces in which /tmp,
+/var/tmp and /dev/shm are the call's scratch directory (also its cwd and HOME); it applies the rlimits,
+drops to the worker's own uid (no groups, no new privileges) and runs the snippet in a fresh ``__main__``.
+The zygote keeps at most ``output_bytes`` of output, enforces the wall clock, kills every process left
+running as the worker's uid, reaps them and removes the scratch directory before it answers.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import ctypes
+import fcntl
+import gc
+import json
+import linecache
+import math
+import os
+import pwd
+import resource
+import select
+import shutil
+import signal
+import stat
+import struct
+import sys
+import threading
+import time
+import traceback
+import types
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
+
+FRAME = struct.Struct("!I")
+SNIPPET = "<snippet>"
+UID_BASE = 61000  # sandbox uids: UID_BASE .. UID_BASE + UID_SPAN - 1, skipping any listed in /etc/passwd
+UID_SPAN = 1000
+LOCK_DIR = "/run/orch-sandbox"  # <uid>.lock, flocked by the zygote using that uid: pools never share a uid
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable: each call sees its scratch directory there
+HIDDEN = ("/run",)  # where host services keep their Unix sockets (PostgreSQL, MySQL, D-Bus): emptied
+PRELOAD = (
+    "bisect", "cmath", "collections", "copy", "dataclasses", "datetime", "decimal", "fractions", "functools",
+    "heapq", "itertools", "json", "math", "operator", "random", "re", "statistics", "string", "typing",
+)  # fmt: skip
+STATUS_FD = 3  # the child's side channel to the zygote: one flag byte
+MEMORY, SETUP_FAILED = b"M", b"S"
+READ_CHUNK = 65536
+REAP_SECONDS = 2.0  # how long killed processes get to disappear
+LIVE_STATES = frozenset("RSD")  # running, sleeping, in a system call: may still fork or resume others
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 4, 36, 38
+AF_UNIX = 1
+
+# What the "block" network mode refuses: name lookups, non-Unix sockets, running programs (a fresh process
+# would not carry the hook) and ctypes (it could call libc directly). Best effort, not a kernel boundary.
+_REFUSED_EVENTS = frozenset(
+    {"socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo",
+     "os.exec", "os.posix_spawn", "os.system", "subprocess.Popen"}
+)  # fmt: skip
+_REFUSED_IMPORTS = frozenset({"_posixsubprocess"})
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """What the zygote found it may do; sent to the service as the hello."""
+
+    uid: int
+    gid: int
+    as_root: bool
+    network: str  # "namespace" | "block"
+    private_tmp: bool
+
+
+# ---- frames ---------------------------------------------------------------------------------------
+
+
+def read_exactly(fd: int, size: int) -> bytes | None:
+    """``size`` bytes from ``fd``, or None at end of file."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def write_frame(fd: int, payload: bytes) -> None:
+    """Write one frame; the whole of it or an OSError."""
+    view = memoryview(FRAME.pack(len(payload)) + payload)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def read_frame(fd: int) -> bytes | None:
+    """The next frame's payload, or None when the other side closed the pipe."""
+    head = read_exactly(fd, FRAME.size)
+    return None if head is None else read_exactly(fd, FRAME.unpack(head)[0])
+
+
+# ---- privileged setup -----------------------------------------------------------------------------
+
+
+def _call(name: str, *args: Any) -> None:
+    if getattr(_libc, name)(*args) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{name}: {os.strerror(code)}")
+
+
+def _prctl(option: int, value: int) -> None:
+    _call("prctl", option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+def _bind(source: str, target: str) -> None:
+    _call("mount", source.encode(), target.encode(), None, MS_BIND | MS_REC, None)
+
+
+def _claim_uid(index: int) -> int:
+    """A free sandbox uid, held by an flock on its lock file for as long as this process lives."""
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    for offset in range(UID_SPAN):
+        uid = UID_BASE + (index + offset) % UID_SPAN
+        try:
+            pwd.getpwuid(uid)
+            continue  # a real account
+        except KeyError:
+            pass
+        fd = os.open(f"{LOCK_DIR}/{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return uid
+    raise OSError(f"no free sandbox uid in {UID_BASE}..{UID_BASE + UID_SPAN - 1}")
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The first directory above ``path`` that other users cannot enter (e.g. /root for a pyenv Python)."""
+    parts = os.path.abspath(path).split(os.sep)[1:-1]
+    for depth in range(len(parts) + 1):
+        ancestor = os.sep + os.sep.join(parts[:depth])
+        if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+            return ancestor
+    return None
+
+
+def _outermost(paths: Iterable[str]) -> list[str]:
+    """``paths`` without those inside another of them."""
+    kept: list[str] = []
+    for path in sorted(set(paths)):
+        if not any(path.startswith(outer + os.sep) for outer in kept):
+            kept.append(path)
+    return kept
+
+
+def _tmpfs(path: str) -> None:
+    _call("mount", b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755")
+
+
+def _cover(hide: Iterable[str], keep: Iterable[str]) -> None:
+    """Replace each directory of ``hide`` with an empty tmpfs, then bind back the ``keep`` paths inside it."""
+    kept = _outermost(keep)
+    for cover in _outermost(hide):
+        inside = [path for path in kept if path.startswith(cover + os.sep)]
+        handles = [os.open(path, os.O_PATH | os.O_CLOEXEC) for path in inside]
+        _tmpfs(cover)
+        for path, handle in zip(inside, handles, strict=True):
+            os.makedirs(path, exist_ok=True)
+            _bind(f"/proc/self/fd/{handle}", path)  # the path as it was before the tmpfs covered it
+            os.close(handle)
+
+
+def _private_mounts(scratch_root: str) -> bool:
+    """Enter a mount namespace of our own whose changes never reach the host: HIDDEN and any directory
+    that bars the sandbox uids from this Python or the scratch root are emptied, those two bound back in.
+    False where the kernel refuses."""
+    try:
+        _call("unshare", CLONE_NEWNS)
+        _call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
+    except OSError:
+        return False
+    python = {sys.base_prefix, sys.prefix, sys.exec_prefix, *filter(os.path.isdir, sys.path)}
+    keep = [scratch_root, *(path for path in python if os.path.isabs(path))]
+    closed = (_closed_ancestor(path) for path in keep)
+    _cover([*filter(os.path.isdir, HIDDEN), *filter(None, closed)], keep)
+    return True
+
+
+def _network_namespace() -> bool:
+    """Enter an empty network namespace (only a loopback, left down); False where the kernel refuses."""
+    try:
+        _call("unshare", CLONE_NEWNET)
+    except OSError:
+        return False
+    return True
+
+
+def prepare(index: int, network: str, scratch_root: str) -> Worker:
+    """Set this zygote up once: preload modules, claim a uid, kill its leftovers, enter namespaces."""
+    for name in PRELOAD:
+        __import__(name)
+    os.umask(0o022)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a call come back to us, so we can reap them
+    as_root = os.geteuid() == 0
+    uid = _claim_uid(index) if as_root else os.getuid()
+    gid = uid if as_root else os.getgid()
+    if as_root:
+        _kill_uid(uid)  # whatever an earlier zygote with this uid left behind
+    private_tmp = as_root and _private_mounts(scratch_root)
+    isolated = network != "block" and _network_namespace()
+    if network == "namespace" and not isolated:
+        raise OSError("the kernel refused a network namespace (unshare CLONE_NEWNET); use network='block'")
+    gc.freeze()  # children's collections skip what is here now, so they copy fewer pages on write
+    return Worker(uid, gid, as_root, "namespace" if isolated else "block", private_tmp)
+
+
+# ---- killing and reaping --------------------------------------------------------------------------
+
+
+def _state_if_owned(pid: int, uid: int) -> str | None:
+    """The state letter of process ``pid`` (R, S, D, T, Z...) if its real uid is ``uid``."""
+    try:
+        with open(f"/proc/{pid}/status") as file:
+            fields = dict(line.split(":", 1) for line in file)
+    except (OSError, ValueError):
+        return None
+    return fields["State"].split()[0] if int(fields["Uid"].split()[0]) == uid else None
+
+
+def _processes_of(uid: int) -> dict[int, str]:
+    """The state letter of every process whose real uid is ``uid``."""
+    states = {int(name): _state_if_owned(int(name), uid) for name in os.listdir("/proc") if name.isdigit()}
+    return {pid: state for pid, state in states.items() if state}
+
+
+def _signal_owned(pid: int, uid: int, signum: int) -> None:
+    """Send ``signum`` to ``pid`` if it still runs as ``uid``; a pidfd pins the process against pid reuse."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if _state_if_owned(pid, uid):
+            signal.pidfd_send_signal(pidfd, signum)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process running as ``uid``. Stop them all first: a stopped process can neither fork
+    nor resume another, so a fork bomb cannot outrun the kill, and no snippet can block root's signals."""
+    deadline = time.monotonic() + REAP_SECONDS
+    while time.monotonic() < deadline:
+        live = [pid for pid, state in _processes_of(uid).items() if state in LIVE_STATES]
+        if not live:
+            break
+        for pid in live:
+            _signal_owned(pid, uid, signal.SIGSTOP)
+    for pid in _processes_of(uid):
+        _signal_owned(pid, uid, signal.SIGKILL)
+
+
+def _children() -> list[int]:
+    """Our children: the call's processes, orphans included (we are their subreaper)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as file:
+            return [int(pid) for pid in file.read().split()]
+    except FileNotFoundError:  # a kernel built without CONFIG_PROC_CHILDREN
+        return []
+
+
+def _kill_call(worker: Worker, pid: int) -> None:
+    """SIGKILL the call's processes: as root every process of the worker's uid, otherwise the child's
+    session and every child of ours."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)  # it may not have dropped privileges yet
+    if worker.as_root:
+        _kill_uid(worker.uid)
+        return
+    for kill, target in ((os.killpg, pid), *((os.kill, child) for child in _children())):
+        with contextlib.suppress(ProcessLookupError):
+            kill(target, signal.SIGKILL)
+
+
+def _reap(deadline: float) -> tuple[float, bool]:
+    """Reap children until none is left or, once none has exited, the deadline has passed; the CPU seconds
+    of those reaped, and whether any is left."""
+    cpu = 0.0
+    while True:
+        try:
+            pid, _, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return cpu, False
+        if pid:
+            cpu += usage.ru_utime + usage.ru_stime
+        elif time.monotonic() >= deadline:
+            return cpu, True
+        else:
+            time.sleep(0.001)
+
+
+def _end_call(worker: Worker, pid: int) -> float:
+    """Kill and reap whatever the call left running; the CPU seconds of what was reaped. Without root each
+    pass reaches one more generation of escaped processes, as their orphans come to us."""
+    cpu, running = _reap(0.0)
+    deadline = time.monotonic() + REAP_SECONDS
+    while running and time.monotonic() < deadline:
+        _kill_call(worker, pid)
+        more, running = _reap(time.monotonic() + 0.05)
+        cpu += more
+    return cpu
+
+
+# ---- one call -------------------------------------------------------------------------------------
+
+
+class _Output:
+    """stdout and stderr of a call, at most ``limit`` bytes together, first come first kept."""
+
+    def __init__(self, limit: int, stdout: int, stderr: int) -> None:
+        self.limit, self.total, self.truncated = limit, 0, False
+        self.streams = {stdout: bytearray(), stderr: bytearray()}
+
+    def add(self, fd: int, data: bytes) -> None:
+        room = self.limit - self.total
+        if len(data) > room:
+            self.truncated, data = True, data[:room]
+        self.streams[fd] += data
+        self.total += len(data)
+
+    def drain(self) -> None:
+        """Read what is left in the pipes, whose writers are gone (stop at one that is not)."""
+        for fd in self.streams:
+            os.set_blocking(fd, False)
+            try:
+                while not self.truncated and (data := os.read(fd, READ_CHUNK)):
+                    self.add(fd, data)
+            except BlockingIOError:
+                pass
+
+
+def _watch(pidfd: int, output: _Output, deadline: float) -> str:
+    """Collect output until the child exits ("exited"), the wall clock runs out ("timeout"), the output
+    overflows ("output") or the service goes away ("gone")."""
+    poller = select.poll()
+    for fd in (pidfd, 0, *output.streams):
+        poller.register(fd, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        for fd, _ in poller.poll(left * 1000):
+            if fd == pidfd:
+                return "exited"
+            if fd == 0:
+                return "gone"
+            data = os.read(fd, READ_CHUNK)
+            if not data:
+                poller.unregister(fd)
+                continue
+            output.add(fd, data)
+            if output.truncated:
+                return "output"
+
+
+def _verdict(ending: str, status: int, flag: bytes, output: _Output, cpu: float, cpu_limit: float) -> str:
+    if ending == "timeout":
+        return "timeout"
+    if output.truncated:
+        return "output_truncated"
+    if flag == SETUP_FAILED:
+        return "killed"
+    if flag == MEMORY:
+        return "memory"
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        over_cpu = signum == signal.SIGXCPU or (signum == signal.SIGKILL and cpu >= cpu_limit)
+        return "timeout" if over_cpu else "killed"
+    return "ok" if os.WEXITSTATUS(status) == 0 else "error"
+
+
+def _read_flag(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1)
+    except BlockingIOError:  # a process that outlived the kill still holds the pipe
+        return b""
+
+
+def serve(worker: Worker, request: dict[str, Any]) -> tuple[dict[str, Any], bytes] | None:
+    """Run one call; its header and output, or None when the service went away meanwhile."""
+    limits, scratch = request["limits"], request["scratch"]
+    os.mkdir(scratch, 0o700)
+    if worker.as_root:
+        os.chown(scratch, worker.uid, worker.gid)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    flag_r, flag_w = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        _child(worker, request, (out_w, err_w, flag_w))
+    for fd in (out_w, err_w, flag_w):
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    output = _Output(limits["output_bytes"], out_r, err_r)
+    ending = _watch(pidfd, output, started + limits["wall_seconds"])
+    if ending != "exited":
+        _kill_call(worker, pid)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.monotonic() - started
+    cpu = usage.ru_utime + usage.ru_stime
+    orphans = _end_call(worker, pid)
+    output.drain()
+    flag = _read_flag(flag_r)
+    for fd in (pidfd, out_r, err_r, flag_r):
+        os.close(fd)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if ending == "gone":
+        return None
+    header = {
+        "verdict": _verdict(ending, status, flag, output, cpu, limits["cpu_seconds"]),
+        "exit_status": os.waitstatus_to_exitcode(status),
+        "wall_seconds": wall,
+        "cpu_seconds": cpu + orphans,
+        "stdout_bytes": len(output.streams[out_r]),
+    }
+    return header, bytes(output.streams[out_r] + output.streams[err_r])
+
+
+# ---- the child ------------------------------------------------------------------------------------
+
+
+def _child(worker: Worker, request: dict[str, Any], pipes: tuple[int, int, int]) -> NoReturn:
+    """The forked child: confine itself, run the snippet, exit. Never returns into the zygote."""
+    status = 125
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+        for target, fd in enumerate((null, *pipes)):  # every source is >= 3, and 3 is written last
+            os.dup2(fd, target)
+        os.closerange(STATUS_FD + 1, 2**31 - 1)  # the zygote's pipes to the service among them
+        try:
+            _confine(worker, request["limits"], request["scratch"])
+        except BaseException as error:
+            os.write(STATUS_FD, SETUP_FAILED)
+            os.write(2, f"sandbox: could not set up the call: {error}\n".encode())
+        else:
+            status = _run(request["code"])
+    finally:
+        os._exit(status)
+
+
+def _confine(worker: Worker, limits: dict[str, Any], scratch: str) -> None:
+    os.setsid()
+    os.chdir(scratch)
+    if worker.private_tmp:
+        _call("unshare", CLONE_NEWNS | CLONE_NEWIPC)  # System V IPC objects die with the call
+        for path in SHARED_TMP:
+            if os.path.isdir(path):
+                _bind(".", path)  # "." is the scratch directory: /tmp may already be covered
+        os.chdir("/tmp")
+    _set_limits(limits, worker.as_root)
+    if worker.as_root:
+        os.setgroups([])
+        os.setresgid(worker.gid, worker.gid, worker.gid)
+        os.setresuid(worker.uid, worker.uid, worker.uid)
+        _prctl(PR_SET_DUMPABLE, 1)  # the uid change cleared it; without it /proc/self belongs to root
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)  # setuid programs cannot raise privileges again
+    home = os.getcwd()
+    bindir = os.path.dirname(sys.executable)
+    os.environ.clear()
+    os.environ.update(
+        PATH=f"{bindir}:/usr/local/bin:/usr/bin:/bin",
+        LANG="C.UTF-8",
+        HOME=home,
+        TMPDIR=home,
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    if worker.network == "block":
+        sys.addaudithook(_refuse_network)
+
+
+def _set_limits(limits: dict[str, Any], as_root: bool) -> None:
+    cpu = math.ceil(limits["cpu_seconds"])
+    wanted = {
+        resource.RLIMIT_CORE: (0, 0),
+        resource.RLIMIT_CPU: (cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL at the hard one
+        resource.RLIMIT_AS: (limits["memory_bytes"],) * 2,
+        resource.RLIMIT_NOFILE: (limits["open_files"],) * 2,
+    }
+    if as_root:  # RLIMIT_NPROC counts every process of the real uid: only a uid of its own makes it per call
+        wanted[resource.RLIMIT_NPROC] = (limits["processes"],) * 2
+    for kind, (soft, hard) in wanted.items():
+        ceiling = resource.getrlimit(kind)[1]
+        if ceiling != resource.RLIM_INFINITY and not as_root:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        resource.setrlimit(kind, (soft, hard))
+
+
+def _refuse_network(event: str, args: tuple[Any, ...]) -> None:
+    if (
+        event in _REFUSED_EVENTS
+        or event.startswith("ctypes.")
+        or (event == "socket.__new__" and args[1] != AF_UNIX)
+        or (event == "import" and args[0] in _REFUSED_IMPORTS)
+    ):
+        raise PermissionError(f"sandbox: network access is blocked ({event})")
+
+
+def _open_std() -> None:
+    """Fresh sys.stdin, stdout and stderr on fds 0-2, as ``python -c`` has them."""
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+    for name, buffering in (("stdout", -1), ("stderr", 1)):
+        fd = 1 if name == "stdout" else 2
+        stream = open(fd, "w", buffering, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _run(code: str) -> int:
+    """Run the snippet as ``python -c`` would, in a fresh ``__main__``; its exit status."""
+    main = types.ModuleType("__main__")
+    try:  # a tight memory limit may already show here
+        _open_std()
+        sys.argv = ["-c"]
+        sys.path.insert(0, "")
+        main.__builtins__ = builtins
+        sys.modules["__main__"] = main
+        linecache.cache[SNIPPET] = (len(code), None, code.splitlines(True), SNIPPET)
+        exec(compile(code, SNIPPET, "exec"), main.__dict__)
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
+        status = 0
+    except SystemExit as exit_:
+        status = _exit_status(exit_.code)
+    except MemoryError as error:
+        os.write(STATUS_FD, MEMORY)
+        main.__dict__.clear()  # room to print the traceback
+        _print_error(error)
+        status = 1
+    except BaseException as error:
+        _print_error(error)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    return status
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _print_error(error: BaseException) -> None:
+    """The traceback as Python prints it, without this module's frame."""
+    tb = error.__traceback__
+    try:
+        traceback.print_exception(type(error), error, tb.tb_next if tb else None)
+    except BaseException:
+        os.write(2, f"{type(error).__name__}\n".encode())
+
+
+# ---- the zygote -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    """Say hello, then answer requests until stdin closes."""
+    try:
+        worker = prepare(int(argv[1]), argv[2], argv[3])
+    except Exception as error:
+        write_frame(1, json.dumps({"error": str(error)}).encode())
+        return
+    write_frame(1, json.dumps(asdict(worker)).encode())
+    while (request := read_frame(0)) is not None:
+        answer = serve(worker, json.loads(request))
+        if answer is None:
+            return
+        header, output = answer
+        write_frame(1, json.dumps(header).encode())
+        write_frame(1, output)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,67 @@
+"""A client of ``orch tools serve`` that is a ``CodeExecutor``: the balancer uses it like a local pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import aiohttp
+
+from orchestrator.tools.api import ExecResult, Limits
+
+__all__ = ["ToolClient", "ToolServiceError"]
+
+
+class ToolServiceError(Exception):
+    """The service refused a request (4xx other than busy) or could not be reached in time."""
+
+
+class ToolClient:
+    """Sends code to a tool service over HTTP; waits and retries while it answers busy (429)."""
+
+    def __init__(
+        self, base_url: str, session: aiohttp.ClientSession, *, busy_deadline_s: float = 300.0
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.busy_deadline_s = busy_deadline_s
+        self.busy_retries = 0
+
+    async def execute(self, code: str, limits: Limits | None = None) -> ExecResult:
+        body: dict[str, Any] = {"code": code}
+        if limits is not None:
+            body["limits"] = asdict(limits)
+        answer = await self._post("/v1/exec", body)
+        return ExecResult.from_json(answer["result"])
+
+    async def execute_batch(self, codes: Sequence[str], limits: Limits | None = None) -> list[ExecResult]:
+        requests = [{"code": code, **({"limits": asdict(limits)} if limits else {})} for code in codes]
+        answer = await self._post("/v1/exec/batch", {"requests": requests})
+        return [ExecResult.from_json(result) for result in answer["results"]]
+
+    async def verify(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Reward checks: one {"correct", "extracted", "reason"} per (response, reference)."""
+        body = {"pairs": [{"response": response, "reference": reference} for response, reference in pairs]}
+        answer = await self._post("/v1/verify/batch", body)
+        return list(answer["results"])
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + self.busy_deadline_s
+        while True:
+            try:
+                async with self.session.post(self.base_url + path, json=body) as response:
+                    answer = await response.json(content_type=None)
+                    if response.status == 429 and time.monotonic() < deadline:
+                        self.busy_retries += 1
+                        wait = float(answer.get("retry_after_s") or response.headers.get("Retry-After") or 1)
+                        await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+                        continue
+                    if response.status != 200:
+                        error = answer.get("error")
+                        raise ToolServiceError(f"{path} answered HTTP {response.status}: {error}")
+                    return dict(answer)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+                raise ToolServiceError(f"{self.base_url}{path}: {type(error).__name__}: {error}") from error

@@ -1,0 +1,335 @@
+"""A pool of warm sandbox workers for untrusted Python snippets; ``SandboxPool`` implements ``CodeExecutor``.
+
+Each worker is a long-lived zygote process (``_sandbox_child``) that has already imported what snippets
+commonly need. For every call it forks a child that confines itself and runs the snippet in a fresh
+``__main__``, so no interpreter starts per call and no state survives one. The pool hands each worker one
+call at a time, gives the zygote ``wall_seconds`` plus a grace to answer, and replaces a zygote that dies or
+stops answering; the call it held is answered "killed".
+
+What holds when the service runs as root on Linux:
+
+- user: each worker runs its calls as a uid of its own (from 61000, claimed with a lock file in
+  /run/orch-sandbox so that pools on one machine never share one), without groups and with no_new_privs.
+  So RLIMIT_NPROC caps each call, a snippet cannot signal its worker nor read root's files, and at the
+  end of a call every process of that uid is stopped, then killed, by root (a fork bomb cannot outrun
+  that, nor a snippet get in its way).
+- network: each worker lives in an empty network namespace (``network="namespace"``; loopback down, no
+  interfaces). Where the kernel refuses one (``"auto"`` falls back) or with ``network="block"``, an audit
+  hook in the child refuses non-Unix sockets, name lookups, running programs and ctypes: Python-level
+  only, not a kernel boundary.
+- files: a fresh scratch directory per call (mode 0700, owned by the call's uid, under a root-owned 0711
+  directory), removed before the call is answered. In private mount and IPC namespaces it is also the
+  call's /tmp, /var/tmp and /dev/shm (and its cwd and HOME), so writes there stay in the call; /run, where
+  host services keep their Unix sockets (a trusting PostgreSQL, say), is an empty tmpfs; System V IPC
+  objects die with the call; and a directory closed to other users above the Python installation (e.g.
+  /root for pyenv) is shown as an empty one holding just that installation.
+- environment: the zygote starts with PATH and LANG only and the child gets PATH, LANG, HOME, TMPDIR and
+  PYTHONDONTWRITEBYTECODE, so the service's secrets are not visible (not even in /proc/self/environ).
+- limits: RLIMIT_CPU (whole seconds, rounded up), RLIMIT_AS (per process), RLIMIT_NOFILE, RLIMIT_NPROC and
+  no core files; the wall clock and the output cap are enforced by the zygote.
+
+Without root the snippet runs as the service's user: it can signal its worker (which is then replaced),
+``processes`` is not enforced, /tmp, /run and IPC are shared, cleanup reaches only the call's session and
+``"auto"`` means "block". Disk use in the scratch directory is not capped. Needs Linux 5.3+ (pidfd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from orchestrator.errors import OrchError
+from orchestrator.tools import _sandbox_child as zygote
+from orchestrator.tools.api import MAX_CODE_BYTES, MAX_LIMITS, VERDICTS, ExecResult, Limits
+
+__all__ = ["NetworkMode", "SandboxError", "SandboxPool", "SandboxStats"]
+
+NetworkMode = Literal["auto", "namespace", "block"]
+NETWORK_MODES: tuple[NetworkMode, ...] = ("auto", "namespace", "block")
+DEFAULT_WORKERS = os.cpu_count() or 1
+DEFAULT_LIMITS = Limits()
+ANSWER_GRACE = 3.0  # seconds past wall_seconds a zygote has to kill, clean up and answer
+START_SECONDS = 30.0  # for a zygote to say hello
+STOP_SECONDS = 5.0  # for a zygote to exit once its stdin is closed
+MAX_HEADER = 4096  # bytes of a JSON hello or answer header
+ZYGOTE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+class SandboxError(OrchError):
+    """The pool cannot run calls: it is not started, it is closed, or its workers do not start."""
+
+
+class _WorkerLost(Exception):
+    """The zygote died, broke the protocol or stopped answering; the message says which."""
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    """A snapshot of the pool for health checks and metrics."""
+
+    workers: int
+    workers_alive: int
+    calls_running: int
+    calls_waiting: int
+    worker_restarts: int
+    network: Literal["namespace", "block"] | None  # the weakest in effect; None while no worker is alive
+    separate_uids: bool  # calls run as a uid of their worker's own (the service runs as root)
+    private_tmp: bool  # /tmp, /var/tmp, /dev/shm are the call's scratch dir, /run is hidden, IPC is private
+
+
+class _Worker:
+    """One zygote process and the service's end of its pipes."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: asyncio.subprocess.Process | None = None
+        self.hello: dict[str, Any] = {}
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def start(self, network: NetworkMode, scratch_root: Path) -> None:
+        """Start the zygote and read its hello; SandboxError if it does not come up."""
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-I", "-B", zygote.__file__, str(self.index), network, str(scratch_root)),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=ZYGOTE_ENV,
+                start_new_session=True,  # a Ctrl-C meant for the service must not kill a zygote mid-cleanup
+            )
+        except OSError as error:
+            raise SandboxError(f"sandbox worker {self.index} did not start: {error}") from error
+        try:
+            frame = await asyncio.wait_for(self._read_frame(self.process, MAX_HEADER), START_SECONDS)
+            hello = json.loads(frame)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, _WorkerLost, ValueError) as error:
+            hello = {"error": f"no hello ({type(error).__name__}: {error})"}
+        if "error" in hello:
+            await self.stop(graceful=False)
+            raise SandboxError(f"sandbox worker {self.index} did not start: {hello['error']}")
+        self.hello = hello
+
+    async def call(self, request: bytes, timeout: float, output_bytes: int) -> ExecResult:
+        """Send one request and read its answer; _WorkerLost if none comes within ``timeout`` seconds."""
+        process = self.process
+        if process is None:
+            raise _WorkerLost("is stopped")
+        try:
+            return await asyncio.wait_for(self._exchange(process, request, output_bytes), timeout)
+        except asyncio.TimeoutError:
+            raise _WorkerLost(f"did not answer within {timeout:g} s") from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise _WorkerLost("died") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise _WorkerLost(f"sent a malformed answer ({error})") from None
+
+    async def _exchange(
+        self, process: asyncio.subprocess.Process, request: bytes, output_bytes: int
+    ) -> ExecResult:
+        assert process.stdin is not None
+        process.stdin.write(zygote.FRAME.pack(len(request)) + request)
+        await process.stdin.drain()
+        header = json.loads(await self._read_frame(process, MAX_HEADER))
+        output = await self._read_frame(process, output_bytes)
+        if header["verdict"] not in VERDICTS:
+            raise ValueError(f"unknown verdict {header['verdict']!r}")
+        split = header["stdout_bytes"]
+        return ExecResult(
+            verdict=header["verdict"],
+            stdout=output[:split].decode(errors="replace"),
+            stderr=output[split:].decode(errors="replace"),
+            exit_status=header["exit_status"],
+            wall_seconds=header["wall_seconds"],
+            cpu_seconds=header["cpu_seconds"],
+        )
+
+    @staticmethod
+    async def _read_frame(process: asyncio.subprocess.Process, most: int) -> bytes:
+        assert process.stdout is not None
+        (size,) = zygote.FRAME.unpack(await process.stdout.readexactly(zygote.FRAME.size))
+        if size > most:
+            raise _WorkerLost(f"sent a {size}-byte frame where at most {most} fit")
+        return await process.stdout.readexactly(size)
+
+    async def stop(self, *, graceful: bool) -> None:
+        """End the zygote: close its stdin (it kills its call and exits), SIGKILL it when not ``graceful``
+        or still there after STOP_SECONDS. Safe to call twice."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        assert process.stdin is not None
+        process.stdin.close()
+        if graceful:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(process.wait(), STOP_SECONDS)
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                # not process.kill(): its poll() would reap a zygote that just died under the child watcher
+                os.kill(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+def _abandoned(reason: str, started: float) -> ExecResult:
+    return ExecResult("killed", "", f"sandbox: {reason}\n", None, time.monotonic() - started, 0.0)
+
+
+class SandboxPool:
+    """Runs snippets on ``workers`` warm zygotes (see the module docstring); use ``async with`` or
+    ``start``/``close``."""
+
+    def __init__(
+        self,
+        workers: int = DEFAULT_WORKERS,
+        *,
+        default_limits: Limits = DEFAULT_LIMITS,
+        network: NetworkMode = "auto",
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers: must be a positive integer, got {workers!r}")
+        if network not in NETWORK_MODES:
+            raise ValueError(f"network: must be one of {', '.join(NETWORK_MODES)}, got {network!r}")
+        default_limits.check_within(MAX_LIMITS)
+        self.default_limits = default_limits
+        self._network: NetworkMode = network
+        self._workers = [_Worker(index) for index in range(workers)]
+        self._idle: asyncio.LifoQueue[_Worker] = asyncio.LifoQueue()  # the last one used is the warmest
+        self._calls: set[asyncio.Task[ExecResult]] = set()
+        self._call_ids = itertools.count()
+        self._state: Literal["new", "started", "closed"] = "new"
+        self._scratch_root: Path | None = None
+        self._running = self._waiting = self._restarts = 0
+
+    @property
+    def scratch_root(self) -> Path | None:
+        """The root-owned directory that holds each call's scratch directory while it runs."""
+        return self._scratch_root
+
+    @property
+    def stats(self) -> SandboxStats:
+        """Workers alive, calls running and waiting, restarts and the isolation in effect, right now."""
+        alive = [worker.hello for worker in self._workers if worker.alive]
+        return SandboxStats(
+            workers=len(self._workers),
+            workers_alive=len(alive),
+            calls_running=self._running,
+            calls_waiting=self._waiting,
+            worker_restarts=self._restarts,
+            network=min((hello["network"] for hello in alive), default=None),  # "block" < "namespace"
+            separate_uids=bool(alive) and all(hello["as_root"] for hello in alive),
+            private_tmp=bool(alive) and all(hello["private_tmp"] for hello in alive),
+        )
+
+    async def start(self) -> None:
+        """Start every worker; SandboxError (and nothing left running) if one does not come up."""
+        if self._state != "new":
+            raise SandboxError(f"the sandbox pool is already {self._state}")
+        self._state = "started"
+        self._scratch_root = Path(tempfile.mkdtemp(prefix="orch-sandbox-"))
+        self._scratch_root.chmod(0o711)
+        results = await asyncio.gather(
+            *(worker.start(self._network, self._scratch_root) for worker in self._workers),
+            return_exceptions=True,
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            await self.close()
+            raise failures[0]
+        for worker in self._workers:
+            self._idle.put_nowait(worker)
+
+    async def execute(self, code: str, limits: Limits | None = None) -> ExecResult:
+        """Run ``code`` in a fresh confined process on the next free worker. A failing snippet is a verdict,
+        never an exception; ValueError means limits above MAX_LIMITS or code above MAX_CODE_BYTES, and
+        SandboxError a pool that is not running."""
+        if limits is None:
+            limits = self.default_limits
+        limits.check_within(MAX_LIMITS)
+        size = len(code.encode("utf-8", "surrogatepass"))
+        if size > MAX_CODE_BYTES:
+            raise ValueError(f"code: {size} bytes is above the maximum {MAX_CODE_BYTES}")
+        if self._state != "started":
+            raise SandboxError("the sandbox pool is not running; start it first (or use async with)")
+        task = asyncio.ensure_future(self._execute(code, limits))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        return await asyncio.shield(task)  # a cancelled caller leaves the call to finish and free its worker
+
+    async def close(self) -> None:
+        """Stop the workers (a running call is answered "killed") and remove the scratch root."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        await asyncio.gather(*(worker.stop(graceful=True) for worker in self._workers))
+        await asyncio.gather(*self._calls)
+        # again: a call may have been replacing its worker while the first round ran
+        await asyncio.gather(*(worker.stop(graceful=True) for worker in self._workers))
+        if self._scratch_root is not None:
+            await asyncio.to_thread(shutil.rmtree, self._scratch_root, ignore_errors=True)
+
+    async def __aenter__(self) -> SandboxPool:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _execute(self, code: str, limits: Limits) -> ExecResult:
+        self._waiting += 1
+        try:
+            worker = await self._idle.get()
+        finally:
+            self._waiting -= 1
+        self._running += 1
+        try:
+            return await self._run_on(worker, code, limits)
+        finally:
+            self._running -= 1
+            self._idle.put_nowait(worker)
+
+    async def _run_on(self, worker: _Worker, code: str, limits: Limits) -> ExecResult:
+        started = time.monotonic()
+        if self._state == "closed":
+            return _abandoned("the pool was closed before the call started", started)
+        assert self._scratch_root is not None
+        scratch = self._scratch_root / f"call-{next(self._call_ids)}"
+        request = json.dumps({"code": code, "scratch": str(scratch), "limits": asdict(limits)}).encode()
+        try:
+            if not worker.alive:
+                await self._replace(worker)
+            return await worker.call(request, limits.wall_seconds + ANSWER_GRACE, limits.output_bytes)
+        except SandboxError as error:
+            return _abandoned(str(error), started)
+        except _WorkerLost as lost:
+            await worker.stop(graceful=False)
+            if self._state == "closed":
+                reason = "the pool was closed during the call"
+            else:
+                reason = f"worker {worker.index} {lost}; the call was abandoned"
+                try:
+                    await self._replace(worker)  # the new zygote kills what the old one's call left running
+                except SandboxError as error:
+                    reason = f"{reason}; {error}"
+            await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+            return _abandoned(reason, started)
+
+    async def _replace(self, worker: _Worker) -> None:
+        await worker.stop(graceful=False)
+        assert self._scratch_root is not None
+        await worker.start(self._network, self._scratch_root)
+        self._restarts += 1
