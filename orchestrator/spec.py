@@ -142,7 +142,7 @@ class ToolsSpec(_Strict):
     def _known_service(cls, value: str) -> str:
         if value == "embedded" or re.fullmatch(r"(https?://|ray:)\S+", value):
             return value
-        raise ValueError("use embedded, http(s)://HOST:PORT of an orch tools serve, or ray:ADDRESS / ray:auto")
+        raise ValueError("use embedded, http(s)://HOST:PORT of an orch tools serve, or ray:ADDRESS")
 
 
 class EntryFilterSpec(_Strict):
