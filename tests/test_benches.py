@@ -14,6 +14,7 @@ BENCHES = {
     "telemetry_overhead.py": "headline:",
     "rollout_balance.py": "headline:",
     "dispatch_throughput.py": "kv_aware:",
+    "tool_burst.py": "headline:",
 }
 
 
