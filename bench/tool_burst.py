@@ -24,9 +24,8 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from orchestrator.tools.sandbox import SandboxPool
-
 from orchestrator.tools.api import ExecResult, Limits
+from orchestrator.tools.sandbox import SandboxPool
 from orchestrator.tools.service import ToolService
 
 CALLS, QUICK_CALLS = 45_000, 2_000
