@@ -1,13 +1,15 @@
 """A burst of concurrent tool calls through orch's tool service, against one `python -c` per call.
 
-45,000 snippets (``--quick``: 2,000) are submitted at once to a ``ToolService`` over a warm
-``SandboxPool`` (``--workers``, default: the CPU count): short arithmetic, loops and prints, plus one slow
-snippet (~1 s of CPU) and one failing snippet (an exception, an exit status, a syntax error, a timeout)
-in every 500. Reported: throughput, p50/p99 latency from acceptance to answer, answers by verdict, lost
-(accepted and never answered: must be 0), and the peak RSS of the service process and of its largest
-sandbox process. The baseline, in the same run, runs the first ``--baseline`` snippets of the same mix
-as ``subprocess.run([python, "-c", code])`` behind the same concurrency cap, and the headline is the
-ratio of the two throughputs (goal: >= 10x on this 2-core machine).
+45,000 snippets (``--quick``: 1,000) are submitted at once to a ``ToolService`` over a warm
+``SandboxPool`` (``--workers``, default: the CPU count): short arithmetic, loops and prints, plus in every
+1,000 one slow snippet (~0.25 s of CPU) and one failing one (in turn: an infinite loop that runs into the
+limits, an exception, an exit status, a syntax error). Reported: throughput, p50/p99 latency from
+acceptance to answer, answers by verdict, lost (accepted and never answered: must be 0), and the peak RSS
+of the service process and of its largest sandbox process. The baseline, in the same run, runs the first
+``--baseline`` snippets of the same sequence (default: 4,000, i.e. every kind of failure; ``--quick``: the
+same 1,000 as orch) as ``subprocess.run([python, "-c", code])`` behind the same concurrency cap, so both
+sides run the same mix; the headline is the ratio of the two throughputs (goal: >= 10x on this 2-core
+machine).
 
     python bench/tool_burst.py [--quick] [--workers N] [--baseline N]
 """
@@ -28,22 +30,24 @@ from orchestrator.tools.api import ExecResult, Limits
 from orchestrator.tools.sandbox import SandboxPool
 from orchestrator.tools.service import ToolService
 
-CALLS, QUICK_CALLS = 45_000, 2_000
-BASELINE, QUICK_BASELINE = 600, 120
+CALLS, QUICK_CALLS = 45_000, 1_000
+BASELINE, QUICK_BASELINE = 4_000, 1_000
+PERIOD = 1_000  # one slow and one failing snippet in every PERIOD
 LIMITS = Limits(wall_seconds=5.0, cpu_seconds=3.0)
+FAILING = (
+    "while True: pass",  # runs into the limits: a timeout
+    "raise ValueError('bad input')",
+    "import sys; sys.exit(3)",
+    "def f(:\n  pass",
+)
 
 
 def snippet(index: int) -> str:
     """The index-th snippet of the mix (deterministic)."""
-    if index % 500 == 250:
-        return "total = 0\nfor i in range(3_000_000):\n    total += i % 7\nprint(total)"  # ~1 s of CPU
-    if index % 500 == 499:
-        return (
-            "raise ValueError('bad input')",
-            "import sys; sys.exit(3)",
-            "def f(:\n  pass",
-            "while True: pass",
-        )[(index // 500) % 4]
+    if index % PERIOD == 3 * PERIOD // 4:
+        return "total = 0\nfor i in range(3_000_000):\n    total += i % 7\nprint(total)"  # ~0.25 s of CPU
+    if index % PERIOD == PERIOD // 4:
+        return FAILING[(index // PERIOD) % len(FAILING)]
     kind = index % 4
     if kind == 0:
         return f"print({index} * {index} + 17)"
@@ -115,8 +119,8 @@ def main() -> None:
     baseline_calls = args.baseline or (QUICK_BASELINE if args.quick else BASELINE)
     codes = [snippet(i) for i in range(calls)]
     print(
-        f"{calls} concurrent snippets (1 slow and 1 failing in every 500) on {args.workers} sandbox workers, "
-        f"limits wall {LIMITS.wall_seconds:g}s cpu {LIMITS.cpu_seconds:g}s; baseline: the first "
+        f"{calls} concurrent snippets (1 slow and 1 failing in every {PERIOD}) on {args.workers} sandbox "
+        f"workers, limits wall {LIMITS.wall_seconds:g}s cpu {LIMITS.cpu_seconds:g}s; baseline: the first "
         f"{baseline_calls} as `python -c`, {args.workers} at once"
     )
     seconds, latencies, verdicts, lost = asyncio.run(burst(codes, args.workers))

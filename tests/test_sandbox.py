@@ -125,6 +125,30 @@ def test_no_state_survives_a_call() -> None:
     with_pool(body, workers=1)
 
 
+def test_installed_packages_import_but_not_orch() -> None:
+    async def body(pool: SandboxPool) -> None:
+        installed = await pool.execute("import yaml, pydantic; print(yaml.safe_load('a: 1'))")
+        assert (installed.verdict, installed.stdout) == ("ok", "{'a': 1}\n")
+        orch = await pool.execute("import orchestrator")
+        assert orch.verdict == "error" and "ModuleNotFoundError" in orch.stderr
+
+    with_pool(body, workers=1)
+
+
+def test_each_call_gets_pristine_std_streams() -> None:
+    async def body(pool: SandboxPool) -> None:
+        first = await pool.execute(
+            "import sys\nsys.stdout.reconfigure(errors='strict')\nsys.stdout.write('x')\nsys.stdout = None"
+        )
+        second = await pool.execute(
+            "import sys\nprint(sys.stdout.errors, sys.stdin.read() == '')\nprint('é')"
+        )
+        assert (first.verdict, first.stdout) == ("ok", "x")
+        assert (second.verdict, second.stdout) == ("ok", "backslashreplace True\né\n")
+
+    with_pool(body, workers=1)
+
+
 THREAD = """
 import threading, time
 
@@ -669,3 +693,24 @@ def test_a_stuck_worker_is_replaced_after_the_grace() -> None:
         assert pool.stats.worker_restarts == 1
 
     with_pool(body, workers=1)
+
+
+def test_scratch_removal_never_follows_symlinks(tmp_path: Path) -> None:
+    from orchestrator.tools._sandbox_child import remove_tree
+
+    outside = tmp_path / "outside"
+    (outside / "kept").mkdir(parents=True)
+    (outside / "kept" / "file").write_text("keep me")
+    scratch = tmp_path / "scratch"
+    (scratch / "a" / "b").mkdir(parents=True)
+    (scratch / "a" / "b" / "data").write_text("x")
+    (scratch / "closed").mkdir(mode=0o000)
+    (scratch / "to-dir").symlink_to(outside / "kept")
+    (scratch / "a" / "to-file").symlink_to(outside / "kept" / "file")
+    (scratch / "dangling").symlink_to(tmp_path / "nowhere")
+    remove_tree(str(scratch))
+    if os.geteuid() != 0:
+        (scratch / "closed").chmod(0o700)  # only root removes what a snippet closed to its owner
+        remove_tree(str(scratch))
+    assert not scratch.exists()
+    assert (outside / "kept" / "file").read_text() == "keep me"

@@ -1,7 +1,9 @@
 """The zygote of one sandbox worker: a warm interpreter that forks a fresh child for every call.
 
-``orchestrator.tools.sandbox`` starts it as ``python -I -S -B _sandbox_child.py INDEX NETWORK SCRATCH_ROOT``
-and talks to it in frames on stdin/stdout (a 4-byte big-endian length, then that many bytes): a JSON hello,
+``orchestrator.tools.sandbox`` starts it as
+``python -I -S -B _sandbox_child.py INDEX NETWORK SCRATCH_ROOT ACCOUNTS`` (ACCOUNTS: the real accounts'
+uids among the sandbox uids, comma-separated) and talks to it in frames on stdin/stdout (a 4-byte
+big-endian length, then that many bytes): a JSON hello,
 then for each JSON request (code, scratch, limits) a JSON header frame and an output frame (stdout bytes,
 then stderr bytes). End of stdin means the service is gone: the zygote kills its call and exits. It
 imports only the standard library, so it starts fast and a snippet sees no orch code.
@@ -24,10 +26,8 @@ import json
 import linecache
 import math
 import os
-import pwd
 import resource
 import select
-import shutil
 import signal
 import stat
 import struct
@@ -36,8 +36,7 @@ import time
 import traceback
 import types
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 FRAME = struct.Struct("!I")
 SNIPPET = "<snippet>"
@@ -47,7 +46,7 @@ LOCK_DIR = "/run/orch-sandbox"  # <uid>.lock, flocked by the zygote using that u
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable: each call sees its scratch directory there
 HIDDEN = ("/run",)  # where host services keep their Unix sockets (PostgreSQL, MySQL, D-Bus): emptied
 PRELOAD = (
-    "bisect", "cmath", "collections", "copy", "dataclasses", "datetime", "decimal", "fractions", "functools",
+    "bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools",
     "heapq", "itertools", "json", "math", "operator", "random", "re", "statistics", "string", "typing",
 )  # fmt: skip
 STATUS_FD = 3  # the child's side channel to the zygote: one flag byte
@@ -74,8 +73,7 @@ _STD_STREAMS: tuple[Any, Any, Any] = (None, None, None)  # set by prepare()
 _ZYGOTE_STREAMS: tuple[Any, Any, Any] = (None, None, None)
 
 
-@dataclass(frozen=True)
-class Worker:
+class Worker(NamedTuple):
     """What the zygote found it may do; sent to the service as the hello."""
 
     uid: int
@@ -99,9 +97,9 @@ def read_exactly(fd: int, size: int) -> bytes | None:
     return bytes(data)
 
 
-def write_frame(fd: int, payload: bytes) -> None:
-    """Write one frame; the whole of it or an OSError."""
-    view = memoryview(FRAME.pack(len(payload)) + payload)
+def write_frames(fd: int, *payloads: bytes) -> None:
+    """Write frames in one go (the reader wakes once); all of them or an OSError."""
+    view = memoryview(b"".join(part for payload in payloads for part in (FRAME.pack(len(payload)), payload)))
     while view:
         view = view[os.write(fd, view) :]
 
@@ -129,16 +127,14 @@ def _bind(source: str, target: str) -> None:
     _call("mount", source.encode(), target.encode(), None, MS_BIND | MS_REC, None)
 
 
-def _claim_uid(index: int) -> int:
-    """A free sandbox uid, held by an flock on its lock file for as long as this process lives."""
+def _claim_uid(index: int, accounts: frozenset[int]) -> int:
+    """A free sandbox uid that is none of ``accounts``, held by an flock on its lock file for as long as
+    this process lives."""
     os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
     for offset in range(UID_SPAN):
         uid = UID_BASE + (index + offset) % UID_SPAN
-        try:
-            pwd.getpwuid(uid)
-            continue  # a real account
-        except KeyError:
-            pass
+        if uid in accounts:
+            continue
         fd = os.open(f"{LOCK_DIR}/{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -201,6 +197,14 @@ def _private_mounts(scratch_root: str) -> bool:
     return True
 
 
+def _pin_to_one_cpu(slot: int) -> None:
+    """Keep this zygote and its calls on one of the CPUs we may use (``slot`` modulo their number). A fork
+    write-protects the zygote's memory, which flushes the TLB of every CPU the zygote ran on; on one CPU
+    that flush stays local and caches stay warm (measured: ~9% more calls/s on 2 cores in a VM)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[slot % len(cpus)]})
+
+
 def _network_namespace() -> bool:
     """Enter an empty network namespace (only a loopback, left down); False where the kernel refuses."""
     try:
@@ -219,7 +223,7 @@ def _add_site_packages() -> None:
     sys.path.extend(path for path in site.getsitepackages() if os.path.isdir(path) and path not in sys.path)
 
 
-def prepare(index: int, network: str, scratch_root: str) -> Worker:
+def prepare(index: int, network: str, scratch_root: str, accounts: frozenset[int] = frozenset()) -> Worker:
     """Set this zygote up once: preload modules, claim a uid, kill its leftovers, enter namespaces."""
     _add_site_packages()
     for name in PRELOAD:
@@ -227,10 +231,11 @@ def prepare(index: int, network: str, scratch_root: str) -> Worker:
     os.umask(0o022)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a call come back to us, so we can reap them
     as_root = os.geteuid() == 0
-    uid = _claim_uid(index) if as_root else os.getuid()
+    uid = _claim_uid(index, accounts) if as_root else os.getuid()
     gid = uid if as_root else os.getgid()
     if as_root:
         _kill_uid(uid)  # whatever an earlier zygote with this uid left behind
+    _pin_to_one_cpu(uid - UID_BASE if as_root else index)
     private_tmp = as_root and _private_mounts(scratch_root)
     if private_tmp:
         _set_environment("/tmp")  # each call's /tmp is its scratch dir: set once here, not per call
@@ -240,6 +245,7 @@ def prepare(index: int, network: str, scratch_root: str) -> Worker:
     global _STD_STREAMS, _ZYGOTE_STREAMS
     _STD_STREAMS = _std_streams()
     _ZYGOTE_STREAMS = (sys.stdin, sys.stdout, sys.stderr)  # so that a child replacing them frees nothing
+    gc.collect()
     gc.freeze()  # children's collections skip what is here now, so they copy fewer pages on write
     return Worker(uid, gid, as_root, "namespace" if isolated else "block", private_tmp)
 
@@ -341,6 +347,25 @@ def _end_call(worker: Worker, pid: int) -> float:
         more, running = _reap(time.monotonic() + 0.05)
         cpu += more
     return cpu
+
+
+def remove_tree(path: str) -> None:
+    """Remove ``path`` and all it holds, never following a symlink; what cannot be removed stays.
+    (shutil.rmtree would load bz2, lzma and zlib into the zygote: every fork copies their mappings.)"""
+    with contextlib.suppress(OSError):
+        for _, dirs, files, fd in os.fwalk(path, topdown=False, onerror=lambda error: None):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)
+            for name in dirs:
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                except NotADirectoryError:  # a symlink to a directory
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=fd)
+                except OSError:
+                    pass
+        os.rmdir(path)
 
 
 # ---- one call -------------------------------------------------------------------------------------
@@ -447,7 +472,7 @@ def serve(worker: Worker, request: dict[str, Any]) -> tuple[dict[str, Any], byte
     flag = _read_flag(flag_r)
     for fd in (pidfd, out_r, err_r, flag_r):
         os.close(fd)
-    shutil.rmtree(scratch, ignore_errors=True)
+    remove_tree(scratch)
     if ending == "gone":
         return None
     header = {
@@ -583,7 +608,7 @@ def _run(code: str) -> int:
     except BaseException as error:
         _print_error(error)
         status = 1
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr, *_STD_STREAMS[1:]):  # as shutdown flushes, even if replaced
         with contextlib.suppress(BaseException):
             stream.flush()
     return status
@@ -624,18 +649,18 @@ def _print_error(error: BaseException) -> None:
 def main(argv: list[str]) -> None:
     """Say hello, then answer requests until stdin closes."""
     try:
-        worker = prepare(int(argv[1]), argv[2], argv[3])
+        accounts = frozenset(int(uid) for uid in argv[4].split(",") if uid) if len(argv) > 4 else frozenset()
+        worker = prepare(int(argv[1]), argv[2], argv[3], accounts)
     except Exception as error:
-        write_frame(1, json.dumps({"error": str(error)}).encode())
+        write_frames(1, json.dumps({"error": str(error)}).encode())
         return
-    write_frame(1, json.dumps(asdict(worker)).encode())
+    write_frames(1, json.dumps(worker._asdict()).encode())
     while (request := read_frame(0)) is not None:
         answer = serve(worker, json.loads(request))
         if answer is None:
             return
         header, output = answer
-        write_frame(1, json.dumps(header).encode())
-        write_frame(1, output)
+        write_frames(1, json.dumps(header).encode(), output)
 
 
 if __name__ == "__main__":

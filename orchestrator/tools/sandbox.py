@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
+import pwd
 import shutil
 import signal
 import sys
@@ -108,7 +110,7 @@ class _Worker:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *ZYGOTE_FLAGS,
-                *(zygote.__file__, str(self.index), network, str(scratch_root)),
+                *(zygote.__file__, str(self.index), network, str(scratch_root), _sandbox_range_accounts()),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=ZYGOTE_ENV,
@@ -186,6 +188,39 @@ class _Worker:
             await process.wait()
 
 
+@dataclass
+class _Call:
+    """A call waiting for, or running on, a worker; ``answer`` is settled exactly once."""
+
+    code: str
+    limits: Limits
+    answer: asyncio.Future[ExecResult]
+
+    def settle(self, result: ExecResult) -> None:
+        if not self.answer.done():
+            self.answer.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(error)
+
+
+@functools.cache
+def _sandbox_range_accounts() -> str:
+    """The real accounts among the sandbox uids, comma-separated: zygotes skip them. Looked up here, once,
+    so that no zygote loads the NSS libraries (each mapping makes every fork of it dearer)."""
+    if os.geteuid() != 0:
+        return ""
+    accounts = []
+    for uid in range(zygote.UID_BASE, zygote.UID_BASE + zygote.UID_SPAN):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            continue
+        accounts.append(str(uid))
+    return ",".join(accounts)
+
+
 def _abandoned(reason: str, started: float) -> ExecResult:
     return ExecResult("killed", "", f"sandbox: {reason}\n", None, time.monotonic() - started, 0.0)
 
@@ -209,12 +244,12 @@ class SandboxPool:
         self.default_limits = default_limits
         self._network: NetworkMode = network
         self._workers = [_Worker(index) for index in range(workers)]
-        self._idle: asyncio.LifoQueue[_Worker] = asyncio.LifoQueue()  # the last one used is the warmest
-        self._calls: set[asyncio.Task[ExecResult]] = set()
+        self._queue: asyncio.Queue[_Call | None] = asyncio.Queue()  # FIFO; None tells a driver to stop
+        self._drivers: list[asyncio.Task[None]] = []
         self._call_ids = itertools.count()
         self._state: Literal["new", "started", "closed"] = "new"
         self._scratch_root: Path | None = None
-        self._running = self._waiting = self._restarts = 0
+        self._running = self._restarts = 0
 
     @property
     def scratch_root(self) -> Path | None:
@@ -229,7 +264,7 @@ class SandboxPool:
             workers=len(self._workers),
             workers_alive=len(alive),
             calls_running=self._running,
-            calls_waiting=self._waiting,
+            calls_waiting=self._queue.qsize(),
             worker_restarts=self._restarts,
             network=min((hello["network"] for hello in alive), default=None),  # "block" < "namespace"
             separate_uids=bool(alive) and all(hello["as_root"] for hello in alive),
@@ -251,8 +286,7 @@ class SandboxPool:
         if failures:
             await self.close()
             raise failures[0]
-        for worker in self._workers:
-            self._idle.put_nowait(worker)
+        self._drivers = [asyncio.ensure_future(self._drive(worker)) for worker in self._workers]
 
     async def execute(self, code: str, limits: Limits | None = None) -> ExecResult:
         """Run ``code`` in a fresh confined process on the next free worker. A failing snippet is a verdict,
@@ -266,10 +300,9 @@ class SandboxPool:
             raise ValueError(f"code: {size} bytes is above the maximum {MAX_CODE_BYTES}")
         if self._state != "started":
             raise SandboxError("the sandbox pool is not running; start it first (or use async with)")
-        task = asyncio.ensure_future(self._execute(code, limits))
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
-        return await asyncio.shield(task)  # a cancelled caller leaves the call to finish and free its worker
+        call = _Call(code, limits, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(call)
+        return await asyncio.shield(call.answer)  # a cancelled caller leaves the call to run and be answered
 
     async def close(self) -> None:
         """Stop the workers (a running call is answered "killed") and remove the scratch root."""
@@ -277,8 +310,14 @@ class SandboxPool:
             return
         self._state = "closed"
         await asyncio.gather(*(worker.stop(graceful=True) for worker in self._workers))
-        await asyncio.gather(*self._calls)
-        # again: a call may have been replacing its worker while the first round ran
+        while not self._queue.empty():  # calls no driver took yet
+            call = self._queue.get_nowait()
+            if call is not None:
+                call.settle(_abandoned("the pool was closed before the call started", time.monotonic()))
+        for _ in self._drivers:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._drivers)  # each answers the call it holds, if any, first
+        # again: a driver may have been replacing its worker while the first round ran
         await asyncio.gather(*(worker.stop(graceful=True) for worker in self._workers))
         if self._scratch_root is not None:
             await asyncio.to_thread(shutil.rmtree, self._scratch_root, ignore_errors=True)
@@ -292,18 +331,17 @@ class SandboxPool:
     ) -> None:
         await self.close()
 
-    async def _execute(self, code: str, limits: Limits) -> ExecResult:
-        self._waiting += 1
-        try:
-            worker = await self._idle.get()
-        finally:
-            self._waiting -= 1
-        self._running += 1
-        try:
-            return await self._run_on(worker, code, limits)
-        finally:
-            self._running -= 1
-            self._idle.put_nowait(worker)
+    async def _drive(self, worker: _Worker) -> None:
+        """Feed ``worker`` the next queued call as soon as it answers the last one (no hand-over through
+        the event loop: the round trip is the zygote's idle time), until told to stop."""
+        while (call := await self._queue.get()) is not None:
+            self._running += 1
+            try:
+                call.settle(await self._run_on(worker, call.code, call.limits))
+            except Exception as error:  # a bug here must still answer the call, and not stop the driver
+                call.fail(error)
+            finally:
+                self._running -= 1
 
     async def _run_on(self, worker: _Worker, code: str, limits: Limits) -> ExecResult:
         started = time.monotonic()
