@@ -135,6 +135,7 @@ class ToolsSpec(_Strict):
     cpu_seconds: float = Field(default=5.0, gt=0, le=120)
     memory_mb: int = Field(default=512, gt=0, le=8192)  # address space
     output_bytes: int = Field(default=64 * 1024, gt=0, le=16 * 2**20)  # stdout + stderr kept
+    disk_mb: int = Field(default=64, gt=0, le=2048)  # scratch files in all (a tmpfs), and any one file
     service: str = "embedded"
 
     @field_validator("service")

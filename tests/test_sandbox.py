@@ -308,6 +308,62 @@ def test_a_gigabyte_of_output_is_truncated_without_buffering_it() -> None:
     with_pool(body, workers=1)
 
 
+OVERFLOW = """
+import sys
+print("a" * 3000)
+sys.stderr.write("b" * 3000)
+try:
+    print("c" * 10**6)
+except OSError:
+    pass
+"""
+
+
+def test_output_past_the_cap_is_cut_and_flagged_even_when_the_snippet_ends_well() -> None:
+    async def body(pool: SandboxPool) -> None:
+        result = await pool.execute(OVERFLOW, Limits(output_bytes=4096))
+        assert (result.verdict, result.exit_status) == ("output_truncated", 0)
+        assert result.stdout == "a" * 3000 + "\n" + "c" * 1095 and result.stderr == ""  # stdout first
+        six = Limits(output_bytes=6)
+        small = await pool.execute("import sys\nprint('out')\nsys.stderr.write('err')", six)
+        assert (small.verdict, small.stdout, small.stderr) == ("output_truncated", "out\n", "er")
+        exact = await pool.execute("import sys\nprint('out')\nsys.stderr.write('er')", six)
+        assert (exact.verdict, exact.stdout, exact.stderr) == ("ok", "out\n", "er")
+
+    with_pool(body, workers=1)
+
+
+DISK = """
+import os
+try:
+    open("big", "wb").write(b"x" * {size})
+    print("big ok")
+except OSError as error:
+    print("big", error.errno)
+written = 0
+try:
+    for index in range(64):
+        open(f"part-{{index}}", "wb").write(b"x" * {part})
+        written += {part}
+except OSError as error:
+    print("parts", error.errno)
+print(written)
+"""
+
+
+def test_the_scratch_disk_and_file_sizes_are_capped() -> None:
+    async def body(pool: SandboxPool) -> None:
+        limits = Limits(disk_bytes=2**20)
+        result = await pool.execute(DISK.format(size=2 * 2**20, part=256 * 1024), limits)
+        lines = result.stdout.splitlines()
+        assert result.verdict == "ok" and lines[0] == "big 27"  # EFBIG: no file above disk_bytes
+        if pool.stats.private_tmp:  # the call's tmpfs holds disk_bytes in all
+            assert lines[1] == "parts 28" and int(lines[2]) <= 2**20  # ENOSPC
+        assert (await pool.execute("print('alive')")).stdout == "alive\n"
+
+    with_pool(body, workers=1)
+
+
 COUNT_FORKS = """
 import os, time
 started = 0
@@ -550,6 +606,12 @@ for pattern in {patterns!r}:
 """
 
 
+def secret_files(root: Path) -> list[Path]:
+    """Where a running call's secret.txt shows from the service: its scratch dir under the pool's root,
+    or (a tmpfs in the call's own mount namespace) its cwd, through /proc."""
+    return [*root.glob("*/secret.txt"), *Path("/proc").glob("[0-9]*/cwd/secret.txt")]
+
+
 def test_a_call_cannot_read_another_calls_files() -> None:
     secret = uuid.uuid4().hex
 
@@ -557,9 +619,10 @@ def test_a_call_cannot_read_another_calls_files() -> None:
         root = pool.scratch_root
         assert root is not None
         writer = asyncio.ensure_future(pool.execute(WRITE_SECRET.format(secret=secret)))
-        await eventually(lambda: any(root.glob("*/secret.txt")))
-        directory = next(root.glob("*/secret.txt")).parent
-        owner = directory.stat()
+        await eventually(lambda: bool(secret_files(root)))
+        found = secret_files(root)[0]
+        directory = found.parent.resolve()  # /proc/PID/cwd resolves to the call's /tmp
+        owner = found.parent.stat()
         patterns = [f"{directory}/secret.txt", f"{root}/*/secret.txt", "/tmp/secret.txt"]
         patterns += ["/proc/*/cwd/secret.txt", f"/proc/*/root{directory}/secret.txt"]
         reader = await pool.execute(READ_SECRET.format(patterns=patterns))

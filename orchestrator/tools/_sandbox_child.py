@@ -3,16 +3,17 @@
 ``orchestrator.tools.sandbox`` starts it as
 ``python -I -S -B _sandbox_child.py INDEX NETWORK SCRATCH_ROOT ACCOUNTS`` (ACCOUNTS: the real accounts'
 uids among the sandbox uids, comma-separated) and talks to it in frames on stdin/stdout (a 4-byte
-big-endian length, then that many bytes): a JSON hello,
-then for each JSON request (code, scratch, limits) a JSON header frame and an output frame (stdout bytes,
-then stderr bytes). End of stdin means the service is gone: the zygote kills its call and exits. It
-imports only the standard library, so it starts fast and a snippet sees no orch code.
+big-endian length, then that many bytes): a JSON hello, then for each JSON request (code, scratch,
+limits) a JSON header frame and an output frame (stdout bytes, then stderr bytes), written together. End
+of stdin means the service is gone: the zygote kills its call and exits. It imports only the standard
+library, so it starts fast and a snippet sees no orch code.
 
-Per call the child starts a new session; as root it gets private mount and IPC namespaces in which /tmp,
-/var/tmp and /dev/shm are the call's scratch directory (also its cwd and HOME); it applies the rlimits,
-drops to the worker's own uid (no groups, no new privileges) and runs the snippet in a fresh ``__main__``.
-The zygote keeps at most ``output_bytes`` of output, enforces the wall clock, kills every process left
-running as the worker's uid, reaps them and removes the scratch directory before it answers.
+Per call the child starts a new session; as root it gets private mount and IPC namespaces with a tmpfs of
+its own as /tmp, /var/tmp, /dev/shm, cwd and HOME (without root: a fresh SCRATCH_ROOT/call-N directory);
+it applies the rlimits, drops to the worker's own uid (no groups, no new privileges) and runs the snippet
+in a fresh ``__main__``, writing stdout and stderr to sealed memory files. The zygote enforces the wall
+clock, kills every process left running as the worker's uid, reaps them, reads at most ``output_bytes``
+of output and removes the scratch directory, if any, before it answers.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ SNIPPET = "<snippet>"
 UID_BASE = 61000  # sandbox uids: UID_BASE .. UID_BASE + UID_SPAN - 1, skipping any listed in /etc/passwd
 UID_SPAN = 1000
 LOCK_DIR = "/run/orch-sandbox"  # <uid>.lock, flocked by the zygote using that uid: pools never share a uid
-SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable: each call sees its scratch directory there
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable: each call sees its own scratch there
 HIDDEN = ("/run",)  # where host services keep their Unix sockets (PostgreSQL, MySQL, D-Bus): emptied
 PRELOAD = (
     "bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools",
@@ -51,7 +52,6 @@ PRELOAD = (
 )  # fmt: skip
 STATUS_FD = 3  # the child's side channel to the zygote: one flag byte
 MEMORY, SETUP_FAILED = b"M", b"S"
-READ_CHUNK = 65536
 REAP_SECONDS = 2.0  # how long killed processes get to disappear
 LIVE_STATES = frozenset("RSD")  # running, sleeping, in a system call: may still fork or resume others
 
@@ -371,59 +371,39 @@ def remove_tree(path: str) -> None:
 # ---- one call -------------------------------------------------------------------------------------
 
 
-class _Output:
-    """stdout and stderr of a call, at most ``limit`` bytes together, first come first kept."""
-
-    def __init__(self, limit: int, stdout: int, stderr: int) -> None:
-        self.limit, self.total, self.truncated = limit, 0, False
-        self.streams = {stdout: bytearray(), stderr: bytearray()}
-
-    def add(self, fd: int, data: bytes) -> None:
-        room = self.limit - self.total
-        if len(data) > room:
-            self.truncated, data = True, data[:room]
-        self.streams[fd] += data
-        self.total += len(data)
-
-    def drain(self) -> None:
-        """Read what is left in the pipes, whose writers are gone (stop at one that is not)."""
-        for fd in self.streams:
-            os.set_blocking(fd, False)
-            try:
-                while not self.truncated and (data := os.read(fd, READ_CHUNK)):
-                    self.add(fd, data)
-            except BlockingIOError:
-                pass
+def _output_file(name: str, size: int) -> int:
+    """A memory file of ``size`` bytes that can neither grow nor shrink. The call writes its stdout or
+    stderr there: the zygote need not wake up to drain a pipe, and a write past the end fails, so output
+    beyond the cap costs neither time nor memory."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    return fd
 
 
-def _watch(pidfd: int, output: _Output, deadline: float) -> str:
-    """Collect output until the child exits ("exited"), the wall clock runs out ("timeout"), the output
-    overflows ("output") or the service goes away ("gone")."""
+def _written(fd: int) -> int:
+    """How far the call wrote into an output file: its offset, which the call's fd shares with ours."""
+    return os.lseek(fd, 0, os.SEEK_CUR)
+
+
+def _wait(pidfd: int, deadline: float) -> str:
+    """Wait until the child exits ("exited"), the wall clock runs out ("timeout") or the service goes away
+    ("gone")."""
     poller = select.poll()
-    for fd in (pidfd, 0, *output.streams):
-        poller.register(fd, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    poller.register(0, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             return "timeout"
         for fd, _ in poller.poll(left * 1000):
-            if fd == pidfd:
-                return "exited"
-            if fd == 0:
-                return "gone"
-            data = os.read(fd, READ_CHUNK)
-            if not data:
-                poller.unregister(fd)
-                continue
-            output.add(fd, data)
-            if output.truncated:
-                return "output"
+            return "exited" if fd == pidfd else "gone"
 
 
-def _verdict(ending: str, status: int, flag: bytes, output: _Output, cpu: float, cpu_limit: float) -> str:
+def _verdict(ending: str, status: int, flag: bytes, truncated: bool, cpu: float, cpu_limit: float) -> str:
     if ending == "timeout":
         return "timeout"
-    if output.truncated:
+    if truncated:
         return "output_truncated"
     if flag == SETUP_FAILED:
         return "killed"
@@ -436,64 +416,55 @@ def _verdict(ending: str, status: int, flag: bytes, output: _Output, cpu: float,
     return "ok" if os.WEXITSTATUS(status) == 0 else "error"
 
 
-def _read_flag(fd: int) -> bytes:
-    os.set_blocking(fd, False)
-    try:
-        return os.read(fd, 1)
-    except BlockingIOError:  # a process that outlived the kill still holds the pipe
-        return b""
-
-
 def serve(worker: Worker, request: dict[str, Any]) -> tuple[dict[str, Any], bytes] | None:
     """Run one call; its header and output, or None when the service went away meanwhile."""
     limits, scratch = request["limits"], request["scratch"]
-    os.mkdir(scratch, 0o700)
-    if worker.as_root:
-        os.chown(scratch, worker.uid, worker.gid)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    flag_r, flag_w = os.pipe()
+    if not worker.private_tmp:  # otherwise the call's /tmp is a tmpfs of its own: nothing to make here
+        os.mkdir(scratch, 0o700)
+    cap = limits["output_bytes"]
+    stdout, stderr = _output_file("stdout", cap + 1), _output_file("stderr", cap + 1)
+    flag = os.memfd_create("flag", os.MFD_CLOEXEC)
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _child(worker, request, (out_w, err_w, flag_w))
-    for fd in (out_w, err_w, flag_w):
-        os.close(fd)
+        _child(worker, request, (stdout, stderr, flag))
     pidfd = os.pidfd_open(pid)
-    output = _Output(limits["output_bytes"], out_r, err_r)
-    ending = _watch(pidfd, output, started + limits["wall_seconds"])
+    ending = _wait(pidfd, started + limits["wall_seconds"])
     if ending != "exited":
         _kill_call(worker, pid)
     _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - started
     cpu = usage.ru_utime + usage.ru_stime
     orphans = _end_call(worker, pid)
-    output.drain()
-    flag = _read_flag(flag_r)
-    for fd in (pidfd, out_r, err_r, flag_r):
+    sizes = _written(stdout), _written(stderr)
+    out = os.pread(stdout, min(sizes[0], cap), 0)
+    err = os.pread(stderr, min(sizes[1], cap - len(out)), 0)
+    raised = os.pread(flag, 1, 0)
+    for fd in (pidfd, stdout, stderr, flag):
         os.close(fd)
-    remove_tree(scratch)
+    if not worker.private_tmp:
+        remove_tree(scratch)
     if ending == "gone":
         return None
     header = {
-        "verdict": _verdict(ending, status, flag, output, cpu, limits["cpu_seconds"]),
+        "verdict": _verdict(ending, status, raised, sum(sizes) > cap, cpu, limits["cpu_seconds"]),
         "exit_status": os.waitstatus_to_exitcode(status),
         "wall_seconds": wall,
         "cpu_seconds": cpu + orphans,
-        "stdout_bytes": len(output.streams[out_r]),
+        "stdout_bytes": len(out),
     }
-    return header, bytes(output.streams[out_r] + output.streams[err_r])
+    return header, out + err
 
 
 # ---- the child ------------------------------------------------------------------------------------
 
 
-def _child(worker: Worker, request: dict[str, Any], pipes: tuple[int, int, int]) -> NoReturn:
+def _child(worker: Worker, request: dict[str, Any], files: tuple[int, int, int]) -> NoReturn:
     """The forked child: confine itself, run the snippet, exit. Never returns into the zygote."""
     status = 125
     try:
         null = os.open(os.devnull, os.O_RDONLY)
-        for target, fd in enumerate((null, *pipes)):  # every source is >= 3, and 3 is written last
+        for target, fd in enumerate((null, *files)):  # every source is >= 3, and 3 is written last
             os.dup2(fd, target)
         os.closerange(STATUS_FD + 1, 2**31 - 1)  # the zygote's pipes to the service among them
         try:
@@ -509,13 +480,18 @@ def _child(worker: Worker, request: dict[str, Any], pipes: tuple[int, int, int])
 
 def _confine(worker: Worker, limits: dict[str, Any], scratch: str) -> None:
     os.setsid()
-    os.chdir(scratch)
     if worker.private_tmp:
-        _call("unshare", CLONE_NEWNS | CLONE_NEWIPC)  # System V IPC objects die with the call
-        for path in SHARED_TMP:
+        # The call's own tmpfs, of at most disk_bytes, is its /tmp, /var/tmp, /dev/shm, cwd and HOME; it
+        # goes away with the call's mount namespace, as its System V IPC objects with its IPC namespace.
+        _call("unshare", CLONE_NEWNS | CLONE_NEWIPC)
+        options = f"size={limits['disk_bytes']},mode=0700,uid={worker.uid},gid={worker.gid}"
+        _call("mount", b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, options.encode())
+        for path in SHARED_TMP[1:]:
             if os.path.isdir(path):
-                _bind(".", path)  # "." is the scratch directory: /tmp may already be covered
+                _bind("/tmp", path)
         os.chdir("/tmp")
+    else:
+        os.chdir(scratch)
     _set_limits(limits, worker.as_root)
     if worker.as_root:
         os.setgroups([])
@@ -548,6 +524,7 @@ def _set_limits(limits: dict[str, Any], as_root: bool) -> None:
         resource.RLIMIT_CPU: (cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL at the hard one
         resource.RLIMIT_AS: (limits["memory_bytes"],) * 2,
         resource.RLIMIT_NOFILE: (limits["open_files"],) * 2,
+        resource.RLIMIT_FSIZE: (limits["disk_bytes"],) * 2,  # no file larger than the call's disk
     }
     if as_root:  # RLIMIT_NPROC counts every process of the real uid: only a uid of its own makes it per call
         wanted[resource.RLIMIT_NPROC] = (limits["processes"],) * 2

@@ -41,6 +41,7 @@ class Limits:
     open_files: int = 64  # file descriptors (RLIMIT_NOFILE)
     processes: int = 8  # processes and threads the call may run at once
     output_bytes: int = 64 * 1024  # stdout + stderr kept
+    disk_bytes: int = 64 * 2**20  # the call's scratch files in all (as root) and any one file (RLIMIT_FSIZE)
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -77,6 +78,7 @@ MAX_LIMITS = Limits(
     open_files=1024,
     processes=64,
     output_bytes=16 * 2**20,
+    disk_bytes=2 * 2**30,
 )
 
 

@@ -17,20 +17,28 @@ What holds when the service runs as root on Linux:
   interfaces). Where the kernel refuses one (``"auto"`` falls back) or with ``network="block"``, an audit
   hook in the child refuses non-Unix sockets, name lookups, running programs and ctypes: Python-level
   only, not a kernel boundary.
-- files: a fresh scratch directory per call (mode 0700, owned by the call's uid, under a root-owned 0711
-  directory), removed before the call is answered. In private mount and IPC namespaces it is also the
-  call's /tmp, /var/tmp and /dev/shm (and its cwd and HOME), so writes there stay in the call; /run, where
-  host services keep their Unix sockets (a trusting PostgreSQL, say), is an empty tmpfs; System V IPC
-  objects die with the call; and a directory closed to other users above the Python installation (e.g.
-  /root for pyenv) is shown as an empty one holding just that installation.
+- files: each call gets a tmpfs of its own (at most ``disk_bytes``, mode 0700, owned by the call's uid)
+  as /tmp, /var/tmp, /dev/shm, cwd and HOME, in private mount and IPC namespaces: it vanishes with the
+  call, System V IPC objects too; /run, where host services keep their Unix sockets (a trusting
+  PostgreSQL, say), is an empty tmpfs; and a directory closed to other users above the Python
+  installation (e.g. /root for pyenv) is shown as an empty one holding just that installation. No file
+  may grow past ``disk_bytes`` (RLIMIT_FSIZE).
 - environment: the zygote starts with PATH and LANG only and the child gets PATH, LANG, HOME, TMPDIR and
   PYTHONDONTWRITEBYTECODE, so the service's secrets are not visible (not even in /proc/self/environ).
-- limits: RLIMIT_CPU (whole seconds, rounded up), RLIMIT_AS (per process), RLIMIT_NOFILE, RLIMIT_NPROC and
-  no core files; the wall clock and the output cap are enforced by the zygote.
+- limits: RLIMIT_CPU (whole seconds, rounded up), RLIMIT_AS (per process), RLIMIT_NOFILE, RLIMIT_NPROC,
+  RLIMIT_FSIZE and no core files; the zygote enforces the wall clock. stdout and stderr are sealed
+  memory files of ``output_bytes`` + 1 bytes: a write past the end fails, so a flood of output costs
+  neither memory nor a wake-up of the zygote per chunk; what went past the cap makes the verdict
+  ``output_truncated`` (stdout is kept first, then stderr, ``output_bytes`` in all).
+
+Throughput: fork, not interpreter start, is the cost of a call, and on a VM it grows with the zygote's
+mappings and written pages. So the zygote runs without ``site`` (no .pth imports) and without threading,
+shutil or NSS libraries, makes the call's environment and std streams once, and is pinned to one CPU.
 
 Without root the snippet runs as the service's user: it can signal its worker (which is then replaced),
-``processes`` is not enforced, /tmp, /run and IPC are shared, cleanup reaches only the call's session and
-``"auto"`` means "block". Disk use in the scratch directory is not capped. Needs Linux 5.3+ (pidfd).
+``processes`` is not enforced, /tmp, /run and IPC are shared, the scratch directory is a fresh one on
+disk (removed after the call; only single files are capped), cleanup reaches only the call's session and
+``"auto"`` means "block". Needs Linux 5.3+ (pidfd).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ def limits_of(tools: ToolsSpec) -> Limits:
         cpu_seconds=tools.cpu_seconds,
         memory_bytes=tools.memory_mb * 2**20,
         output_bytes=tools.output_bytes,
+        disk_bytes=tools.disk_mb * 2**20,
     )
 
 
