@@ -23,8 +23,9 @@ What holds when the service runs as root on Linux:
   PostgreSQL, say), is an empty tmpfs; and a directory closed to other users above the Python
   installation (e.g. /root for pyenv) is shown as an empty one holding just that installation. No file
   may grow past ``disk_bytes`` (RLIMIT_FSIZE).
-- environment: the zygote starts with PATH and LANG only and the child gets PATH, LANG, HOME, TMPDIR and
-  PYTHONDONTWRITEBYTECODE, so the service's secrets are not visible (not even in /proc/self/environ).
+- environment: the zygote starts with PATH, LANG and LD_BIND_NOW only and the child gets PATH, LANG,
+  HOME, TMPDIR and PYTHONDONTWRITEBYTECODE, so the service's secrets are not visible (not even in
+  /proc/self/environ).
 - limits: RLIMIT_CPU (whole seconds, rounded up), RLIMIT_AS (per process), RLIMIT_NOFILE, RLIMIT_NPROC,
   RLIMIT_FSIZE and no core files; the zygote enforces the wall clock. stdout and stderr are sealed
   memory files of ``output_bytes`` + 1 bytes: a write past the end fails, so a flood of output costs
@@ -75,7 +76,9 @@ START_SECONDS = 30.0  # for a zygote to say hello
 STOP_SECONDS = 5.0  # for a zygote to exit once its stdin is closed
 MAX_HEADER = 4096  # bytes of a JSON hello or answer header
 ZYGOTE_FLAGS = ("-I", "-S", "-B")  # isolated, no site (.pth imports make every fork dearer), no .pyc writes
-ZYGOTE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+# LD_BIND_NOW: the zygote resolves every symbol once at start, instead of each child resolving (and
+# copying the page of) those the zygote never called, e.g. setresuid (measured: ~9% of a call's CPU).
+ZYGOTE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LD_BIND_NOW": "1"}
 
 
 class SandboxError(OrchError):
