@@ -50,6 +50,7 @@ PRELOAD = (
     "bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools",
     "heapq", "itertools", "json", "math", "operator", "random", "re", "statistics", "string", "typing",
 )  # fmt: skip
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 STATUS_FD = 3  # the child's side channel to the zygote: one flag byte
 MEMORY, SETUP_FAILED = b"M", b"S"
 REAP_SECONDS = 2.0  # how long killed processes get to disappear
@@ -371,12 +372,14 @@ def remove_tree(path: str) -> None:
 # ---- one call -------------------------------------------------------------------------------------
 
 
-def _output_file(name: str, size: int) -> int:
-    """A memory file of ``size`` bytes that can neither grow nor shrink. The call writes its stdout or
-    stderr there: the zygote need not wake up to drain a pipe, and a write past the end fails, so output
-    beyond the cap costs neither time nor memory."""
+def _output_file(name: str, cap: int) -> int:
+    """A memory file of more than ``cap`` bytes that can neither grow nor shrink. The call writes its stdout
+    or stderr there: the zygote need not wake up to drain a pipe, and a write past the end fails, so
+    output beyond the cap costs neither time nor memory. The size is whole pages because the kernel
+    refuses the whole of a page-sized piece of a write that crosses the end: so every write fills the
+    file up to its end, and more than ``cap`` bytes written always shows."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    os.ftruncate(fd, size)
+    os.ftruncate(fd, -(-(cap + 1) // PAGE_SIZE) * PAGE_SIZE)
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
     return fd
 
@@ -422,7 +425,7 @@ def serve(worker: Worker, request: dict[str, Any]) -> tuple[dict[str, Any], byte
     if not worker.private_tmp:  # otherwise the call's /tmp is a tmpfs of its own: nothing to make here
         os.mkdir(scratch, 0o700)
     cap = limits["output_bytes"]
-    stdout, stderr = _output_file("stdout", cap + 1), _output_file("stderr", cap + 1)
+    stdout, stderr = _output_file("stdout", cap), _output_file("stderr", cap)
     flag = os.memfd_create("flag", os.MFD_CLOEXEC)
     started = time.monotonic()
     pid = os.fork()

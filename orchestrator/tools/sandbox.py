@@ -28,7 +28,7 @@ What holds when the service runs as root on Linux:
   /proc/self/environ).
 - limits: RLIMIT_CPU (whole seconds, rounded up), RLIMIT_AS (per process), RLIMIT_NOFILE, RLIMIT_NPROC,
   RLIMIT_FSIZE and no core files; the zygote enforces the wall clock. stdout and stderr are sealed
-  memory files of ``output_bytes`` + 1 bytes: a write past the end fails, so a flood of output costs
+  memory files of just over ``output_bytes``: a write past the end fails, so a flood of output costs
   neither memory nor a wake-up of the zygote per chunk; what went past the cap makes the verdict
   ``output_truncated`` (stdout is kept first, then stderr, ``output_bytes`` in all).
 
