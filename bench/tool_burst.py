@@ -2,8 +2,8 @@
 
 45,000 snippets (``--quick``: 1,000) are submitted at once to a ``ToolService`` over a warm
 ``SandboxPool`` (``--workers``, default: the CPU count): short arithmetic, loops and prints, plus in every
-1,000 one slow snippet (~0.25 s of CPU) and one failing one (in turn: an infinite loop that runs into the
-limits, an exception, an exit status, a syntax error). Reported: throughput, p50/p99 latency from
+1,000 one slow snippet (~0.25 s of CPU) and one failing one (in turn: an exception, an exit status, a
+syntax error, an infinite loop that runs into the limits). Reported: throughput, p50/p99 latency from
 acceptance to answer, answers by verdict, lost (accepted and never answered: must be 0), and the peak RSS
 of the service process and of its largest sandbox process. The baseline, in the same run, runs the first
 ``--baseline`` snippets of the same sequence (default: 4,000, i.e. every kind of failure; ``--quick``: the
@@ -34,18 +34,22 @@ CALLS, QUICK_CALLS = 45_000, 1_000
 BASELINE, QUICK_BASELINE = 4_000, 1_000
 PERIOD = 1_000  # one slow and one failing snippet in every PERIOD
 LIMITS = Limits(wall_seconds=5.0, cpu_seconds=3.0)
-FAILING = (
-    "while True: pass",  # runs into the limits: a timeout
+FAILING = (  # in turn, one per PERIOD: --quick (one PERIOD) has no 3-second loop to set its makespan
     "raise ValueError('bad input')",
     "import sys; sys.exit(3)",
     "def f(:\n  pass",
+    "while True: pass",  # runs into the limits: a timeout
 )
+
+
+SLOW = "total = 0\nfor i in range(3_000_000):\n    total += i % 7\nprint(total)"  # ~0.25 s of CPU
+SPECIAL = frozenset({SLOW, *FAILING})
 
 
 def snippet(index: int) -> str:
     """The index-th snippet of the mix (deterministic)."""
     if index % PERIOD == 3 * PERIOD // 4:
-        return "total = 0\nfor i in range(3_000_000):\n    total += i % 7\nprint(total)"  # ~0.25 s of CPU
+        return SLOW
     if index % PERIOD == PERIOD // 4:
         return FAILING[(index // PERIOD) % len(FAILING)]
     kind = index % 4
@@ -63,8 +67,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def burst(codes: Sequence[str], workers: int) -> tuple[float, list[float], Counter[str], int]:
-    """Submit every snippet at once; (seconds, latencies, verdicts, lost)."""
+async def burst(
+    codes: Sequence[str], workers: int, snippet_cpu: Counter[str] | None = None
+) -> tuple[float, list[float], Counter[str], int]:
+    """Submit every snippet at once; (seconds, latencies, verdicts, lost). ``snippet_cpu`` gets the CPU
+    seconds the snippets themselves used, short ones and slow or failing ones apart."""
     pool = SandboxPool(workers, default_limits=LIMITS)
     service = ToolService(pool, concurrency=workers, max_pending=len(codes) + 1)
     async with pool, service:
@@ -77,6 +84,8 @@ async def burst(codes: Sequence[str], workers: int) -> tuple[float, list[float],
             result = await service.execute(code)
             latencies.append(time.monotonic() - accepted)
             verdicts[result.verdict] += 1
+            if snippet_cpu is not None:
+                snippet_cpu["slow or failing" if code in SPECIAL else "short"] += result.cpu_seconds
             return result
 
         results = await asyncio.gather(*(one(code) for code in codes), return_exceptions=True)
@@ -123,7 +132,11 @@ def main() -> None:
         f"workers, limits wall {LIMITS.wall_seconds:g}s cpu {LIMITS.cpu_seconds:g}s; baseline: the first "
         f"{baseline_calls} as `python -c`, {args.workers} at once"
     )
-    seconds, latencies, verdicts, lost = asyncio.run(burst(codes, args.workers))
+    snippet_cpu: Counter[str] = Counter()
+    before = os.times()
+    seconds, latencies, verdicts, lost = asyncio.run(burst(codes, args.workers, snippet_cpu))
+    after = os.times()
+    used = sum(after[:4]) - sum(before[:4])  # the service and its (reaped) sandbox processes
     service_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sandbox_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     rate = calls / seconds
@@ -133,6 +146,11 @@ def main() -> None:
         f"verdicts {dict(sorted(verdicts.items()))}  lost {lost}"
     )
     print(f"peak RSS: service process {service_rss:.0f} MiB, largest sandbox process {sandbox_rss:.0f} MiB")
+    special = sum(1 for code in codes if code in SPECIAL)
+    print(
+        f"CPU: {used:.1f} core-s in all; the snippets' own: {snippet_cpu['short']:.1f} s for "
+        f"{calls - special} short ones, {snippet_cpu['slow or failing']:.1f} s for {special} slow or failing"
+    )
     base_seconds, outcomes = asyncio.run(baseline(codes[:baseline_calls], args.workers))
     base_rate = baseline_calls / base_seconds
     print(
