@@ -58,6 +58,32 @@ def test_admission_is_bounded_and_a_full_service_says_busy_with_a_retry_after() 
     run(body)
 
 
+def test_requests_without_limits_run_under_the_executors_defaults_unless_the_service_has_its_own() -> None:
+    class Recording(GatedExecutor):
+        default_limits = Limits(wall_seconds=3, cpu_seconds=2)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate.set()
+            self.limits: list[Limits | None] = []
+
+        async def execute(self, code: str, limits: Limits | None = None) -> ExecResult:
+            self.limits.append(limits)
+            return await super().execute(code, limits)
+
+    async def body() -> None:
+        executor = Recording()
+        async with ToolService(executor, concurrency=1) as service:
+            await service.execute("a")
+            await service.execute("b", {"cpu_seconds": 1})
+        own = Limits(wall_seconds=1)
+        async with ToolService(executor, concurrency=1, default_limits=own) as service:
+            await service.execute("c")
+        assert executor.limits == [Recording.default_limits, Limits(wall_seconds=3, cpu_seconds=1), own]
+
+    run(body)
+
+
 def test_every_accepted_request_gets_exactly_one_answer_even_when_the_executor_fails() -> None:
     async def body() -> None:
         executor = GatedExecutor()

@@ -84,7 +84,10 @@ class ToolService:
         self.concurrency = concurrency
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
-        self.default_limits = default_limits or Limits()
+        # Without limits of its own, the service applies the executor's (a SandboxPool's default_limits),
+        # else the library defaults: a request without limits never runs under looser ones by surprise.
+        inherited = getattr(executor, "default_limits", None)
+        self.default_limits = default_limits or (inherited if isinstance(inherited, Limits) else Limits())
         self.default_limits.check_within(max_limits)
         self.max_limits = max_limits
         self.keep_results_s = keep_results_s
