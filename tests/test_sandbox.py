@@ -777,3 +777,17 @@ def test_scratch_removal_never_follows_symlinks(tmp_path: Path) -> None:
         remove_tree(str(scratch))
     assert not scratch.exists()
     assert (outside / "kept" / "file").read_text() == "keep me"
+
+
+def test_scratch_roots_of_processes_that_are_gone_are_removed(tmp_path: Path) -> None:
+    from orchestrator.tools.sandbox import remove_abandoned_scratch_roots
+
+    dead_pid = 2**22 + 7  # above any pid_max a kernel allows by default: never a live process
+    abandoned = tmp_path / f"orch-sandbox-{dead_pid}-abc"
+    (abandoned / "call-3").mkdir(parents=True)
+    alive = tmp_path / f"orch-sandbox-{os.getpid()}-def"
+    alive.mkdir()
+    other = tmp_path / "orch-sandbox-xyz"  # not ours to judge
+    other.mkdir()
+    assert remove_abandoned_scratch_roots(str(tmp_path)) == [abandoned]
+    assert not abandoned.exists() and alive.exists() and other.exists()

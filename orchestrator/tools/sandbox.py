@@ -65,12 +65,13 @@ from orchestrator.errors import OrchError
 from orchestrator.tools import _sandbox_child as zygote
 from orchestrator.tools.api import MAX_CODE_BYTES, MAX_LIMITS, VERDICTS, ExecResult, Limits
 
-__all__ = ["NetworkMode", "SandboxError", "SandboxPool", "SandboxStats"]
+__all__ = ["NetworkMode", "SandboxError", "SandboxPool", "SandboxStats", "remove_abandoned_scratch_roots"]
 
 NetworkMode = Literal["auto", "namespace", "block"]
 NETWORK_MODES: tuple[NetworkMode, ...] = ("auto", "namespace", "block")
 DEFAULT_WORKERS = os.cpu_count() or 1
 DEFAULT_LIMITS = Limits()
+SCRATCH_PREFIX = "orch-sandbox-"  # + the pool's PID + "-": a pool removes those of processes that are gone
 ANSWER_GRACE = 3.0  # seconds past wall_seconds a zygote has to kill, clean up and answer
 START_SECONDS = 30.0  # for a zygote to say hello
 STOP_SECONDS = 5.0  # for a zygote to exit once its stdin is closed
@@ -216,6 +217,20 @@ class _Call:
             self.answer.set_exception(error)
 
 
+def remove_abandoned_scratch_roots(directory: str | None = None) -> list[Path]:
+    """Remove the scratch roots (``orch-sandbox-PID-*`` in ``directory``, default the temp dir) whose pool's
+    process is gone, e.g. a Ray actor that was SIGKILLed before it could close its pool; the removed paths.
+    A root whose PID is alive, even if reused by another process, is left alone."""
+    removed = []
+    for root in Path(directory or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = root.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    return removed
+
+
 @functools.lru_cache(maxsize=256)
 def _limits_json(limits: Limits) -> dict[str, Any]:
     """``limits`` as the zygote reads them; cached, since asdict() costs more than the rest of a request
@@ -294,7 +309,8 @@ class SandboxPool:
         if self._state != "new":
             raise SandboxError(f"the sandbox pool is already {self._state}")
         self._state = "started"
-        self._scratch_root = Path(tempfile.mkdtemp(prefix="orch-sandbox-"))
+        await asyncio.to_thread(remove_abandoned_scratch_roots)
+        self._scratch_root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         self._scratch_root.chmod(0o711)
         results = await asyncio.gather(
             *(worker.start(self._network, self._scratch_root) for worker in self._workers),
