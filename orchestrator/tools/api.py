@@ -8,6 +8,7 @@ Ray cluster without changing a line.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Protocol
 
@@ -96,6 +97,13 @@ class ExecResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def abandoned(cls, message: str, started: float | None = None) -> ExecResult:
+        """The answer for a call whose process never ran or was lost with its worker: verdict "killed",
+        ``message`` as stderr, the wall time since ``started`` (time.monotonic()), no exit status."""
+        wall = time.monotonic() - started if started is not None else 0.0
+        return cls("killed", "", f"{message}\n", None, wall, 0.0)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ExecResult:

@@ -435,4 +435,4 @@ def _summary(error: BaseException) -> str:
 
 
 def _killed(why: str, started: float) -> ExecResult:
-    return ExecResult("killed", "", f"ray pool: {why}\n", None, time.monotonic() - started, 0.0)
+    return ExecResult.abandoned(f"ray pool: {why}", started)

@@ -255,7 +255,7 @@ def _sandbox_range_accounts() -> str:
 
 
 def _abandoned(reason: str, started: float) -> ExecResult:
-    return ExecResult("killed", "", f"sandbox: {reason}\n", None, time.monotonic() - started, 0.0)
+    return ExecResult.abandoned(f"sandbox: {reason}", started)
 
 
 class SandboxPool:

@@ -120,7 +120,7 @@ class ToolService:
         await asyncio.gather(*self._runners, return_exceptions=True)
         self._runners = []
         for call in list(self._calls.values()):
-            self._answer(call, _killed("the tool service shut down before running it", 0.0))
+            self._answer(call, ExecResult.abandoned("the tool service shut down before running it"))
         self._queue.clear()
 
     async def __aenter__(self) -> ToolService:
@@ -240,10 +240,12 @@ class ToolService:
             try:
                 result = await self.executor.execute(call.code, call.limits)
             except asyncio.CancelledError:
-                self._answer(call, _killed("the tool service shut down while it ran", call.accepted_at))
+                lost = ExecResult.abandoned("the tool service shut down while it ran", call.accepted_at)
+                self._answer(call, lost)
                 raise
             except Exception as error:  # the executor failed, not the snippet: still one answer
-                result = _killed(f"executor failed: {type(error).__name__}: {error}", call.accepted_at)
+                failure = f"executor failed: {type(error).__name__}: {error}"
+                result = ExecResult.abandoned(failure, call.accepted_at)
             finally:
                 self._running -= 1
             self._answer(call, result)
@@ -283,9 +285,6 @@ class ToolService:
             self._metrics.latency.labels("verify").observe(elapsed)
 
 
-def _killed(why: str, accepted_at: float) -> ExecResult:
-    wall = time.monotonic() - accepted_at if accepted_at else 0.0
-    return ExecResult("killed", "", why, None, wall, 0.0)
 
 
 class _Metrics:
