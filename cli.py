@@ -28,9 +28,15 @@ from orchestrator.backends import make_backend
 from orchestrator.controller import Controller
 from orchestrator.core.dispatch import POLICIES
 from orchestrator.embedded import run_to_completion
-from orchestrator.errors import OrchError
+from orchestrator.errors import OrchError, SpecError
 from orchestrator.health import HealthServer, LoopHeartbeat
 from orchestrator.records import Event, Run
+from orchestrator.spec import (
+    POLICY_FILE_SUFFIXES,
+    canonical_policy_name,
+    load_dispatch_policy,
+    load_spec_data,
+)
 from orchestrator.state.store import Store
 from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.telemetry.latest import latest_samples
@@ -546,6 +552,23 @@ def agent(
 # ---- rollout router ---------------------------------------------------------------------------
 
 
+def _dispatch_policy(value: str, param: click.Parameter) -> str:
+    """A policy name (``kv-aware`` or ``kv_aware``) or a policy file's policy, as the dispatcher names it."""
+    if value.strip().endswith(POLICY_FILE_SUFFIXES):
+        try:
+            return load_dispatch_policy(value.strip()).policy
+        except SpecError as error:
+            raise click.BadParameter(str(error), param=param) from error
+    name = canonical_policy_name(value)
+    if name not in POLICIES:
+        choices = ", ".join(policy.replace("_", "-") for policy in POLICIES)
+        raise click.BadParameter(
+            f"{value!r} is not a dispatch policy; choose one of {choices}, or give a policy file (.yaml)",
+            param=param,
+        )
+    return name
+
+
 @main.command()
 @click.option(
     "--engine",
@@ -556,10 +579,11 @@ def agent(
 )
 @click.option(
     "--policy",
-    type=click.Choice(list(POLICIES)),
-    default="kv_aware",
+    default="kv-aware",
     show_default=True,
-    help="dispatch policy (orchestrator.core.dispatch)",
+    callback=lambda ctx, param, value: _dispatch_policy(value, param),
+    help=f"dispatch policy: {', '.join(name.replace('_', '-') for name in POLICIES)}, or a policy file "
+    "(policies/dispatch/*.yaml; the router forwards whole requests, so the file's chunk_tokens is unused)",
 )
 @click.option("--port", type=int, default=8000, show_default=True, help="port to serve the router on")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
@@ -749,8 +773,7 @@ def manifests_trainingrun(file: str, name: str | None, namespace: str) -> None:
     from orchestrator.crd import dump_yaml, training_run
 
     service.validate(file)  # one clear error line naming the file and field, before anything is printed
-    with open(file) as stream:
-        data = yaml.safe_load(stream)
+    data = load_spec_data(file)  # a policy file it names is written in: the object stands on its own
     click.echo(dump_yaml(training_run(data, name, namespace), f"orch manifests trainingrun {file}"), nl=False)
 
 

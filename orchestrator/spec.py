@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,10 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.errors import SpecError
 
 __all__ = [
+    "DISPATCH_POLICIES",
     "DTYPE_BYTES",
+    "POLICY_FILE_SUFFIXES",
     "AdvanceRuleSpec",
     "CheckpointSpec",
     "DatasetSpec",
+    "DispatchPolicySpec",
     "EntryFilterSpec",
     "IdlePolicySpec",
     "ModelSpec",
@@ -31,7 +34,10 @@ __all__ = [
     "StageSpec",
     "ToolsSpec",
     "TrainerSpec",
+    "canonical_policy_name",
+    "load_dispatch_policy",
     "load_spec",
+    "load_spec_data",
     "parse_spec",
 ]
 
@@ -42,6 +48,41 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# The dispatch policies of orchestrator.core.dispatch.POLICIES (a test keeps the two lists equal). Names
+# are written with underscores; "kv-aware" is accepted for "kv_aware" wherever a user types one.
+DispatchPolicyName = Literal[
+    "static", "round_robin", "least_outstanding", "kv_aware", "power_of_two", "prefix_affinity"
+]
+DISPATCH_POLICIES: tuple[str, ...] = DispatchPolicyName.__args__  # type: ignore[attr-defined]
+POLICY_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def canonical_policy_name(name: Any) -> Any:
+    """``kv-aware`` → ``kv_aware``; anything else is left for validation to judge."""
+    return name.strip().replace("-", "_") if isinstance(name, str) else name
+
+
+def _dispatch_name(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().endswith(POLICY_FILE_SUFFIXES):
+        raise ValueError(
+            f"{value!r} is a policy file, which only a spec file read by `orch submit` or `orch validate` "
+            "can name (it is read relative to the spec file); name a policy here instead: "
+            + ", ".join(DISPATCH_POLICIES)
+        )
+    return canonical_policy_name(value)
+
+
+class DispatchPolicySpec(_Strict):
+    """A dispatch policy kept as data (``policies/dispatch/*.yaml``), named by ``rollout.dispatch``."""
+
+    policy: DispatchPolicyName
+    # See RolloutSpec.chunk_tokens.
+    chunk_tokens: int | None = Field(default=512, gt=0)
+    description: str = ""
+
+    _canonical = field_validator("policy", mode="before")(canonical_policy_name)
 
 
 class ModelSpec(_Strict):
@@ -104,14 +145,16 @@ class RolloutSpec(_Strict):
     gpus_per_engine: int = Field(default=1, gt=0)
     samples_per_prompt: int = Field(gt=0)
     prompts_per_step: int = Field(gt=0)
-    dispatch: Literal[
-        "static", "round_robin", "least_outstanding", "kv_aware", "power_of_two", "prefix_affinity"
-    ] = "round_robin"  # orchestrator.core.dispatch.POLICIES
+    # A policy name, or in a spec file the path of a policy file (policies/dispatch/*.yaml) that
+    # ``load_spec`` reads relative to the spec file and writes in as ``dispatch`` and ``chunk_tokens``.
+    dispatch: DispatchPolicyName = "kv_aware"
     # KV-bounded policies (kv_aware, power_of_two, prefix_affinity) ask an engine for at most this many
     # new tokens per request and continue a longer answer in the next request, so a reservation is the
     # context plus this chunk, not plus the whole response budget; null reserves the whole budget
     # (as rStar2-Agent does).
     chunk_tokens: int | None = Field(default=512, gt=0)
+
+    _dispatch = field_validator("dispatch", mode="before")(_dispatch_name)
 
     @property
     def gpus(self) -> int:
@@ -307,32 +350,76 @@ def _one_line(error: ValidationError) -> str:
     return f"{path}: {message}"
 
 
-def parse_spec(data: Any, source: str = "spec") -> RunSpec:
-    """Validate already-parsed YAML/JSON data, raising one-line ``SpecError``s."""
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validate_mapping(model: type[_Model], data: Any, source: str, expected: str) -> _Model:
+    """``model`` from parsed YAML/JSON that must be a mapping; any problem is one ``SpecError`` line."""
     if not isinstance(data, dict):
         found = "an empty document" if data is None else f"a {type(data).__name__}"
-        raise SpecError(f"{source}: expected a mapping of run settings at the top level, found {found}")
+        raise SpecError(f"{source}: expected a mapping {expected} at the top level, found {found}")
     try:
-        return RunSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
         raise SpecError(f"{source}: {_one_line(error)}") from error
 
 
-def load_spec(path: str | Path) -> RunSpec:
-    """Read and validate a run spec file."""
-    path = Path(path)
+def parse_spec(data: Any, source: str = "spec") -> RunSpec:
+    """Validate already-parsed YAML/JSON data, raising one-line ``SpecError``s."""
+    return _validate_mapping(RunSpec, data, source, "of run settings")
+
+
+def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text()
     except OSError as error:
         raise SpecError(f"{path}: cannot read the file ({error.strerror})") from error
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "not valid YAML"
         raise SpecError(f"{path}: broken YAML{where}: {problem}") from error
-    return parse_spec(data, source=str(path))
+
+
+def load_dispatch_policy(path: str | Path) -> DispatchPolicySpec:
+    """Read and validate a dispatch policy file (``policies/dispatch/*.yaml``)."""
+    path = Path(path)
+    return _validate_mapping(DispatchPolicySpec, _read_yaml(path), str(path), "with a policy field")
+
+
+def _inline_policy_file(data: dict[str, Any], spec_dir: Path, source: str) -> dict[str, Any]:
+    """Replace a ``rollout.dispatch`` that names a policy file with what the file says.
+
+    The stored spec then stands on its own (a resumed run never reads the file again). A
+    ``chunk_tokens`` written in the spec itself wins over the file's.
+    """
+    rollout = data.get("rollout")
+    dispatch = rollout.get("dispatch") if isinstance(rollout, dict) else None
+    if not isinstance(dispatch, str) or not dispatch.strip().endswith(POLICY_FILE_SUFFIXES):
+        return data
+    assert isinstance(rollout, dict)
+    file = spec_dir / dispatch.strip()
+    try:
+        policy = load_dispatch_policy(file)
+    except SpecError as error:
+        raise SpecError(f"{source}: rollout.dispatch: {error}") from error
+    resolved = {**rollout, "dispatch": policy.policy}
+    resolved.setdefault("chunk_tokens", policy.chunk_tokens)
+    return {**data, "rollout": resolved}
+
+
+def load_spec_data(path: str | Path) -> Any:
+    """A spec file's YAML as written, with the dispatch policy file it names (if any) written in."""
+    path = Path(path)
+    data = _read_yaml(path)
+    return _inline_policy_file(data, path.parent, str(path)) if isinstance(data, dict) else data
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read and validate a run spec file (and the dispatch policy file it names, if any)."""
+    return parse_spec(load_spec_data(path), source=str(path))
 
 
 def spec_to_dict(spec: RunSpec) -> dict[str, Any]:

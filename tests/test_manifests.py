@@ -26,7 +26,7 @@ from cli import main
 from orchestrator.crd import dump_yaml, training_run, training_run_crd, training_run_schema
 from orchestrator.errors import SpecError
 from orchestrator.rbac import load_rbac_rules, rbac_allows
-from orchestrator.spec import parse_spec
+from orchestrator.spec import load_spec_data, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -200,7 +200,7 @@ def test_the_crd_names_and_columns() -> None:
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_the_crd_accepts_every_example(example: Path) -> None:
-    run = training_run(yaml.safe_load(example.read_text()))
+    run = training_run(load_spec_data(example))  # as `orch manifests trainingrun` writes it
     assert not [error.message for error in crd_validator().iter_errors(run)]
 
 

@@ -51,6 +51,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from orchestrator.spec import DISPATCH_POLICIES, canonical_policy_name
+
 __all__ = [
     "AFFINITY_SLACK_FRACTION",
     "KV_BOUNDED",
@@ -68,14 +70,7 @@ __all__ = [
 # wait for their engine (which took 12,288 tokens from 469.2 to 316.7 s: 12x less prefill).
 AFFINITY_SLACK_FRACTION = 1 / 8
 
-POLICIES: tuple[str, ...] = (
-    "static",
-    "round_robin",
-    "least_outstanding",
-    "kv_aware",
-    "power_of_two",
-    "prefix_affinity",
-)
+POLICIES: tuple[str, ...] = DISPATCH_POLICIES  # the run spec's list: one list for spec, CLI and dispatcher
 KV_BOUNDED: frozenset[str] = frozenset({"kv_aware", "power_of_two", "prefix_affinity"})
 
 
@@ -512,7 +507,8 @@ class _QueueDispatcher:
 def make_dispatcher(
     policy: str, engines: Sequence[EngineState], *, seed: int = 0, expected_rollouts: int | None = None
 ) -> Dispatcher:
-    """A dispatcher running ``policy`` over ``engines`` (``engines[i].engine == i``)."""
+    """A dispatcher running ``policy`` (``kv_aware``, or ``kv-aware``) over ``engines[i].engine == i``."""
+    policy = canonical_policy_name(policy)
     if policy not in POLICIES:
         raise ValueError(f"unknown dispatch policy {policy!r}; choose one of {', '.join(POLICIES)}")
     if not engines:

@@ -51,13 +51,15 @@ def simulate_balanced_phase(
     max_response_tokens: int,
     *,
     chunk_tokens: int | None = None,
+    priority: Callable[[int, int], int] | None = None,
     on_decisions: Callable[[float, int], None] | None = None,
 ) -> BalancedPhase:
     """Run every rollout to completion from time 0 with the dispatcher choosing each request's engine.
 
     A request reserves its context plus ``min(chunk_tokens, what is left of the response budget)``.
-    ``on_decisions`` gets the wall time and count of each batch of placements (for the decision-latency
-    histogram).
+    ``priority(rollout index, tokens it generated so far)`` orders the dispatcher's queues (higher first;
+    default: all equal, first come first served). ``on_decisions`` gets the wall time and count of each
+    batch of placements (for the decision-latency histogram).
     """
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1 or None, got {chunk_tokens}")
@@ -101,6 +103,7 @@ def simulate_balanced_phase(
                 context[key],
                 limit,
                 previous_engine=previous,
+                priority=priority(key, generated[key]) if priority is not None else 0,
             )
         )
 

@@ -2,7 +2,9 @@
 
 The router uses it where an engine reports nothing about its own load (no /metrics, or one it cannot
 read): the GPU's utilization is then the only load figure there is (``core.dispatch`` breaks ties in
-in-flight requests with it), and it also shows work the router did not send.
+in-flight requests with it), and it also shows work the router did not send. NVML's memory figures are
+not used: vLLM (``gpu_memory_utilization``) and SGLang (``mem_fraction_static``) allocate their whole KV-cache
+pool when they start, so the memory a GPU reports in use stays flat whatever the cache holds.
 """
 
 from __future__ import annotations
