@@ -285,8 +285,6 @@ class ToolService:
             self._metrics.latency.labels("verify").observe(elapsed)
 
 
-
-
 class _Metrics:
     def __init__(self, registry: CollectorRegistry, service: ToolService) -> None:
         def text(name: str) -> str:
