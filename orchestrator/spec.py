@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.errors import SpecError
 
@@ -74,10 +82,15 @@ def _dispatch_name(value: Any) -> Any:
     return canonical_policy_name(value)
 
 
+# The JSON schema (and so the CRD) takes both spellings, as the validator does; the value kept is canonical.
+_HYPHENATED = tuple(name.replace("_", "-") for name in DISPATCH_POLICIES if "_" in name)
+_POLICY_NAMES_SCHEMA = WithJsonSchema({"type": "string", "enum": [*DISPATCH_POLICIES, *_HYPHENATED]})
+
+
 class DispatchPolicySpec(_Strict):
     """A dispatch policy kept as data (``policies/dispatch/*.yaml``), named by ``rollout.dispatch``."""
 
-    policy: DispatchPolicyName
+    policy: Annotated[DispatchPolicyName, _POLICY_NAMES_SCHEMA]
     # See RolloutSpec.chunk_tokens.
     chunk_tokens: int | None = Field(default=512, gt=0)
     description: str = ""
@@ -147,7 +160,7 @@ class RolloutSpec(_Strict):
     prompts_per_step: int = Field(gt=0)
     # A policy name, or in a spec file the path of a policy file (policies/dispatch/*.yaml) that
     # ``load_spec`` reads relative to the spec file and writes in as ``dispatch`` and ``chunk_tokens``.
-    dispatch: DispatchPolicyName = "kv_aware"
+    dispatch: Annotated[DispatchPolicyName, _POLICY_NAMES_SCHEMA] = "kv_aware"
     # KV-bounded policies (kv_aware, power_of_two, prefix_affinity) ask an engine for at most this many
     # new tokens per request and continue a longer answer in the next request, so a reservation is the
     # context plus this chunk, not plus the whole response budget; null reserves the whole budget

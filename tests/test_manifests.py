@@ -204,6 +204,26 @@ def test_the_crd_accepts_every_example(example: Path) -> None:
     assert not [error.message for error in crd_validator().iter_errors(run)]
 
 
+@pytest.mark.parametrize(
+    ("written", "kept"), [("kv-aware", "kv_aware"), ("least_outstanding", "least_outstanding")]
+)
+def test_the_crd_takes_a_policy_name_in_either_spelling_and_the_spec_keeps_the_canonical_one(
+    written: str, kept: str
+) -> None:
+    spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    spec["rollout"]["dispatch"] = written
+    run = training_run(spec)
+    assert not [error.message for error in crd_validator().iter_errors(run)]
+    assert parse_spec(run["spec"]).rollout.dispatch == kept
+    spec["rollout"]["dispatch"] = "kv aware"
+    assert [error.message for error in crd_validator().iter_errors(training_run_unchecked(spec))]
+
+
+def training_run_unchecked(spec: Doc) -> Doc:
+    """A TrainingRun around ``spec`` without orch's validation: what the apiserver's schema alone says."""
+    return {"apiVersion": "orch.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "r"}, "spec": spec}
+
+
 def _set(path: str, value: Any) -> Callable[[Doc], None]:
     def change(spec: Doc) -> None:
         *parents, last = path.split(".")
