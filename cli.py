@@ -26,17 +26,11 @@ from rich.table import Table
 from orchestrator import service, views
 from orchestrator.backends import make_backend
 from orchestrator.controller import Controller
-from orchestrator.core.dispatch import POLICIES
 from orchestrator.embedded import run_to_completion
 from orchestrator.errors import OrchError, SpecError
 from orchestrator.health import HealthServer, LoopHeartbeat
 from orchestrator.records import Event, Run
-from orchestrator.spec import (
-    POLICY_FILE_SUFFIXES,
-    canonical_policy_name,
-    load_dispatch_policy,
-    load_spec_data,
-)
+from orchestrator.spec import HYPHENATED_POLICIES, load_spec_data, resolve_dispatch_policy
 from orchestrator.state.store import Store
 from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.telemetry.latest import latest_samples
@@ -553,20 +547,10 @@ def agent(
 
 
 def _dispatch_policy(value: str, param: click.Parameter) -> str:
-    """A policy name (``kv-aware`` or ``kv_aware``) or a policy file's policy, as the dispatcher names it."""
-    if value.strip().endswith(POLICY_FILE_SUFFIXES):
-        try:
-            return load_dispatch_policy(value.strip()).policy
-        except SpecError as error:
-            raise click.BadParameter(str(error), param=param) from error
-    name = canonical_policy_name(value)
-    if name not in POLICIES:
-        choices = ", ".join(policy.replace("_", "-") for policy in POLICIES)
-        raise click.BadParameter(
-            f"{value!r} is not a dispatch policy; choose one of {choices}, or give a policy file (.yaml)",
-            param=param,
-        )
-    return name
+    try:
+        return resolve_dispatch_policy(value)
+    except SpecError as error:
+        raise click.BadParameter(str(error), param=param) from error
 
 
 @main.command()
@@ -582,7 +566,7 @@ def _dispatch_policy(value: str, param: click.Parameter) -> str:
     default="kv-aware",
     show_default=True,
     callback=lambda ctx, param, value: _dispatch_policy(value, param),
-    help=f"dispatch policy: {', '.join(name.replace('_', '-') for name in POLICIES)}, or a policy file "
+    help=f"dispatch policy: {', '.join(HYPHENATED_POLICIES)}, or a policy file "
     "(policies/dispatch/*.yaml; the router forwards whole requests, so the file's chunk_tokens is unused)",
 )
 @click.option("--port", type=int, default=8000, show_default=True, help="port to serve the router on")

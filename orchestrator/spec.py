@@ -27,7 +27,7 @@ from orchestrator.errors import SpecError
 __all__ = [
     "DISPATCH_POLICIES",
     "DTYPE_BYTES",
-    "POLICY_FILE_SUFFIXES",
+    "HYPHENATED_POLICIES",
     "AdvanceRuleSpec",
     "CheckpointSpec",
     "DatasetSpec",
@@ -47,6 +47,7 @@ __all__ = [
     "load_spec",
     "load_spec_data",
     "parse_spec",
+    "resolve_dispatch_policy",
 ]
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -58,12 +59,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# The dispatch policies of orchestrator.core.dispatch.POLICIES (a test keeps the two lists equal). Names
-# are written with underscores; "kv-aware" is accepted for "kv_aware" wherever a user types one.
+# The dispatch policies (orchestrator.core.dispatch.POLICIES is this list). Names are kept with
+# underscores; "kv-aware" is accepted for "kv_aware" wherever a user types one.
 DispatchPolicyName = Literal[
     "static", "round_robin", "least_outstanding", "kv_aware", "power_of_two", "prefix_affinity"
 ]
 DISPATCH_POLICIES: tuple[str, ...] = DispatchPolicyName.__args__  # type: ignore[attr-defined]
+HYPHENATED_POLICIES: tuple[str, ...] = tuple(name.replace("_", "-") for name in DISPATCH_POLICIES)
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")
 
 
@@ -72,8 +74,12 @@ def canonical_policy_name(name: Any) -> Any:
     return name.strip().replace("-", "_") if isinstance(name, str) else name
 
 
+def _is_policy_file(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().endswith(POLICY_FILE_SUFFIXES)
+
+
 def _dispatch_name(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().endswith(POLICY_FILE_SUFFIXES):
+    if _is_policy_file(value):
         raise ValueError(
             f"{value!r} is a policy file, which only a spec file read by `orch submit` or `orch validate` "
             "can name (it is read relative to the spec file); name a policy here instead: "
@@ -83,8 +89,9 @@ def _dispatch_name(value: Any) -> Any:
 
 
 # The JSON schema (and so the CRD) takes both spellings, as the validator does; the value kept is canonical.
-_HYPHENATED = tuple(name.replace("_", "-") for name in DISPATCH_POLICIES if "_" in name)
-_POLICY_NAMES_SCHEMA = WithJsonSchema({"type": "string", "enum": [*DISPATCH_POLICIES, *_HYPHENATED]})
+_POLICY_NAMES_SCHEMA = WithJsonSchema(
+    {"type": "string", "enum": list(dict.fromkeys((*DISPATCH_POLICIES, *HYPHENATED_POLICIES)))}
+)
 
 
 class DispatchPolicySpec(_Strict):
@@ -402,6 +409,19 @@ def load_dispatch_policy(path: str | Path) -> DispatchPolicySpec:
     return _validate_mapping(DispatchPolicySpec, _read_yaml(path), str(path), "with a policy field")
 
 
+def resolve_dispatch_policy(text: str) -> str:
+    """A policy name in either spelling, or a policy file's policy, as the dispatcher names it."""
+    if _is_policy_file(text):
+        return load_dispatch_policy(text.strip()).policy
+    name = canonical_policy_name(text)
+    if name not in DISPATCH_POLICIES:
+        raise SpecError(
+            f"{text!r} is not a dispatch policy; choose one of {', '.join(HYPHENATED_POLICIES)}, "
+            "or give a policy file (.yaml)"
+        )
+    return name
+
+
 def _inline_policy_file(data: dict[str, Any], spec_dir: Path, source: str) -> dict[str, Any]:
     """Replace a ``rollout.dispatch`` that names a policy file with what the file says.
 
@@ -409,13 +429,10 @@ def _inline_policy_file(data: dict[str, Any], spec_dir: Path, source: str) -> di
     ``chunk_tokens`` written in the spec itself wins over the file's.
     """
     rollout = data.get("rollout")
-    dispatch = rollout.get("dispatch") if isinstance(rollout, dict) else None
-    if not isinstance(dispatch, str) or not dispatch.strip().endswith(POLICY_FILE_SUFFIXES):
+    if not isinstance(rollout, dict) or not _is_policy_file(rollout.get("dispatch")):
         return data
-    assert isinstance(rollout, dict)
-    file = spec_dir / dispatch.strip()
     try:
-        policy = load_dispatch_policy(file)
+        policy = load_dispatch_policy(spec_dir / rollout["dispatch"].strip())
     except SpecError as error:
         raise SpecError(f"{source}: rollout.dispatch: {error}") from error
     resolved = {**rollout, "dispatch": policy.policy}
