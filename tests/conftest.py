@@ -4,17 +4,50 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from orchestrator.state.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-POSTGRES_URL = os.environ.get("ORCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# The server (and an existing database on it to connect to); the tests never write into that database:
+# each test session creates a database of its own there and drops it at the end, so two test runs on one
+# machine never wreck each other.
+POSTGRES_SERVER_URL = os.environ.get(
+    "ORCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _session_database_name() -> str:
+    return f"orch_test_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own, created on first use and dropped at the end."""
+    server = make_url(POSTGRES_SERVER_URL)
+    name = _session_database_name()
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:
+        admin.dispose()
+        pytest.fail(
+            f"PostgreSQL at {server.render_as_string(hide_password=True)} is required for the SQL tests "
+            f"({error}); .ci/run starts it"
+        )
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def _reset_postgres(url: str) -> None:
@@ -23,19 +56,18 @@ def _reset_postgres(url: str) -> None:
         with engine.begin() as connection:
             connection.execute(text("DROP SCHEMA public CASCADE"))
             connection.execute(text("CREATE SCHEMA public"))
-    except Exception as error:
-        pytest.fail(f"PostgreSQL at {url} is required for the SQL tests ({error}); .ci/run starts it")
     finally:
         engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database URL of each kind."""
+    """A fresh, empty database URL of each kind (PostgreSQL: this session's database, emptied)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'orch.db'}"
-    _reset_postgres(POSTGRES_URL)
-    return POSTGRES_URL
+    url = request.getfixturevalue("postgres_url")
+    _reset_postgres(url)
+    return url
 
 
 @pytest.fixture
