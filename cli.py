@@ -18,11 +18,13 @@ from typing import Any
 import click
 import yaml
 from prometheus_client import REGISTRY
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+import orchestrator
 from orchestrator import service, views
 from orchestrator.backends import make_backend
 from orchestrator.controller import Controller
@@ -33,7 +35,7 @@ from orchestrator.records import Event, Run
 from orchestrator.spec import HYPHENATED_POLICIES, load_spec_data, resolve_dispatch_policy
 from orchestrator.state.store import Store
 from orchestrator.telemetry.exporter import GpuCollector
-from orchestrator.telemetry.latest import latest_samples
+from orchestrator.telemetry.latest import latest_readings
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 from orchestrator.telemetry.scheduler import SchedulerCollector
 
@@ -84,7 +86,18 @@ class OrchGroup(click.Group):
             ctx.exit(error.exit_code)
 
 
+def package_version(distribution: str = "orch") -> str:
+    """The installed package's version, else the source tree's (``orchestrator.__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return orchestrator.__version__
+
+
 @click.group(cls=OrchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_version(), "-V", "--version", prog_name="orch")
 @click.option("--database-url", envvar="ORCH_DATABASE_URL", help="SQLAlchemy URL (default: a SQLite file)")
 @click.option("--debug", is_flag=True, help="show tracebacks and controller logs")
 @click.pass_context
@@ -106,7 +119,9 @@ def emit(data: Any, output: str, table: Callable[[], Table | str]) -> None:
         console.print(table())
 
 
-def run_row(run: Run) -> dict[str, Any]:
+def run_row(run: Run, now: float | None = None) -> dict[str, Any]:
+    """A run as plain data for ``-o json|yaml``; ``controller`` is the lease holder at ``now``."""
+    now = time.time() if now is None else now
     return {
         "id": run.id,
         "phase": run.phase.value,
@@ -117,7 +132,32 @@ def run_row(run: Run) -> dict[str, Any]:
         "priority": run.priority,
         "gpu_busy_fraction": round(run.gpu_busy_fraction, 4),
         "message": run.message,
+        "controller": views.lease_holder(run, now),
+        "lease_expires_at": views.iso_time(run.lease_expires_at) if run.lease_owner else None,
     }
+
+
+def runs_table(runs: Sequence[Run], now: float) -> Table:
+    """``orch list`` for people: the columns that fit 80 terminal columns, the message wrapping last."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for header, justify in (("id", "left"), ("phase", "left"), ("stage", "right"), ("step", "right")):
+        table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("busy", justify="right", no_wrap=True)
+    table.add_column("controller", min_width=len("controller"))
+    table.add_column("message", min_width=len("message"), ratio=1)
+    for run in runs:
+        table.add_row(
+            run.id,
+            run.phase.value,
+            str(run.stage_index + 1),
+            str(run.steps_done),
+            f"{run.gpu_busy_fraction:.0%}",
+            views.controller_cell(run, now),
+            run.message or "-",
+        )
+    if not runs:
+        table.add_row("(none)", *[""] * 6)
+    return table
 
 
 # Columns a reader copies or greps: never cut to "quick…" on a narrow terminal or in a pipe.
@@ -209,36 +249,31 @@ def _progress(quiet: bool) -> Iterator[Progress]:
         yield progress
 
 
-def _summary_table(summary: dict[str, Any]) -> Table:
+def _summary_table(summary: dict[str, Any], controller: str | None = None) -> Table:
+    """``orch status`` for people: one labelled line each, readable at 80 columns, no raw dicts or lists."""
     table = Table(title=f"run {summary['id']}", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
     hours = float(summary["simulated_seconds"]) / 3600
+    engines = views.engines_line(summary["last_step_engines"], summary["last_step_queue_peak"])
     for label, value in (
         ("phase", summary["phase"]),
         ("steps", f"{summary['steps_done']} of {summary['steps_planned']}"),
         ("stage", f"{summary['stage']} ({summary['stage_name']})"),
         ("stage changes", summary["stage_changes"]),
-        ("checkpoints", ", ".join(map(str, summary["checkpoints"])) or "-"),
+        ("checkpoints", views.step_list(summary["checkpoints"])),
         ("attempts", summary["attempt"]),
         ("steps redone after failures", summary["superseded_steps"]),
         ("GPU busy fraction", f"{float(summary['gpu_busy_fraction']):.1%}"),
-        ("idle GPU-hours", f"{summary['idle_gpu_hours']} {summary['idle_gpu_hours_by_role'] or ''}".rstrip()),
+        ("idle GPU-hours", views.hours_by_role(summary["idle_gpu_hours"], summary["idle_gpu_hours_by_role"])),
         ("simulated time", f"{summary['simulated_seconds']}s ({hours:.2f} h)"),
-        ("message", summary["message"]),
-        ("last step's engines", _engines_line(summary["last_step_engines"], summary["last_step_queue_peak"])),
+        ("message", summary["message"] or "-"),
+        ("last step's engines", engines),
     ):
         table.add_row(label, str(value))
+    if controller is not None:
+        table.add_row("controller", controller)
     return table
-
-
-def _engines_line(engines: list[dict[str, Any]], queue_peak: int) -> str:
-    """Busy share and KV headroom of each engine in the last step, one compact line."""
-    if not engines:
-        return "-"
-    busy = " ".join(f"{e['busy_ratio']:.0%}" for e in engines)
-    headroom = min(e["kv_free_ratio"] for e in engines)
-    return f"busy {busy}; min KV headroom {headroom:.0%}; queue peak {queue_peak}"
 
 
 @main.command("list")
@@ -246,8 +281,9 @@ def _engines_line(engines: list[dict[str, Any]], queue_peak: int) -> str:
 @pass_context
 def list_runs(obj: Context, output: str) -> None:
     """List runs."""
-    rows = [run_row(run) for run in obj.store.list_runs()]
-    emit(rows, output, lambda: rows_table(rows))
+    now = time.time()
+    runs = obj.store.list_runs()
+    emit([run_row(run, now) for run in runs], output, lambda: runs_table(runs, now))
 
 
 @main.command()
@@ -256,14 +292,17 @@ def list_runs(obj: Context, output: str) -> None:
 @pass_context
 def status(obj: Context, run: str, output: str) -> None:
     """Show one run: phase, stage, steps, checkpoints, GPU busy fraction."""
-    summary = service.report(obj.store, run).as_dict()
-    emit(summary, output, lambda: _summary_table(summary))
+    now = time.time()
+    report = service.report(obj.store, run)
+    summary = report.as_dict(now)
+    emit(summary, output, lambda: _summary_table(summary, views.controller_line(report.run, now)))
 
 
-def _event_row(event: Event) -> dict[str, Any]:
+def _event_row(event: Event, *, for_people: bool) -> dict[str, Any]:
+    """An event; its time as ``2026-12-02 12:04:47`` (local) for people, ISO 8601 (UTC) for machines."""
     return {
         "id": event.id,
-        "time": time.strftime("%H:%M:%S", time.localtime(event.at)),
+        "time": views.local_time(event.at) if for_people else views.iso_time(event.at),
         "reason": event.reason,
         "message": event.message,
     }
@@ -275,7 +314,8 @@ def _event_row(event: Event) -> dict[str, Any]:
 @pass_context
 def events(obj: Context, run: str, output: str) -> None:
     """Show a run's events, oldest first."""
-    rows = [_event_row(event) for event in service.events(obj.store, run)]
+    found = service.events(obj.store, run)
+    rows = [_event_row(event, for_people=output == "table") for event in found]
     emit(rows, output, lambda: rows_table(rows))
 
 
@@ -316,33 +356,71 @@ def stage(obj: Context, run: str, advance: bool, output: str) -> None:
 # ---- GPU telemetry ----------------------------------------------------------------------------
 
 
+STALE_SECONDS = click.option(
+    "--stale-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar=views.STALE_SECONDS_ENV,
+    default=views.DEFAULT_STALE_SECONDS,
+    show_default=True,
+    help=f"a GPU without a sample for this long is shown stale; a node silent for "
+    f"{views.DROP_AFTER_STALE_WINDOWS}x as long is not shown (env {views.STALE_SECONDS_ENV})",
+)
+NODES = click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    metavar="PATTERN",
+    help="only nodes whose name matches this shell pattern (repeat for more)",
+)
+
+
 @main.command()
+@STALE_SECONDS
+@NODES
 @OUTPUT
 @pass_context
-def gpus(obj: Context, output: str) -> None:
-    """Show the newest sample of every GPU."""
-    samples = latest_samples(obj.store)
-    emit(views.gpu_records(samples), output, lambda: views.gpu_table(samples))
+def gpus(obj: Context, stale_seconds: float, nodes: tuple[str, ...], output: str) -> None:
+    """Show the newest sample of every GPU, with its age."""
+    shown, dropped = views.gpu_views(latest_readings(obj.store), time.time(), stale_seconds, nodes)
+    emit(views.gpu_records(shown), output, lambda: views.gpu_table(shown, dropped, stale_seconds))
 
 
-TOP_HISTORY = 60  # utilization points kept per GPU for the sparkline
+TOP_HISTORY = 60  # utilization points kept per GPU and per node for the sparklines
+QUIT, NEXT_PAGE, PREVIOUS_PAGE = "quit", "next", "previous"
+# What a key press sends, in a terminal in cbreak mode: ↓ PgDn j space page on, ↑ PgUp k back.
+PAGE_KEYS = ((b"\x1b[B", NEXT_PAGE), (b"\x1b[6~", NEXT_PAGE), (b"\x1b[A", PREVIOUS_PAGE))
+PAGE_KEYS += ((b"\x1b[5~", PREVIOUS_PAGE), (b"j", NEXT_PAGE), (b" ", NEXT_PAGE), (b"k", PREVIOUS_PAGE))
 
 
-def _read_quit(fd: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for input on ``fd``; True when it is ``q``/``Q`` or end of input."""
+def key_command(data: bytes) -> str:
+    """What a chunk read from the terminal asks ``orch top`` to do: quit, page, or nothing (``""``)."""
+    if not data or b"q" in data.lower():
+        return QUIT
+    for sequence, command in PAGE_KEYS:
+        if sequence in data:
+            return command
+    return ""
+
+
+def _read_key(fd: int, timeout: float) -> str:
+    """Wait up to ``timeout`` seconds for input on ``fd``; the command it sends (see ``key_command``)."""
     ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
     if not ready:
-        return False
-    data = os.read(fd, 64)
-    return not data or b"q" in data.lower()
+        return ""
+    return key_command(os.read(fd, 64))
 
 
 @contextmanager
-def _quit_keys(stream: Any) -> Iterator[Callable[[float], bool]]:
-    """Yields ``wait(seconds) -> quit?``. On a TTY: cbreak mode, keys polled with select, terminal restored
-    on the way out. Otherwise: a plain sleep (Ctrl-C or ``--iterations`` end the loop)."""
+def _keys(stream: Any) -> Iterator[Callable[[float], str]]:
+    """Yields ``wait(seconds) -> command``. On a TTY: cbreak mode, keys polled with select, terminal
+    restored on the way out. Otherwise: a plain sleep (Ctrl-C or ``--iterations`` end the loop)."""
     if not stream.isatty():
-        yield lambda seconds: bool(time.sleep(seconds))
+
+        def sleep(seconds: float) -> str:
+            time.sleep(seconds)
+            return ""
+
+        yield sleep
         return
     import termios
     import tty
@@ -351,7 +429,7 @@ def _quit_keys(stream: Any) -> Iterator[Callable[[float], bool]]:
     saved = termios.tcgetattr(fd)
     tty.setcbreak(fd, termios.TCSANOW)
     try:
-        yield lambda seconds: _read_quit(fd, seconds)
+        yield lambda seconds: _read_key(fd, seconds)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
@@ -359,26 +437,37 @@ def _quit_keys(stream: Any) -> Iterator[Callable[[float], bool]]:
 def watch_top(
     store: object,
     out: Console,
-    wait: Callable[[float], bool],
+    wait: Callable[[float], str],
     *,
     interval: float,
     iterations: int | None = None,
+    stale_after_s: float = views.DEFAULT_STALE_SECONDS,
+    nodes: Sequence[str] = (),
+    clock: Callable[[], float] = time.time,
 ) -> int:
-    """Refresh the top view every ``interval`` until ``wait`` says quit or ``iterations`` refreshes ran."""
+    """Refresh the top view every ``interval`` until ``wait`` says quit or ``iterations`` refreshes ran.
+
+    Each frame fits ``out``'s size: as many whole nodes as fit its height; ``wait`` returning
+    ``NEXT_PAGE`` / ``PREVIOUS_PAGE`` moves between screens."""
     history: dict[str, deque[float | None]] = {}
-    refreshes = 0
+    refreshes = page = 0
     with Live(console=out, auto_refresh=False) as live:
         while True:
-            samples = latest_samples(store)
-            for sample in samples:
-                key = views.sample_key(sample)
-                history.setdefault(key, deque(maxlen=TOP_HISTORY)).append(sample.utilization_ratio)
-            live.update(views.top_view(samples, history), refresh=True)
+            shown, dropped = views.gpu_views(latest_readings(store), clock(), stale_after_s, nodes)
+            ratios = {views.sample_key(v.sample): v.sample.utilization_ratio for v in shown}
+            for key, ratio in {**ratios, **views.node_utilization(shown)}.items():
+                history.setdefault(key, deque(maxlen=TOP_HISTORY)).append(ratio)
+            width, height = out.size
+            page = min(page, views.top_page_count(shown, height) - 1)
+            frame = views.top_view(shown, history, width=width, height=height, page=page, dropped=dropped)
+            live.update(frame, refresh=True)
             refreshes += 1
             if iterations is not None and refreshes >= iterations:
                 return refreshes
-            if wait(interval):
+            command = wait(interval)
+            if command == QUIT:
                 return refreshes
+            page = max(0, page + {NEXT_PAGE: 1, PREVIOUS_PAGE: -1}.get(command, 0))
 
 
 @main.command()
@@ -395,12 +484,24 @@ def watch_top(
     default=None,
     help="stop after this many refreshes (default: until q or Ctrl-C)",
 )
+@STALE_SECONDS
+@NODES
 @pass_context
-def top(obj: Context, interval: float, iterations: int | None) -> None:
-    """Live per-GPU utilization bars and sparklines; q or Ctrl-C quits."""
+def top(
+    obj: Context, interval: float, iterations: int | None, stale_seconds: float, nodes: tuple[str, ...]
+) -> None:
+    """Live per-node and per-GPU utilization, bars and sparklines; ↓/PgDn ↑/PgUp page; q or Ctrl-C quits."""
     try:
-        with _quit_keys(sys.stdin) as wait:
-            watch_top(obj.store, console, wait, interval=interval, iterations=iterations)
+        with _keys(sys.stdin) as wait:
+            watch_top(
+                obj.store,
+                console,
+                wait,
+                interval=interval,
+                iterations=iterations,
+                stale_after_s=stale_seconds,
+                nodes=nodes,
+            )
     except KeyboardInterrupt:
         pass
 

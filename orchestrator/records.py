@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "Checkpoint",
     "Event",
+    "GpuReading",
     "GpuSample",
     "NewEvent",
     "Phase",
@@ -80,6 +81,8 @@ class Run:
     updated_at: float
     external_ref: str | None = None  # namespace/name/uid of the TrainingRun it mirrors, if any
     suspend_requested: bool = False  # the idle policy asked to suspend at the next checkpoint
+    lease_owner: str | None = None  # the controller that drives the run, while its lease lasts
+    lease_expires_at: float = 0.0  # wall time the lease lapses unless its owner renews it
 
     @property
     def gpu_busy_fraction(self) -> float:
@@ -248,3 +251,12 @@ class GpuSample:
     role: str = ""
     at: float = 0.0  # seconds: wall time for real sources, virtual time for the simulator
     period_s: float = 0.0  # how long this reading stands for (the sampling interval, or a simulated phase)
+    virtual_clock: bool = False  # ``at`` is the simulated pool's virtual time, not wall time
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """The newest sample of one GPU and the wall time the store received it (its age comes from that)."""
+
+    sample: GpuSample
+    received_at: float

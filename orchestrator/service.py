@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.records import Checkpoint, Event, Run, Stage, Step, Workload
 from orchestrator.spec import RunSpec, load_spec
 from orchestrator.state.store import Store
+from orchestrator.views import iso_time, lease_holder
 
 __all__ = [
     "RunReport",
@@ -40,7 +42,8 @@ class RunReport:
     def stage_changes(self) -> int:
         return sum(1 for stage in self.stages if stage.started) - 1
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self, now: float | None = None) -> dict[str, object]:
+        """Plain data for ``-o json|yaml``; ``controller`` is the lease holder at ``now`` (default: now)."""
         run = self.run
         return {
             "id": run.id,
@@ -66,6 +69,9 @@ class RunReport:
             ],
             "simulated_seconds": round(run.sim_seconds, 1),
             "message": run.message,
+            "controller": lease_holder(run, time.time() if now is None else now),
+            "lease_owner": run.lease_owner,
+            "lease_expires_at": iso_time(run.lease_expires_at) if run.lease_owner else None,
             "last_step_engines": [
                 {"engine": index, **stats} for index, stats in enumerate(self.steps[-1].engines)
             ]

@@ -86,6 +86,7 @@ class SimTelemetry:
                 run=run,
                 role=load.role,
                 at=at,
+                virtual_clock=True,
                 period_s=period_s,
             )
             for (node, index), load in sorted(loads.items())

@@ -7,7 +7,7 @@ import secrets
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from orchestrator.errors import ConflictError, NotFound, OrchError
 from orchestrator.records import (
     Checkpoint,
     Event,
+    GpuReading,
     GpuSample,
     NewEvent,
     Phase,
@@ -107,6 +108,10 @@ def _sample_from_json(data: dict[str, Any]) -> GpuSample:
     values["throttle_reasons"] = tuple(values.get("throttle_reasons") or ())
     known = {f.name for f in fields(GpuSample)}
     return GpuSample(**{k: v for k, v in values.items() if k in known})
+
+
+def _unassigned(sample: GpuSample) -> GpuSample:
+    return replace(sample, run="", role="")
 
 
 def _run(row: RunRow) -> Run:
@@ -352,12 +357,12 @@ class Store:
                     session.add(row)
                 if key in latest:
                     row.sample = _sample_json(latest[key])
+                    row.updated_at = now  # when a sample arrived: the age `orch gpus` shows
                 stretch = idle.stretches.get(key)
                 row.idle_run = stretch.run if stretch else None
                 row.idle_role = stretch.role if stretch else None
                 row.idle_since = stretch.since if stretch else None
                 row.idle_reported = bool(stretch and stretch.reported)
-                row.updated_at = now
             known = {
                 r for r in session.scalars(select(RunRow.id).where(RunRow.id.in_({s.run for s in samples})))
             }
@@ -398,11 +403,31 @@ class Store:
                 )
 
     def latest_gpu_samples(self) -> list[GpuSample]:
-        """The newest sample of every GPU, by pool, node and index."""
+        """The newest sample of every GPU, by pool, node and index (see ``latest_gpu_readings``)."""
+        return [reading.sample for reading in self.latest_gpu_readings()]
+
+    def latest_gpu_readings(self) -> list[GpuReading]:
+        """The newest sample of every GPU with the wall time it was received, by pool, node and index.
+
+        A sample of a run that has ended (or is gone) is shown unassigned at once: a finished run's
+        GPUs are not its GPUs any more, whatever the last sample said.
+        """
         with self._sessions() as session:
-            rows = session.scalars(select(GpuLatestRow).order_by(GpuLatestRow.node, GpuLatestRow.gpu))
-            samples = [_sample_from_json(row.sample) for row in rows]
-        return sorted(samples, key=lambda s: (s.pool, s.node, s.index))
+            rows = session.execute(
+                select(GpuLatestRow.sample, GpuLatestRow.updated_at).order_by(
+                    GpuLatestRow.node, GpuLatestRow.gpu
+                )
+            ).all()
+            readings = [GpuReading(_sample_from_json(sample), received) for sample, received in rows]
+            named = {r.sample.run for r in readings if r.sample.run}
+            active = set(
+                session.scalars(select(RunRow.id).where(RunRow.id.in_(named), RunRow.phase.not_in(TERMINAL)))
+            )
+        readings = [
+            r if not r.sample.run or r.sample.run in active else replace(r, sample=_unassigned(r.sample))
+            for r in readings
+        ]
+        return sorted(readings, key=lambda r: (r.sample.pool, r.sample.node, r.sample.index))
 
     def idle_stretches(self) -> dict[tuple[str, int], IdleStretch | None]:
         with self._sessions() as session:
