@@ -7,17 +7,26 @@ on stderr and leaves the database exactly as it found it.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
+import io
 import json
+import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 from click.testing import CliRunner, Result
+from rich.console import Console
 
-from cli import main
+import orchestrator
+from cli import _summary_table as cli_summary_table
+from cli import main, package_version
 from orchestrator.errors import IllegalTransition, NotFound, OrchError, SpecError
 from orchestrator.state.migrations_runner import head_revision
 from orchestrator.state.store import Store
@@ -298,3 +307,127 @@ def test_controller_once_on_an_empty_database_exits_cleanly(orch: Orch) -> None:
     result = orch("controller", "--once")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "reconciled 0 run(s), 0 change(s)\n"
+
+
+# ---- who drives a run (issue 11, point 7) ----------------------------------------------------------
+
+
+def test_list_and_status_show_whether_a_controller_drives_each_unfinished_run(orch: Orch) -> None:
+    done = orch.finished_run()  # first: `submit --wait` drives every pending run in the database
+    run = orch.submit()
+
+    def listed() -> dict[str, dict[str, Any]]:
+        return {row["id"]: row for row in json.loads(orch("list", "-o", "json").stdout)}
+
+    def status() -> str:
+        return wide(orch, "status", run)
+
+    assert (listed()[run]["controller"], listed()[run]["lease_expires_at"]) == (None, None)
+    assert "none: no controller is driving it; start one with `orch controller`" in status()
+
+    store = Store(orch.url)
+    try:
+        store.acquire_leases("host-1234", 60)
+        row = listed()[run]
+        assert row["controller"] == "host-1234" and row["lease_expires_at"].endswith("+00:00")
+        assert listed()[done]["controller"] is None
+        assert "host-1234 (" in wide(orch, "list")
+        assert "host-1234 (lease renewed, expires in" in status()
+        assert yaml.safe_load(orch("status", run, "-o", "yaml").stdout)["controller"] == "host-1234"
+
+        store.release_leases("host-1234")
+        store.acquire_leases("host-1234", -90)  # a controller that stopped renewing 90 s ago
+        assert listed()[run]["controller"] is None
+        lapsed = status()
+        assert "none: host-1234's lease lapsed" in lapsed and "orch controller" in lapsed
+    finally:
+        store.close()
+
+
+# ---- readable at 80 columns (issue 11, point 15) ---------------------------------------------------
+
+
+def wide(orch: Orch, *args: str) -> str:
+    """A command's table output on a wide terminal, so no phrase wraps."""
+    result = CliRunner().invoke(main, list(args), env={"ORCH_DATABASE_URL": orch.url, "COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def narrow(orch: Orch, *args: str) -> list[str]:
+    result = CliRunner().invoke(
+        main, list(args), env={"ORCH_DATABASE_URL": orch.url, "COLUMNS": "80"}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 80, result.output
+    return lines
+
+
+def test_list_fits_80_columns_with_whole_headers_and_ids(orch: Orch) -> None:
+    runs = [orch.submit(), orch.submit(RSTAR2)]
+    lines = narrow(orch, "list")
+    [header] = [line for line in lines if " phase " in line]
+    assert header.split() == ["id", "phase", "stage", "step", "busy", "controller", "message"]
+    assert "…" not in "\n".join(lines)
+    for run in runs:
+        assert any(run in line for line in lines)
+
+
+def summary_with(engines: int) -> dict[str, Any]:
+    return {
+        "id": "rstar2-math-0a1b2c",
+        "phase": "Running",
+        "steps_done": 12,
+        "steps_planned": 510,
+        "stage": 1,
+        "stage_name": "stage-1",
+        "stage_changes": 0,
+        "checkpoints": list(range(2, 202, 2)),
+        "attempt": 1,
+        "superseded_steps": 0,
+        "gpu_busy_fraction": 0.8123,
+        "idle_gpu_hours": 1.25,
+        "idle_gpu_hours_by_role": {"engine": 0.5, "trainer": 0.75},
+        "simulated_seconds": 3600.0,
+        "message": "training step 12",
+        "last_step_engines": [
+            {"engine": i, "busy_ratio": 0.5 + i / (2 * engines), "kv_free_ratio": 0.2 + i / 1000}
+            for i in range(engines)
+        ],
+        "last_step_queue_peak": 7,
+    }
+
+
+def test_status_at_80_columns_summarises_instead_of_printing_dicts_or_64_percentages() -> None:
+    table = cli_summary_table(summary_with(64), "host-1 (lease renewed, expires in 9s)")
+    out = Console(file=io.StringIO(), width=80, record=True, color_system=None)
+    out.print(table)
+    assert max(map(len, out.export_text().splitlines())) <= 80, out.export_text()
+    out = Console(file=io.StringIO(), width=250, record=True, color_system=None)
+    out.print(table)
+    text = out.export_text()
+    assert not re.search(r"[{}\[\]]", text), "no Python dicts or lists"
+    assert "1.25 (engine 0.5, trainer 0.75)" in text
+    assert "64 engines busy min 50% · median 75% · max 99%" in text and "min KV headroom 20%" in text
+    assert text.count("%") < 10
+    assert "2, 4, 6 … 196, 198, 200 (100 in all)" in text
+    assert "host-1 (lease renewed" in text
+
+
+def test_events_show_date_and_time_for_people_and_iso_8601_for_machines(orch: Orch) -> None:
+    run = orch.submit()
+    lines = narrow(orch, "events", run)
+    assert any(re.search(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\b", line) for line in lines), lines
+    [event] = json.loads(orch("events", run, "-o", "json").stdout)
+    when = datetime.fromisoformat(event["time"])
+    assert when.tzinfo is not None and abs(when.timestamp() - time.time()) < 3600
+
+
+def test_version_is_the_installed_package_version_or_the_source_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"orch, version {importlib.metadata.version('orch')}\n"
+    assert package_version("no-such-distribution-orch") == orchestrator.__version__
+    pyproject = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())
+    assert orchestrator.__version__ == pyproject["project"]["version"], "keep the source version in step"

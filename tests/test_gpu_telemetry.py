@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text as sql
 
 from cli import main
 from orchestrator import service
@@ -357,3 +360,78 @@ def test_status_shows_each_engines_busy_share_and_kv_headroom_of_the_last_step(
         main, ["status", run.id], env={"ORCH_DATABASE_URL": store.url, "COLUMNS": "200"}
     )
     assert "min KV headroom" in status.output
+
+
+# ---- stale samples are never shown as live (issue 11, point 14) -----------------------------------
+
+
+def ingest(store: Store, samples: list[GpuSample]) -> None:
+    """Store samples as the controller does: idle stretches advanced over them, then one transaction."""
+    update = account_idle(store.idle_stretches(), samples, lambda run: None)
+    store.record_telemetry(samples, update, {})
+
+
+def node_samples(node: str, run: str = "", role: str = "", gpus: int = 2) -> list[GpuSample]:
+    return [
+        GpuSample(node=node, index=i, uuid=f"GPU-{node}-{i}", utilization_ratio=0.9, run=run, role=role)
+        for i in range(gpus)
+    ]
+
+
+def age_node(store: Store, node: str, seconds: float) -> None:
+    """Pretend the node's samples arrived ``seconds`` earlier (the wall time the store received them)."""
+    with store.engine.begin() as connection:
+        connection.execute(
+            sql("UPDATE gpu_latest SET updated_at = updated_at - :s WHERE node = :n"),
+            {"s": seconds, "n": node},
+        )
+
+
+def test_the_gpus_of_a_cancelled_run_are_unassigned_at_once(store: Store, quickstart: Path) -> None:
+    run = service.submit(store, quickstart)
+    ingest(store, node_samples("node-a", run.id, "trainer"))
+    assert {(r.sample.run, r.sample.role) for r in store.latest_gpu_readings()} == {(run.id, "trainer")}
+    service.cancel_run(store, run.id)  # no new sample arrives after the cancel
+    assert {(r.sample.run, r.sample.role) for r in store.latest_gpu_readings()} == {("", "")}
+    assert {(s.run, s.role) for s in store.latest_gpu_samples()} == {("", "")}
+    assert {g["run"] for g in gpus_json(store.url)} == {""}
+
+
+def test_a_samples_age_counts_from_when_the_store_received_it(store: Store) -> None:
+    ingest(store, node_samples("node-a") + node_samples("node-b"))
+    age_node(store, "node-a", 100)
+    before = {r.sample.node: r.received_at for r in store.latest_gpu_readings()}
+    ingest(store, node_samples("node-b"))  # node-a is silent; its idle state is still written
+    after = {r.sample.node: r.received_at for r in store.latest_gpu_readings()}
+    assert after["node-a"] == before["node-a"], "a silent node's samples do not get younger"
+    assert after["node-b"] > before["node-b"]
+
+
+def test_orch_gpus_shows_every_sample_age_marks_stale_nodes_and_drops_silent_ones(store: Store) -> None:
+    ingest(store, node_samples("fresh") + node_samples("quiet") + node_samples("gone"))
+    age_node(store, "quiet", 100)
+    age_node(store, "gone", 1000)
+
+    def gpus(*args: str, **env: str) -> list[dict[str, Any]]:
+        result = CliRunner().invoke(
+            main, ["gpus", "-o", "json", *args], env={"ORCH_DATABASE_URL": store.url, **env}
+        )
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    default = {(g["node"], g["stale"]) for g in gpus()}  # 30 s window, dropped after 300 s
+    assert default == {("fresh", False), ("quiet", True)}
+    by_env = {(g["node"], g["stale"]) for g in gpus(ORCH_GPU_STALE_SECONDS="200")}
+    assert by_env == {("fresh", False), ("quiet", False), ("gone", True)}
+    by_option = {(g["node"], g["stale"]) for g in gpus("--stale-seconds", "50", ORCH_GPU_STALE_SECONDS="1")}
+    assert by_option == {("fresh", False), ("quiet", True)}
+    for record in gpus():
+        assert record["age_s"] >= (100 if record["node"] == "quiet" else 0)
+        received = datetime.fromisoformat(record["received_at"])
+        assert received.tzinfo is not None and abs(received.timestamp() - time.time()) < 3600
+    table = CliRunner().invoke(main, ["gpus"], env={"ORCH_DATABASE_URL": store.url, "COLUMNS": "200"})
+    assert "1m4" in table.output and "stale" in table.output and "silent for over 300s: gone" in table.output
+    bad = CliRunner().invoke(
+        main, ["gpus"], env={"ORCH_DATABASE_URL": store.url, "ORCH_GPU_STALE_SECONDS": "x"}
+    )
+    assert bad.exit_code == 2 and "--stale-seconds" in bad.output and "Traceback" not in bad.output

@@ -13,6 +13,7 @@ import sys
 import termios
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from rich.console import Console
 
 import cli
 from orchestrator import views
+from orchestrator.records import GpuReading
 from orchestrator.telemetry import names
-from orchestrator.telemetry.latest import LatestGpuSamples, latest_samples
+from orchestrator.telemetry.latest import LatestGpuReadings, LatestGpuSamples, latest_readings, latest_samples
 from orchestrator.telemetry.sample import GpuSample, ProcessMemory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,17 +72,32 @@ SAMPLES = [
 ]
 
 
+NOW = 1_800_000_000.0  # the wall clock the view functions are handed
+
+
+def fresh(samples: list[GpuSample], age: float = 1.0) -> list[GpuReading]:
+    """Samples as the store returns them, received ``age`` seconds before ``NOW``."""
+    return [GpuReading(sample, NOW - age) for sample in samples]
+
+
+def shown(samples: list[GpuSample], age: float = 1.0) -> list[views.GpuView]:
+    return views.gpu_views(fresh(samples, age), NOW)[0]
+
+
 class StubStore:
-    """Stands in for the store once it has ``latest_gpu_samples``: answers a script of sample lists."""
+    """Stands in for the store: answers a script of sample lists, received a second before ``NOW``."""
 
     def __init__(self, *batches: list[GpuSample]) -> None:
         self.batches = list(batches)
         self.calls = 0
 
     def latest_gpu_samples(self) -> list[GpuSample]:
+        return [reading.sample for reading in self.latest_gpu_readings()]
+
+    def latest_gpu_readings(self) -> list[GpuReading]:
         batch = self.batches[min(self.calls, len(self.batches) - 1)]
         self.calls += 1
-        return batch
+        return fresh(batch)
 
 
 # ---- the provider seam --------------------------------------------------------------------------
@@ -88,19 +105,20 @@ class StubStore:
 
 def test_latest_samples_reads_a_store_that_has_the_method() -> None:
     store = StubStore(SAMPLES)
-    assert isinstance(store, LatestGpuSamples)
+    assert isinstance(store, LatestGpuSamples) and isinstance(store, LatestGpuReadings)
     assert latest_samples(store) == SAMPLES
+    assert latest_readings(store) == fresh(SAMPLES)
 
 
 def test_latest_samples_is_empty_for_a_store_without_telemetry() -> None:
-    assert latest_samples(object()) == []
+    assert latest_samples(object()) == [] and latest_readings(object()) == []
 
 
 # ---- rows and tables ----------------------------------------------------------------------------
 
 
 def test_gpu_rows_are_sorted_by_pool_node_index_and_show_dashes_for_unknowns() -> None:
-    rows = views.gpu_rows(SAMPLES)
+    rows = views.gpu_rows(shown(SAMPLES, age=75))
     assert [(r["pool"], r["node"], r["gpu"]) for r in rows] == [
         ("a100", "node-c", "0"),
         ("h100", "node-a", "0"),
@@ -120,6 +138,7 @@ def test_gpu_rows_are_sorted_by_pool_node_index_and_show_dashes_for_unknowns() -
         "temp_c": "71",
         "run": "math-1",
         "role": "trainer",
+        "age": "1m15s stale",
     }
     unknown = rows[2]
     for column in ("util_pct", "mem_used_gib", "mem_total_gib", "power_w", "temp_c", "run", "role"):
@@ -134,7 +153,7 @@ def render(renderable: Any, width: int = 200) -> str:
 
 
 def test_gpu_table_groups_by_pool_and_node() -> None:
-    text = render(views.gpu_table(SAMPLES))
+    text = render(views.gpu_table(shown(SAMPLES)))
     assert "4 GPUs" in text
     lines = [line for line in text.splitlines() if "GPU-" in line]
     assert [re.search(r"GPU-\S+", line)[0] for line in lines] == [  # type: ignore[index]
@@ -153,15 +172,71 @@ def test_gpu_table_without_samples() -> None:
     assert "0 GPUs" in render(views.gpu_table([]))
 
 
-def test_gpu_records_hold_every_field_as_plain_data() -> None:
-    records = views.gpu_records(SAMPLES)
-    fields = set(GpuSample.__dataclass_fields__)
-    assert all(set(record) == fields for record in records)
+TIMES = {"sampled_at", "sim_time_s", "received_at", "age_s", "stale"}
+
+
+def test_gpu_records_hold_every_field_as_plain_data_and_times_as_iso_8601_wall_time() -> None:
+    records = views.gpu_records(shown(SAMPLES))
+    fields = set(GpuSample.__dataclass_fields__) - {"at", "virtual_clock"}
+    assert all(set(record) == fields | TIMES for record in records)
     full = records[3]
     assert full["throttle_reasons"] == ["sw_power_cap"]
     assert full["processes"] == [{"pid": 7, "used_bytes": GIB}]
+    assert full["received_at"] == "2027-01-15T07:59:59+00:00"  # NOW (08:00:00 UTC) - 1 s
+    assert (full["age_s"], full["stale"]) == (1.0, False)
     assert yaml.safe_load(yaml.safe_dump(records)) == records
     assert json.loads(json.dumps(records)) == records
+
+
+def test_gpu_records_name_a_simulated_clock_apart_from_wall_time() -> None:
+    wall = gpu("node-a", 0, at=NOW - 2.5)
+    virtual = gpu("sim-node-0", 0, at=4433.7, virtual_clock=True)
+    by_node = {r["node"]: r for r in views.gpu_records(shown([wall, virtual]))}
+    assert (by_node["node-a"]["sampled_at"], by_node["node-a"]["sim_time_s"]) == (
+        "2027-01-15T07:59:57+00:00",
+        None,
+    )
+    assert (by_node["sim-node-0"]["sampled_at"], by_node["sim-node-0"]["sim_time_s"]) == (None, 4433.7)
+    for record in by_node.values():
+        assert datetime.fromisoformat(record["received_at"]).tzinfo is not None
+
+
+# ---- staleness ----------------------------------------------------------------------------------
+
+
+def test_a_node_past_the_window_is_stale_and_past_ten_windows_is_dropped() -> None:
+    readings = [
+        GpuReading(gpu("fresh", 0), NOW - 5),
+        GpuReading(gpu("quiet", 0), NOW - 31),
+        GpuReading(gpu("quiet", 1), NOW - 40),
+        GpuReading(gpu("gone", 0), NOW - 301),
+    ]
+    kept, dropped = views.gpu_views(readings, NOW, stale_after_s=30)
+    assert [(v.sample.node, v.sample.index, v.age_s, v.stale) for v in kept] == [
+        ("fresh", 0, 5.0, False),
+        ("quiet", 0, 31.0, True),
+        ("quiet", 1, 40.0, True),
+    ]
+    assert dropped == ["gone"]
+    assert views.DEFAULT_STALE_SECONDS == 30 and views.DROP_AFTER_STALE_WINDOWS == 10
+    wider, none_dropped = views.gpu_views(readings, NOW, stale_after_s=60)
+    assert [v.stale for v in wider] == [False, True, False, False] and none_dropped == []  # gone, 301 s
+    table = render(views.gpu_table(kept, dropped, 30), width=200)
+    assert "2 stale (no sample for over 30s)" in table and "silent for over 300s: gone" in table
+    assert "31s stale" in table and "5s " in table
+
+
+def test_a_node_filter_keeps_matching_nodes_only() -> None:
+    kept, _ = views.gpu_views(fresh(SAMPLES), NOW, nodes=["node-a", "node-c*"])
+    assert sorted({v.sample.node for v in kept}) == ["node-a", "node-c"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.4, "0s"), (59.9, "59s"), (75, "1m15s"), (3 * 3600 + 600, "3h10m"), (2 * 86400 + 7200, "2d02h")],
+)
+def test_age_text(seconds: float, text: str) -> None:
+    assert views.age_text(seconds) == text
 
 
 # ---- sparklines and bars ------------------------------------------------------------------------
@@ -206,34 +281,90 @@ def test_utilization_bar() -> None:
 
 
 def gpu_lines(text: str, samples: list[GpuSample]) -> dict[tuple[str, int], str]:
-    found = {}
-    for sample in samples:
-        [line] = [ln for ln in text.splitlines() if re.search(rf"{sample.node}\s+{sample.index}\s", ln)]
-        found[(sample.node, sample.index)] = line
-    return found
+    """The line of each GPU: GPU lines (``  3 ...``) follow their node's summary line (``node-a (pool)``)."""
+    found: dict[tuple[str, int], str] = {}
+    node = ""
+    for line in text.splitlines():
+        if match := re.match(r"^(\S+) \(", line):
+            node = match[1]
+        elif match := re.match(r"^  (\d+) ", line):
+            found[(node, int(match[1]))] = line
+    return {(s.node, s.index): found[(s.node, s.index)] for s in samples}
 
 
-def test_top_view_shows_a_header_and_one_line_per_gpu() -> None:
+def test_top_view_shows_a_header_a_summary_line_per_node_and_one_line_per_gpu() -> None:
     history = {views.sample_key(s): [0.0, 1.0] for s in SAMPLES}
-    text = render(views.top_view(SAMPLES, history))
-    assert "4 GPUs" in text
-    assert "cluster utilization 39%" in text  # (0.91 + 0.25 + 0.0) / 3: the unknown GPU is left out
+    text = render(views.top_view(shown(SAMPLES), history, width=200), width=200)
+    assert "4 GPUs on 3 nodes" in text
+    assert "utilization 39%" in text  # (0.91 + 0.25 + 0.0) / 3: the unknown GPU is left out
     lines = gpu_lines(text, SAMPLES)
-    assert "▁█" in lines[("node-b", 1)] and "40.0/80.0" in lines[("node-b", 1)]
-    assert "-/-" in lines[("node-a", 1)]
+    assert "▁█" in lines[("node-b", 1)] and "40/80" in lines[("node-b", 1)]
+    assert "-/-" in lines[("node-a", 1)] and "trainer" in lines[("node-b", 1)]
+    [node_a] = [line for line in text.splitlines() if line.startswith("node-a (h100)")]
+    assert re.search(r"25%\s.*\s2 GPUs math-1", node_a), node_a  # mean of the known, GPUs, the run
 
 
 def test_top_view_without_samples() -> None:
     text = render(views.top_view([], {}))
-    assert "0 GPUs" in text and "cluster utilization -" in text and "no GPU samples yet" in text
+    assert "0 GPUs" in text and "utilization -" in text and "no GPU samples yet" in text
+
+
+def rack(nodes: int, gpus: int = 8) -> list[GpuSample]:
+    return [
+        gpu(
+            f"node-{n:02d}",
+            i,
+            util=(n + i) % 10 / 10,
+            memory_used_bytes=10 * GIB,
+            memory_total_bytes=80 * GIB,
+            power_watts=300.0,
+            temperature_celsius=50.0,
+            run="a-run-with-a-long-name-123456",
+            role="engine",
+        )
+        for n in range(nodes)
+        for i in range(gpus)
+    ]
+
+
+HEADERS_80 = ("node / gpu", "utilization", "mem GiB", "W", "°C", "age", "runs / role")
+
+
+def test_top_view_fits_80_columns_with_whole_headers_and_node_totals() -> None:
+    samples = rack(2)
+    text = render(views.top_view(shown(samples), {}, width=80), width=80)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 80
+    header = lines[1]
+    for title in HEADERS_80:
+        assert title in header, (title, header)
+    [node_row] = [line for line in lines if line.startswith("node-00 (h100)")]
+    assert "80/640" in node_row and "2400" in node_row and "8 GPUs" in node_row  # memory, power, GPUs
+    assert "…" in node_row  # the long run name is cut, not the table
+
+
+def test_top_view_shows_whole_nodes_per_screen_and_says_how_many_follow() -> None:
+    samples = rack(5)  # 5 nodes of 9 lines each
+    first = render(views.top_view(shown(samples), {}, width=100, height=24), width=100)
+    assert "node-00" in first and "node-01" in first and "node-02" not in first
+    assert len(first.splitlines()) <= 24
+    assert "page 1/3 · … 3 more nodes (↓/PgDn)" in first
+    last = render(views.top_view(shown(samples), {}, width=100, height=24, page=9), width=100)
+    assert "node-04" in last and "node-03" not in last and "page 3/3 · ↑/PgUp back" in last
+    assert views.top_page_count(shown(samples), 24) == 3 and views.top_page_count(shown(samples), None) == 1
 
 
 def test_watch_top_keeps_history_and_stops_after_the_iterations() -> None:
     later = [gpu(s.node, s.index, pool=s.pool, util=1.0) for s in SAMPLES]
     store = StubStore(SAMPLES, later, later)
-    out = Console(file=io.StringIO(), width=200, record=True, color_system=None)
+    out = Console(file=io.StringIO(), width=200, height=100, record=True, color_system=None)
     waits: list[float] = []
-    refreshes = cli.watch_top(store, out, lambda s: bool(waits.append(s)), interval=0.5, iterations=2)
+
+    def wait(seconds: float) -> str:
+        waits.append(seconds)
+        return ""
+
+    refreshes = cli.watch_top(store, out, wait, interval=0.5, iterations=2, clock=lambda: NOW)
     assert (refreshes, store.calls, waits) == (2, 2, [0.5])
     lines = gpu_lines(out.export_text(), SAMPLES)
     assert "▃█" in lines[("node-a", 0)]  # 0.25 then 1.0
@@ -243,8 +374,43 @@ def test_watch_top_keeps_history_and_stops_after_the_iterations() -> None:
 def test_watch_top_stops_when_a_quit_key_arrives() -> None:
     store = StubStore(SAMPLES)
     out = Console(file=io.StringIO(), width=200)
-    answers = iter([False, False, True])
+    answers = iter(["", "", cli.QUIT])
     assert cli.watch_top(store, out, lambda _: next(answers), interval=0.0) == 3
+
+
+def test_watch_top_pages_on_the_page_keys_and_fits_the_terminal() -> None:
+    store = StubStore(rack(5))
+    out = Console(file=io.StringIO(), width=80, height=24, record=True, force_terminal=True)
+    answers = iter([cli.NEXT_PAGE, cli.NEXT_PAGE, cli.NEXT_PAGE, cli.PREVIOUS_PAGE, cli.QUIT])
+    frames: list[str] = []
+
+    def wait(_: float) -> str:
+        frames.append(out.export_text(styles=False))
+        return next(answers)
+
+    assert cli.watch_top(store, out, wait, interval=0.0, clock=lambda: NOW) == 5
+    pages = [re.search(r"page (\d)/3", frame)[1] for frame in frames]  # type: ignore[index]
+    assert pages == ["1", "2", "3", "3", "2"]  # paging past the last screen stays on it
+    assert all(len(line) <= 80 for frame in frames for line in frame.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("data", "command"),
+    [
+        (b"q", cli.QUIT),
+        (b"Q", cli.QUIT),
+        (b"", cli.QUIT),
+        (b"\x1b[B", cli.NEXT_PAGE),
+        (b"\x1b[6~", cli.NEXT_PAGE),
+        (b" ", cli.NEXT_PAGE),
+        (b"\x1b[A", cli.PREVIOUS_PAGE),
+        (b"\x1b[5~", cli.PREVIOUS_PAGE),
+        (b"x", ""),
+    ],
+    ids=["q", "Q", "end of input", "down", "PgDn", "space", "up", "PgUp", "other"],
+)
+def test_key_command(data: bytes, command: str) -> None:
+    assert cli.key_command(data) == command
 
 
 def test_orch_top_iterations_on_the_real_store(tmp_path: Path) -> None:
@@ -273,23 +439,23 @@ def pty_pair() -> Iterator[tuple[int, int]]:
 def test_quit_keys_reads_q_in_cbreak_mode_and_restores_the_terminal(pty_pair: tuple[int, int]) -> None:
     master, slave = pty_pair
     before = termios.tcgetattr(slave)
-    with open(slave, "rb", buffering=0, closefd=False) as stream, cli._quit_keys(stream) as wait:
+    with open(slave, "rb", buffering=0, closefd=False) as stream, cli._keys(stream) as wait:
         lflag = termios.tcgetattr(slave)[3]
         assert not lflag & termios.ICANON and not lflag & termios.ECHO
-        assert wait(0.01) is False  # nothing typed
+        assert wait(0.01) == ""  # nothing typed
         os.write(master, b"x")
-        assert wait(1.0) is False  # another key: consumed, not a quit
+        assert wait(1.0) == ""  # another key: consumed, not a quit
+        os.write(master, b"\x1b[6~")
+        assert wait(1.0) == cli.NEXT_PAGE
         os.write(master, b"q")
-        assert wait(1.0) is True
-        os.write(master, b"Q")
-        assert wait(1.0) is True
+        assert wait(1.0) == cli.QUIT
     assert termios.tcgetattr(slave) == before
 
 
 def test_quit_keys_sleeps_when_stdin_is_not_a_terminal() -> None:
-    with cli._quit_keys(io.StringIO()) as wait:
+    with cli._keys(io.StringIO()) as wait:
         started = time.monotonic()
-        assert wait(0.02) is False
+        assert wait(0.02) == ""
         assert time.monotonic() - started >= 0.02
 
 
@@ -358,7 +524,7 @@ def test_orch_gpus_on_the_real_store_without_telemetry(tmp_path: Path) -> None:
 
 
 def test_orch_gpus_json_is_the_records_of_what_the_seam_returns() -> None:
-    records = views.gpu_records(latest_samples(StubStore(SAMPLES)))
+    records = views.gpu_records(views.gpu_views(latest_readings(StubStore(SAMPLES)), NOW)[0])
     assert [r["uuid"] for r in records] == ["GPU-node-c-0", "GPU-node-a-0", "GPU-node-a-1", "GPU-node-b-1"]
     assert records[2]["utilization_ratio"] is None
 
