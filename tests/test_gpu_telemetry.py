@@ -321,8 +321,12 @@ def test_orch_top_shows_every_gpu_of_the_example_run_and_roles_alternate_on_shar
         env={"ORCH_DATABASE_URL": db_url, "COLUMNS": "160"},
     )
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.output.splitlines() if "sim-node-0" in line]
-    assert len(rows) == 8, result.output
+    lines = result.output.splitlines()
+    [node] = [n for n, line in enumerate(lines) if line.startswith("sim-node-0 ")]  # the node's summary line
+    assert "8 GPUs" in lines[node]
+    assert [line.split()[0] for line in lines[node + 1 : node + 9]] == [str(i) for i in range(8)], (
+        result.output
+    )
     released = store.latest_gpu_samples()
     assert all(g.run == "" and g.memory_used_bytes == 0 for g in released), (
         "a finished run gives its GPUs back"
