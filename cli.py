@@ -229,7 +229,14 @@ def _note_gpu_holders(others: Sequence[service.OtherRun], run: Run) -> None:
     """One line naming the runs whose GPUs this run waits for, and whether anything drives them."""
     holders = [o for o in others if o.gpus]
     named = ", ".join(f"{o.run.id} ({o.gpus} GPUs, {o.run.phase.value}, {_driver(o)})" for o in holders)
-    _note(f"note: {run.id} waits for GPUs held by {named or 'no run in this database'}: {run.message}")
+    advice = (
+        "; `orch controller` drives them, `orch cancel RUN` frees their GPUs"
+        if any(o.controller is None for o in holders)
+        else ""
+    )
+    _note(
+        f"note: {run.id} waits for GPUs held by {named or 'no run in this database'}{advice}: {run.message}"
+    )
 
 
 def _say_where_it_stands(run: Run, total: int) -> None:
@@ -238,7 +245,7 @@ def _say_where_it_stands(run: Run, total: int) -> None:
     if run.phase in (Phase.SUSPENDED, Phase.FAILED):
         _note(
             f"to continue from its last checkpoint: `orch resume {run.id}`, then "
-            "`orch controller --exit-when-idle` (or `orch events RUN` for the whole story)"
+            f"`orch controller --exit-when-idle`; `orch events {run.id}` shows what happened"
         )
     elif run.phase is Phase.CANCELLED:
         _note("a cancelled run stays cancelled: submit the spec again to start over")
