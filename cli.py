@@ -21,17 +21,32 @@ from prometheus_client import REGISTRY
 from rich import box
 from rich.console import Console
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 import orchestrator
 from orchestrator import service, views
-from orchestrator.backends import make_backend
+from orchestrator.backends import check_backend_name, make_backend
+from orchestrator.backends.base import Backend
 from orchestrator.controller import Controller
-from orchestrator.embedded import run_to_completion
-from orchestrator.errors import OrchError, SpecError
+from orchestrator.embedded import run_to_completion, settled
+from orchestrator.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_RUN_CANCELLED,
+    EXIT_RUN_FAILED,
+    EXIT_RUN_SUSPENDED,
+    OrchError,
+    SpecError,
+)
 from orchestrator.health import HealthServer, LoopHeartbeat
-from orchestrator.records import Event, Run
+from orchestrator.records import Event, Phase, Run
 from orchestrator.spec import HYPHENATED_POLICIES, load_spec_data, resolve_dispatch_policy
 from orchestrator.state.store import Store
 from orchestrator.telemetry.exporter import GpuCollector
@@ -204,24 +219,95 @@ def validate(file: str) -> None:
 def submit(obj: Context, file: str, wait: bool, pace: float | None, backend: str, output: str) -> None:
     """Store a run spec as a new run (and with --wait, run it to the end)."""
     spec = service.validate(file)
-    run = service.submit(obj.store, file)
+    backend = check_backend_name(backend)
     if not wait:
+        run = service.submit(obj.store, file)
         emit(run_row(run), output, lambda: f"submitted {run.id} ({spec.total_steps} steps)")
         return
-    run = _run_embedded(obj.store, run, backend, pace, quiet=output != "table")
+    parts = make_backend(backend, sim_pace=pace)  # a bad setting fails here, before the run is stored
+    try:
+        run = service.submit(obj.store, file)
+        _note_other_runs(service.other_runs(obj.store, run.id), run)
+        try:
+            run = _run_embedded(obj.store, run, parts, quiet=output != "table")
+        except KeyboardInterrupt:
+            _say_where_it_stands(obj.store.get_run(run.id), spec.total_steps)
+            sys.exit(EXIT_INTERRUPTED)
+    finally:
+        parts.close()
     summary = service.report(obj.store, run.id).as_dict()
     emit(summary, output, lambda: _summary_table(summary))
-    if run.phase.value != "Succeeded":
-        sys.exit(1)
+    if run.phase is not Phase.SUCCEEDED:
+        _say_where_it_stands(run, spec.total_steps)
+        sys.exit(WAIT_EXIT_CODES.get(run.phase, 1))
 
 
-def _run_embedded(store: Store, run: Run, backend: str, pace: float | None, *, quiet: bool) -> Run:
+WAIT_EXIT_CODES = {
+    Phase.FAILED: EXIT_RUN_FAILED,
+    Phase.CANCELLED: EXIT_RUN_CANCELLED,
+    Phase.SUSPENDED: EXIT_RUN_SUSPENDED,
+}
+
+
+def _note(text: str) -> None:
+    errors.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _driver(other: service.OtherRun) -> str:
+    return f"driven by {other.controller}" if other.controller else "no controller drives it"
+
+
+def _note_other_runs(others: Sequence[service.OtherRun], run: Run) -> None:
+    """One line naming the unfinished runs this --wait leaves alone (it drives its own run only)."""
+    if not others:
+        return
+    named = ", ".join(f"{o.run.id} ({o.run.phase.value}, {_driver(o)})" for o in others)
+    _note(f"note: --wait drives {run.id} only; other unfinished runs: {named}; `orch controller` runs them")
+
+
+def _note_gpu_holders(others: Sequence[service.OtherRun], run: Run) -> None:
+    """One line naming the runs whose GPUs this run waits for, and whether anything drives them."""
+    holders = [o for o in others if o.gpus]
+    named = ", ".join(f"{o.run.id} ({o.gpus} GPUs, {o.run.phase.value}, {_driver(o)})" for o in holders)
+    advice = (
+        "; `orch controller` drives them, `orch cancel RUN` frees their GPUs"
+        if any(o.controller is None for o in holders)
+        else ""
+    )
+    _note(
+        f"note: {run.id} waits for GPUs held by {named or 'no run in this database'}{advice}: {run.message}"
+    )
+
+
+def _say_where_it_stands(run: Run, total: int) -> None:
+    """The run's phase, why it is there, and the commands that take it on."""
+    _note(f"{run.id}: {run.phase.value} at step {run.steps_done} of {total}: {run.message or '-'}")
+    if run.phase in (Phase.SUSPENDED, Phase.FAILED):
+        _note(
+            f"to continue from its last checkpoint: `orch resume {run.id}`, then "
+            f"`orch controller --exit-when-idle`; `orch events {run.id}` shows what happened"
+        )
+    elif run.phase is Phase.CANCELLED:
+        _note("a cancelled run stays cancelled: submit the spec again to start over")
+    elif not run.phase.terminal:
+        _note(
+            "nothing drives it now (its lease is released): `orch controller --exit-when-idle` runs it to "
+            f"the end, `orch cancel {run.id}` stops it"
+        )
+
+
+def _run_embedded(store: Store, run: Run, parts: Backend, *, quiet: bool) -> Run:
     total = sum(s.planned_steps or 0 for s in store.stages(run.id))
     started = time.monotonic()
+    noted = ""
     with _progress(quiet) as progress:
         task = progress.add_task("starting", total=total)
 
         def show(current: Run) -> None:
+            nonlocal noted
+            if current.message.startswith("waiting for GPUs") and current.message != noted:
+                noted = current.message
+                _note_gpu_holders(service.other_runs(store, current.id), current)
             progress.update(
                 task,
                 completed=current.steps_done,
@@ -229,21 +315,26 @@ def _run_embedded(store: Store, run: Run, backend: str, pace: float | None, *, q
                 f"GPU busy {current.gpu_busy_fraction:.0%} · {current.phase.value}",
             )
 
-        final = run_to_completion(store, run.id, backend=backend, sim_pace=pace, on_progress=show)
+        final = run_to_completion(store, run.id, parts, on_progress=show)
     if not quiet:
         console.print(f"{final.id}: {final.phase.value} in {time.monotonic() - started:.1f}s wall time")
     return final
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Progress]:
+def _progress(
+    quiet: bool, out: Console = console, get_time: Callable[[], float] | None = None
+) -> Iterator[Progress]:
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=out,
         disable=quiet,
+        get_time=get_time,
     )
     with progress:
         yield progress
@@ -514,7 +605,7 @@ def top(
 @click.option("--backend", envvar="ORCH_BACKEND", default="sim", show_default=True, help="cluster backend")
 @click.option("--id", "identity", default=None, help="controller identity for leases (default host-pid)")
 @click.option("--lease-seconds", default=15.0, show_default=True, help="how long a run's lease lasts")
-@click.option("--exit-when-idle", is_flag=True, help="exit once no unfinished run is left")
+@click.option("--exit-when-idle", is_flag=True, help="exit once no unfinished run is left but Suspended ones")
 @click.option("--http-port", type=int, default=None, help="serve /healthz, /readyz and /metrics on this port")
 @pass_context
 def controller(
@@ -545,7 +636,11 @@ def controller(
         click.echo(f"reconciled {report.runs} run(s), {report.changes} change(s)")
         return
     stop = threading.Event()
-    until = (lambda: not obj.store.list_runs(active_only=True)) if exit_when_idle else (lambda: False)
+    until = (
+        (lambda: all(settled(run.phase) for run in obj.store.list_runs(active_only=True)))
+        if exit_when_idle
+        else (lambda: False)
+    )
     heartbeat = LoopHeartbeat(stale_after_s=max(60.0, 4 * lease_seconds))
     health = None
     if http_port is not None:

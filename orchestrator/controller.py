@@ -66,7 +66,9 @@ class Controller:
         lease_seconds: float = 15.0,
         sources: Sequence[RunSource] = (),
         telemetry: TelemetryFeed | None = None,
+        only: frozenset[str] | None = None,
     ) -> None:
+        """``only``: reconcile just these runs (``orch submit --wait`` drives its own run, no other)."""
         self.store = store
         self.cluster = cluster
         self.executor = executor
@@ -74,6 +76,7 @@ class Controller:
         self.lease_seconds = lease_seconds
         self.sources = tuple(sources)
         self.telemetry = telemetry
+        self.only = only
         self._latest_gpus: list[GpuSample] = []
         self._cluster_version = 0
 
@@ -81,7 +84,7 @@ class Controller:
 
     def reconcile_once(self) -> PassReport:
         changes = sum(source.pull(self.store) for source in self.sources)
-        run_ids = self.store.acquire_leases(self.identity, self.lease_seconds)
+        run_ids = self.store.acquire_leases(self.identity, self.lease_seconds, only=self.only)
         self._latest_gpus = self.store.latest_gpu_samples() if run_ids else []
         for run_id in run_ids:
             changes += self._reconcile_run(run_id)

@@ -1,50 +1,61 @@
-"""Run one run to its end with the controller embedded in this process (``orch submit --wait``)."""
+"""Run one run with the controller embedded in this process (``orch submit --wait``)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
-from orchestrator.backends import make_backend
+from orchestrator.backends.base import Backend
 from orchestrator.controller import Controller
-from orchestrator.records import Run
+from orchestrator.records import Phase, Run
 from orchestrator.state.store import Store
 
-__all__ = ["run_to_completion"]
+__all__ = ["run_to_completion", "settled"]
+
+
+def settled(phase: Phase) -> bool:
+    """Nothing more happens to a run in this phase unless a person acts: final, or Suspended."""
+    return phase.terminal or phase is Phase.SUSPENDED
 
 
 def run_to_completion(
     store: Store,
     run_id: str,
+    backend: Backend,
     *,
-    backend: str | None = None,
-    sim_pace: float | None = None,
     on_progress: Callable[[Run], None] = lambda run: None,
     poll_s: float = 0.2,
 ) -> Run:
-    """Reconcile in a background thread until the run is final, reporting its state every ``poll_s``.
+    """Reconcile this run, and no other, in a background thread until it is settled (final or Suspended),
+    reporting its state every ``poll_s``. The caller makes and closes ``backend``.
 
-    Ctrl-C stops the controller cleanly (its leases are released) and propagates.
+    Ctrl-C stops the controller cleanly (its lease is released) and propagates.
     """
-    parts = make_backend(backend, sim_pace=sim_pace)
     controller = Controller(
-        store, parts.cluster, parts.executor, sources=parts.sources, telemetry=parts.telemetry
+        store,
+        backend.cluster,
+        backend.executor,
+        sources=backend.sources,
+        telemetry=backend.telemetry,
+        only=frozenset({run_id}),
     )
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=controller.run,
-        kwargs={"until": lambda: store.get_run(run_id).phase.terminal, "stop": stop},
-        daemon=True,
-    )
-    thread.start()
+    stop, finished = threading.Event(), threading.Event()
+
+    def drive() -> None:
+        try:
+            controller.run(until=lambda: settled(store.get_run(run_id).phase), stop=stop)
+        finally:
+            finished.set()
+
+    # Waits on an Event, not Thread.join: a Ctrl-C that interrupts join() can leave the thread marked as
+    # stopped while it still runs (CPython 3.11), and the process then exits before the lease is released.
+    threading.Thread(target=drive, daemon=True).start()
     try:
-        while thread.is_alive():
+        while not finished.is_set():
             on_progress(store.get_run(run_id))
-            thread.join(poll_s)
+            finished.wait(poll_s)
     except KeyboardInterrupt:
         stop.set()
-        thread.join()
+        finished.wait()
         raise
-    finally:
-        parts.close()
     return store.get_run(run_id)

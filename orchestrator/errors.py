@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_RUN_CANCELLED",
+    "EXIT_RUN_FAILED",
+    "EXIT_RUN_SUSPENDED",
     "ConflictError",
     "IllegalTransition",
     "NotFound",
@@ -10,6 +14,13 @@ __all__ = [
     "PlacementError",
     "SpecError",
 ]
+
+# Exit codes of ``orch submit --wait`` when the waited run ends other than Succeeded (0), next to the error
+# classes' codes below (1-6), so every code orch exits with is defined in this one file.
+EXIT_RUN_FAILED = 8
+EXIT_RUN_CANCELLED = 9
+EXIT_RUN_SUSPENDED = 10
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 class OrchError(Exception):

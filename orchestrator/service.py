@@ -14,10 +14,12 @@ from orchestrator.state.store import Store
 from orchestrator.views import iso_time, lease_holder
 
 __all__ = [
+    "OtherRun",
     "RunReport",
     "advance_stage",
     "cancel_run",
     "events",
+    "other_runs",
     "report",
     "resume_run",
     "submit",
@@ -121,6 +123,30 @@ def report(store: Store, ref: str) -> RunReport:
         idle_gpu_seconds=store.run_idle_seconds(run.id),
         utilization=store.run_utilization(run.id),
     )
+
+
+@dataclass(frozen=True)
+class OtherRun:
+    """Another unfinished run, seen from one run: who drives it and the GPUs it holds in that run's pools."""
+
+    run: Run
+    controller: str | None  # the controller holding its lease; None: nobody drives it now
+    gpus: int
+
+
+def other_runs(store: Store, run_id: str) -> list[OtherRun]:
+    """Every unfinished run but ``run_id``, oldest first: what ``orch submit --wait`` leaves to others."""
+    pools = set(RunSpec.model_validate(store.get_run(run_id).spec).pools)
+    held: dict[str, int] = {}
+    for workload in store.workloads(live_only=True):
+        if workload.pool in pools:
+            held[workload.run_id] = held.get(workload.run_id, 0) + workload.gpus
+    owners = store.lease_owners()
+    return [
+        OtherRun(run, owners.get(run.id), held.get(run.id, 0))
+        for run in store.list_runs(active_only=True)
+        if run.id != run_id
+    ]
 
 
 def events(store: Store, ref: str, after_id: int = 0) -> list[Event]:

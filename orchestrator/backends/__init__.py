@@ -12,10 +12,12 @@ if TYPE_CHECKING:
     from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 
 __all__ = [
+    "BACKENDS",
     "BACKEND_ENV",
     "NAMESPACE_ENV",
     "POOL_LABEL_ENV",
     "SIM_PACE_ENV",
+    "check_backend_name",
     "make_backend",
     "make_kube_backend",
 ]
@@ -25,6 +27,17 @@ NAMESPACE_ENV = "ORCH_NAMESPACE"
 POOL_LABEL_ENV = "ORCH_POOL_LABEL"
 SIM_PACE_ENV = "ORCH_SIM_PACE"
 AGENT_URLS_ENV = "ORCH_AGENT_URLS"  # comma-separated agent (or agent Service endpoint) URLs to scrape
+BACKENDS = ("sim", "kube")
+
+
+def check_backend_name(name: str | None = None) -> str:
+    """The backend named by ``name`` or ``ORCH_BACKEND`` (default ``sim``); one clear error if unknown."""
+    name = name or os.environ.get(BACKEND_ENV, "sim")
+    if name not in BACKENDS:
+        raise SpecError(
+            f"{BACKEND_ENV} / --backend: unknown backend {name!r}; use {' or '.join(map(repr, BACKENDS))}"
+        )
+    return name
 
 
 def make_backend(
@@ -35,28 +48,37 @@ def make_backend(
     ``sim_pace``: virtual seconds the simulated pool plays per wall second (default ``ORCH_SIM_PACE``,
     else 0 = as fast as possible).
     """
-    name = name or os.environ.get(BACKEND_ENV, "sim")
+    name = check_backend_name(name)
     if name == "sim":
         from orchestrator.backends.sim import SimCluster
         from orchestrator.backends.sim_training import SimTrainer, StepSimulator
 
         cluster = SimCluster.from_env()
-        pace = sim_pace if sim_pace is not None else float(os.environ.get(SIM_PACE_ENV, "0") or 0)
+        pace = sim_pace if sim_pace is not None else _pace_from_env()
         trainer = SimTrainer(cluster, StepSimulator(rollout_metrics), pace=pace)
         return Backend(cluster, trainer, telemetry=cluster.telemetry)
-    if name == "kube":
-        from orchestrator.backends.kube import (
-            DEFAULT_NAMESPACE,
-            DEFAULT_POOL_LABEL,
-            api_client_from_environment,
-        )
+    from orchestrator.backends.kube import (
+        DEFAULT_NAMESPACE,
+        DEFAULT_POOL_LABEL,
+        api_client_from_environment,
+    )
 
-        return make_kube_backend(
-            api_client_from_environment(),
-            namespace=os.environ.get(NAMESPACE_ENV, DEFAULT_NAMESPACE),
-            pool_label=os.environ.get(POOL_LABEL_ENV, DEFAULT_POOL_LABEL),
-        )
-    raise SpecError(f"{BACKEND_ENV}: unknown backend {name!r}; use 'sim' or 'kube'")
+    return make_kube_backend(
+        api_client_from_environment(),
+        namespace=os.environ.get(NAMESPACE_ENV, DEFAULT_NAMESPACE),
+        pool_label=os.environ.get(POOL_LABEL_ENV, DEFAULT_POOL_LABEL),
+    )
+
+
+def _pace_from_env() -> float:
+    text = os.environ.get(SIM_PACE_ENV, "").strip() or "0"
+    try:
+        pace = float(text)
+    except ValueError:
+        pace = -1.0
+    if not pace >= 0:
+        raise SpecError(f"{SIM_PACE_ENV}: {text!r} is not a number >= 0 (virtual seconds per wall second)")
+    return pace
 
 
 def make_kube_backend(

@@ -461,17 +461,20 @@ class Store:
 
     # ---- leases -----------------------------------------------------------------------------
 
-    def acquire_leases(self, owner: str, seconds: float) -> list[str]:
-        """Take or renew the lease of every unfinished run that no live controller holds.
+    def acquire_leases(self, owner: str, seconds: float, *, only: Collection[str] | None = None) -> list[str]:
+        """Take or renew the lease of every unfinished run (of ``only``, if given) that no live controller
+        holds.
 
         One conditional UPDATE, so two controllers can never both hold a run: whichever
         commits second matches no row for runs the first one took.
         """
         now = time.time()
+        chosen = [RunRow.id.in_(list(only))] if only is not None else []
         with self._transaction() as session:
             session.execute(
                 update(RunRow)
                 .where(
+                    *chosen,
                     RunRow.phase.not_in(TERMINAL),
                     or_(
                         RunRow.lease_owner.is_(None),
@@ -484,10 +487,22 @@ class Store:
             return list(
                 session.scalars(
                     select(RunRow.id)
-                    .where(RunRow.lease_owner == owner, RunRow.phase.not_in(TERMINAL))
+                    .where(*chosen, RunRow.lease_owner == owner, RunRow.phase.not_in(TERMINAL))
                     .order_by(RunRow.priority.desc(), RunRow.created_at)
                 )
             )
+
+    def lease_owners(self) -> dict[str, str]:
+        """The controller holding each unfinished run whose lease has not expired, by run id."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(RunRow.id, RunRow.lease_owner).where(
+                    RunRow.phase.not_in(TERMINAL),
+                    RunRow.lease_owner.is_not(None),
+                    RunRow.lease_expires_at >= time.time(),
+                )
+            )
+            return {run_id: owner for run_id, owner in rows}
 
     def release_leases(self, owner: str) -> None:
         with self._transaction() as session:
