@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 
 from orchestrator.backends import make_backend
 from orchestrator.controller import Controller
+from orchestrator.errors import DatabaseUnavailable
 from orchestrator.records import Run
 from orchestrator.state.store import Store
 
@@ -28,19 +30,33 @@ def run_to_completion(
     """
     parts = make_backend(backend, sim_pace=sim_pace)
     controller = Controller(
-        store, parts.cluster, parts.executor, sources=parts.sources, telemetry=parts.telemetry
+        store,
+        parts.cluster,
+        parts.executor,
+        sources=parts.sources,
+        telemetry=parts.telemetry,
+        transient=parts.transient,
     )
     stop = threading.Event()
-    thread = threading.Thread(
-        target=controller.run,
-        kwargs={"until": lambda: store.get_run(run_id).phase.terminal, "stop": stop},
-        daemon=True,
-    )
+    failed: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            controller.run(until=lambda: store.get_run(run_id).phase.terminal, stop=stop)
+        except (
+            BaseException
+        ) as error:  # re-raised in the caller's thread: one line there, no thread traceback
+            failed.append(error)
+
+    thread = threading.Thread(target=drive, daemon=True)
     thread.start()
     try:
         while thread.is_alive():
-            on_progress(store.get_run(run_id))
+            with suppress(DatabaseUnavailable):  # the controller thread decides when an outage is too long
+                on_progress(store.get_run(run_id))
             thread.join(poll_s)
+        if failed:
+            raise failed[0]
     except KeyboardInterrupt:
         stop.set()
         thread.join()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 __all__ = [
     "ConflictError",
+    "DatabaseUnavailable",
     "IllegalTransition",
     "NotFound",
     "OrchError",
     "PlacementError",
     "SpecError",
+    "TransientError",
 ]
 
 
@@ -46,3 +48,18 @@ class PlacementError(OrchError):
     """A request can never fit the cluster it was sent to."""
 
     exit_code = 6
+
+
+class TransientError(OrchError):
+    """The environment failed, not the run: retry with backoff; it never counts against a run's attempts."""
+
+    exit_code = 7
+
+
+class DatabaseUnavailable(TransientError):
+    """The database cannot be reached or is locked (connection refused, lost, terminated, busy)."""
+
+    def __init__(self, where: str, reason: str, message: str = "") -> None:
+        super().__init__(message or f"database {where} unavailable: {reason}")
+        self.where = where  # the URL without its password
+        self.reason = reason  # the driver's error, one line

@@ -80,6 +80,9 @@ class Run:
     updated_at: float
     external_ref: str | None = None  # namespace/name/uid of the TrainingRun it mirrors, if any
     suspend_requested: bool = False  # the idle policy asked to suspend at the next checkpoint
+    failures: int = 0  # failures in a row at ``failed_step`` (see orchestrator.core.failures)
+    failed_step: int = 0  # the step the run was working towards when it last failed
+    last_error: str = ""  # one line: the last failure's reason
 
     @property
     def gpu_busy_fraction(self) -> float:

@@ -43,7 +43,7 @@ def make_backend(
         cluster = SimCluster.from_env()
         pace = sim_pace if sim_pace is not None else float(os.environ.get(SIM_PACE_ENV, "0") or 0)
         trainer = SimTrainer(cluster, StepSimulator(rollout_metrics), pace=pace)
-        return Backend(cluster, trainer, telemetry=cluster.telemetry)
+        return Backend(cluster, trainer, telemetry=cluster.telemetry, in_process=True)
     if name == "kube":
         from orchestrator.backends.kube import (
             DEFAULT_NAMESPACE,
@@ -63,7 +63,7 @@ def make_kube_backend(
     api_client: Any, *, namespace: str, pool_label: str, watch_timeout_s: int = 5
 ) -> Backend:
     """The Kubernetes backend over an ``ApiClient``: pods, the trainer mailbox and TrainingRuns."""
-    from orchestrator.backends.kube import KubeCluster
+    from orchestrator.backends.kube import KubeCluster, transient_kube_error
     from orchestrator.backends.kube_executor import KubeExecutor
     from orchestrator.backends.kube_runs import TrainingRunMirror
     from orchestrator.telemetry.scrape import AgentScrapeFeed
@@ -78,4 +78,5 @@ def make_kube_backend(
         sources=(mirror,),
         closers=(mirror.close, cluster.close),
         telemetry=feed,
+        transient=transient_kube_error,
     )
