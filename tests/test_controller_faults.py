@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,10 +21,10 @@ from orchestrator.core.failures import count_failure, work_failed
 from orchestrator.core.reconcile import decide
 from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.errors import TransientError
-from orchestrator.records import Phase
+from orchestrator.records import Phase, RunPatch
 from orchestrator.spec import RunSpec, parse_spec
 from orchestrator.state.store import Store
-from tests.conftest import spec_data, write_spec
+from tests.conftest import ROOT, spec_data, write_spec
 from tests.test_reconcile import make_run, make_snapshot, placed, running, seen
 
 KV_ERROR = "model leaves no room for KV cache on H100-80GB"
@@ -223,3 +226,24 @@ def test_max_attempts_below_one_is_refused(value: int) -> None:
 
     with pytest.raises(SpecError, match="max_attempts"):
         parse_spec({**spec_data(), "scheduling": {"max_attempts": value}})
+
+
+def test_controller_exit_when_idle_counts_suspended_runs_as_idle(db_url: str, tmp_path: Path) -> None:
+    store = Store(db_url)
+    parked = submit(store, tmp_path, "parked")
+    run = store.get_run(parked)
+    store.apply(RunPatch(parked, run.version, run={"phase": Phase.SUSPENDED.value}))
+    other = submit(store, tmp_path, "other")
+    env = dict(os.environ, ORCH_DATABASE_URL=db_url, ORCH_BACKEND="sim", ORCH_SIM_FAULTS="")
+    command = [sys.executable, str(ROOT / "cli.py"), "controller", "--exit-when-idle"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert store.get_run(other).phase is Phase.SUCCEEDED
+    assert store.get_run(parked).phase is Phase.SUSPENDED, "left for `orch resume`"
+    store.close()
