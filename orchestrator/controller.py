@@ -24,6 +24,7 @@ from orchestrator.backends.base import (
     TelemetryFeed,
     TrainingExecutor,
     WorkInProgress,
+    never_transient,
 )
 from orchestrator.core.attribution import attribute_samples
 from orchestrator.core.curriculum import last_checkpoint
@@ -56,10 +57,6 @@ T = TypeVar("T")
 
 def default_identity() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _never(error: BaseException) -> bool:
-    return False
 
 
 @dataclass(frozen=True)
@@ -150,7 +147,7 @@ class Controller:
         lease_seconds: float = 15.0,
         sources: Sequence[RunSource] = (),
         telemetry: TelemetryFeed | None = None,
-        transient: Callable[[BaseException], bool] = _never,
+        transient: Callable[[BaseException], bool] = never_transient,
     ) -> None:
         """``transient`` tells errors of the environment (API server, network) from the run's own."""
         self.store = store

@@ -247,3 +247,19 @@ def test_controller_exit_when_idle_counts_suspended_runs_as_idle(db_url: str, tm
     assert store.get_run(other).phase is Phase.SUCCEEDED
     assert store.get_run(parked).phase is Phase.SUSPENDED, "left for `orch resume`"
     store.close()
+
+
+def test_the_kube_backend_tells_api_server_and_network_errors_from_the_runs_own() -> None:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import MaxRetryError, ProtocolError
+
+    from orchestrator.backends.kube import transient_kube_error
+
+    for status in (500, 502, 503, 504, 429):
+        assert transient_kube_error(ApiException(status=status)), status
+    for status in (400, 403, 404, 409, 422):
+        assert not transient_kube_error(ApiException(status=status)), status
+    assert transient_kube_error(ProtocolError("Connection aborted."))
+    assert transient_kube_error(MaxRetryError(None, "/api/v1/pods", "refused"))
+    assert transient_kube_error(ConnectionRefusedError(111, "Connection refused"))
+    assert not transient_kube_error(ValueError("no room for KV cache"))

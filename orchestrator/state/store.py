@@ -115,7 +115,9 @@ def _make_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A host that never answers fails a connect after 10 s (unless the URL says otherwise), not minutes.
+    timeout = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": 10}
+    return create_engine(url, pool_pre_ping=True, connect_args=timeout)
 
 
 R = TypeVar("R")
