@@ -35,8 +35,14 @@ import orchestrator
 from orchestrator import service, views
 from orchestrator.backends import check_backend_name, make_backend
 from orchestrator.backends.base import Backend
-from orchestrator.controller import Controller
-from orchestrator.embedded import run_to_completion, settled
+from orchestrator.controller import (
+    DB_OUTAGE_SECONDS,
+    Controller,
+    DatabaseOutage,
+    nothing_to_drive,
+    with_database,
+)
+from orchestrator.embedded import run_to_completion
 from orchestrator.errors import (
     EXIT_INTERRUPTED,
     EXIT_RUN_CANCELLED,
@@ -607,6 +613,13 @@ def top(
 @click.option("--lease-seconds", default=15.0, show_default=True, help="how long a run's lease lasts")
 @click.option("--exit-when-idle", is_flag=True, help="exit once no unfinished run is left but Suspended ones")
 @click.option("--http-port", type=int, default=None, help="serve /healthz, /readyz and /metrics on this port")
+@click.option(
+    "--db-outage-seconds",
+    type=click.FloatRange(min=0),
+    default=DB_OUTAGE_SECONDS,
+    show_default=True,
+    help="retry an unreachable database this long before exiting",
+)
 @pass_context
 def controller(
     obj: Context,
@@ -616,18 +629,28 @@ def controller(
     lease_seconds: float,
     exit_when_idle: bool,
     http_port: int | None,
+    db_outage_seconds: float,
 ) -> None:
     """Run the reconcile loop (Ctrl-C stops it cleanly)."""
     rollout_metrics = RolloutMetrics(REGISTRY) if http_port is not None else None
     parts = make_backend(backend, rollout_metrics=rollout_metrics)
+    if once and parts.in_process:
+        parts.close()
+        raise OrchError(
+            f"orch controller --once cannot make progress on the {backend!r} backend: its simulated pool "
+            "lives in this process and its workloads die when the pass ends; run "
+            "`orch controller --exit-when-idle` or `orch submit FILE --wait` instead"
+        )
+    outage = DatabaseOutage(db_outage_seconds)
     ctl = Controller(
-        obj.store,
+        with_database(lambda: obj.store, outage),
         parts.cluster,
         parts.executor,
         identity=identity,
         lease_seconds=lease_seconds,
         sources=parts.sources,
         telemetry=parts.telemetry,
+        transient=parts.transient,
     )
     if once:
         report = ctl.reconcile_once()
@@ -636,11 +659,7 @@ def controller(
         click.echo(f"reconciled {report.runs} run(s), {report.changes} change(s)")
         return
     stop = threading.Event()
-    until = (
-        (lambda: all(settled(run.phase) for run in obj.store.list_runs(active_only=True)))
-        if exit_when_idle
-        else (lambda: False)
-    )
+    until = (lambda: nothing_to_drive(obj.store)) if exit_when_idle else (lambda: False)
     heartbeat = LoopHeartbeat(stale_after_s=max(60.0, 4 * lease_seconds))
     health = None
     if http_port is not None:
@@ -648,7 +667,7 @@ def controller(
         REGISTRY.register(GpuCollector(obj.store.latest_gpu_samples))
         health = HealthServer(http_port, heartbeat, obj.store.ping).start()
     try:
-        ctl.run(until=until, stop=stop, after_pass=heartbeat.beat)
+        ctl.run(until=until, stop=stop, after_pass=heartbeat.beat, outage=outage)
     except KeyboardInterrupt:
         stop.set()
     finally:

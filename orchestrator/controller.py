@@ -11,9 +11,11 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from orchestrator.backends.base import (
     ClusterBackend,
@@ -22,21 +24,35 @@ from orchestrator.backends.base import (
     TelemetryFeed,
     TrainingExecutor,
     WorkInProgress,
+    never_transient,
 )
 from orchestrator.core.attribution import attribute_samples
 from orchestrator.core.curriculum import last_checkpoint
+from orchestrator.core.failures import allowed_attempts, one_line, work_failed
 from orchestrator.core.idle import account_idle, idle_consequences
 from orchestrator.core.reconcile import cluster_diff, decide, record_checkpoint, record_filter, record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan, Work
-from orchestrator.errors import ConflictError, NotFound
-from orchestrator.records import GpuSample, RunPatch
+from orchestrator.errors import ConflictError, DatabaseUnavailable, NotFound, TransientError
+from orchestrator.records import GpuSample, Phase, RunPatch
 from orchestrator.spec import IdlePolicySpec, RunSpec
 from orchestrator.state.store import Store
 
-__all__ = ["Controller", "PassReport", "default_identity"]
+__all__ = [
+    "DB_OUTAGE_SECONDS",
+    "Backoff",
+    "Controller",
+    "DatabaseOutage",
+    "PassReport",
+    "default_identity",
+    "nothing_to_drive",
+    "with_database",
+]
 
 log = logging.getLogger("orch.controller")
+
+DB_OUTAGE_SECONDS = 120.0  # how long the loop outlives an unreachable database by default
+T = TypeVar("T")
 
 
 def default_identity() -> str:
@@ -47,10 +63,75 @@ def default_identity() -> str:
 class PassReport:
     runs: int
     changes: int
+    transient: str = ""  # the last error of the environment this pass met (retried after a backoff)
 
     @property
     def progressed(self) -> bool:
         return self.changes > 0
+
+
+class Backoff:
+    """Exponential delays from ``first`` to ``most`` seconds; ``reset`` after a success."""
+
+    def __init__(self, first: float = 0.25, most: float = 5.0) -> None:
+        self.first, self.most = first, most
+        self._next = first
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self.most)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class DatabaseOutage:
+    """Waits out an unavailable database with backoff; gives up ``limit_s`` seconds after it went away."""
+
+    def __init__(
+        self, limit_s: float = DB_OUTAGE_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit_s = limit_s
+        self.clock = clock
+        self.backoff = Backoff()
+        self._since: float | None = None
+
+    def failed(self, error: DatabaseUnavailable, stop: threading.Event) -> None:
+        """Wait before the next try, or raise one line once the outage has lasted ``limit_s``."""
+        now = self.clock()
+        self._since = now if self._since is None else self._since
+        left = self._since + self.limit_s - now
+        if left <= 0:
+            message = (
+                f"database {error.where} unreachable for {self.limit_s:g} s; last error: {error.reason}; "
+                "check that it is running and that ORCH_DATABASE_URL points at it"
+            )
+            raise DatabaseUnavailable(error.where, error.reason, message) from error
+        delay = min(self.backoff.next(), left)
+        log.warning("%s; retrying in %.2g s", error, delay)
+        stop.wait(delay)
+
+    def ok(self) -> None:
+        self._since = None
+        self.backoff.reset()
+
+
+def nothing_to_drive(store: Store) -> bool:
+    """No run is left that a controller could move: each is finished or Suspended (awaits `orch resume`)."""
+    return all(run.phase is Phase.SUSPENDED for run in store.list_runs(active_only=True))
+
+
+def with_database(call: Callable[[], T], outage: DatabaseOutage, stop: threading.Event | None = None) -> T:
+    """``call()``, retried while the database is unavailable, up to the outage's limit."""
+    stop = stop or threading.Event()
+    while True:
+        try:
+            result = call()
+        except DatabaseUnavailable as error:
+            outage.failed(error, stop)
+            continue
+        outage.ok()
+        return result
 
 
 class Controller:
@@ -66,9 +147,11 @@ class Controller:
         lease_seconds: float = 15.0,
         sources: Sequence[RunSource] = (),
         telemetry: TelemetryFeed | None = None,
+        transient: Callable[[BaseException], bool] = never_transient,
         only: frozenset[str] | None = None,
     ) -> None:
-        """``only``: reconcile just these runs (``orch submit --wait`` drives its own run, no other)."""
+        """``transient`` tells errors of the environment (API server, network) from the run's own;
+        ``only``: reconcile just these runs (``orch submit --wait`` drives its own run, no other)."""
         self.store = store
         self.cluster = cluster
         self.executor = executor
@@ -76,23 +159,79 @@ class Controller:
         self.lease_seconds = lease_seconds
         self.sources = tuple(sources)
         self.telemetry = telemetry
+        self.transient = transient
         self.only = only
         self._latest_gpus: list[GpuSample] = []
         self._cluster_version = 0
+        self._transient_error = ""
 
     # ---- one pass ---------------------------------------------------------------------------
 
     def reconcile_once(self) -> PassReport:
-        changes = sum(source.pull(self.store) for source in self.sources)
+        """One pass over every run this controller holds. A run's error is that run's (see
+        ``orchestrator.core.failures``), never the pass's; an unavailable database ends the pass."""
+        self._transient_error = ""
+        changes = self._guarded(
+            "pulling runs", lambda: sum(source.pull(self.store) for source in self.sources)
+        )
         run_ids = self.store.acquire_leases(self.identity, self.lease_seconds, only=self.only)
         self._latest_gpus = self.store.latest_gpu_samples() if run_ids else []
         for run_id in run_ids:
-            changes += self._reconcile_run(run_id)
-        changes += self._delete_orphans()
-        changes += self.cluster.sweep({run.id for run in self.store.list_runs() if run.phase.terminal})
-        changes += sum(source.publish(self.store) for source in self.sources)
-        self._ingest_telemetry()
-        return PassReport(runs=len(run_ids), changes=changes)
+            changes += self._reconcile_isolated(run_id)
+        changes += self._guarded("deleting orphans", self._delete_orphans)
+        changes += self._guarded(
+            "sweeping finished runs",
+            lambda: self.cluster.sweep({run.id for run in self.store.list_runs() if run.phase.terminal}),
+        )
+        changes += self._guarded(
+            "publishing runs", lambda: sum(source.publish(self.store) for source in self.sources)
+        )
+        self._guarded("ingesting telemetry", lambda: self._ingest_telemetry() or 0)
+        return PassReport(runs=len(run_ids), changes=changes, transient=self._transient_error)
+
+    def _is_transient(self, error: Exception) -> bool:
+        return isinstance(error, TransientError) or self.transient(error)
+
+    def _guarded(self, what: str, call: Callable[[], int]) -> int:
+        """A part of the pass that belongs to no run: its errors are logged, the pass goes on."""
+        try:
+            return call()
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            if self._is_transient(error):
+                self._transient_error = f"{what}: {one_line(str(error))}"
+                log.warning("%s failed (%s); retrying after a backoff", what, one_line(str(error)))
+            else:
+                log.exception("%s failed; going on with the next pass", what)
+            return 0
+
+    def _reconcile_isolated(self, run_id: str) -> int:
+        """Reconcile one run; whatever it raises is recorded as its failure and never reaches the pass."""
+        try:
+            return self._reconcile_run(run_id)
+        except DatabaseUnavailable:
+            raise
+        except (ConflictError, NotFound) as error:
+            log.info("run %s: %s; deciding again on the next pass", run_id, error)
+            return 0
+        except Exception as error:
+            if self._is_transient(error):
+                self._transient_error = f"run {run_id}: {one_line(str(error))}"
+                log.warning("run %s: %s; retrying after a backoff", run_id, one_line(str(error)))
+                return 0
+            return self._record_failure(run_id, error)
+
+    def _record_failure(self, run_id: str, error: Exception) -> int:
+        reason = one_line(f"{type(error).__name__}: {error}")
+        log.warning("run %s: %s", run_id, reason, exc_info=log.isEnabledFor(logging.DEBUG))
+        try:
+            run = self.store.get_run(run_id)
+            return self._apply(
+                work_failed(run, self.store.workloads(run_id), reason, allowed_attempts(run.spec))
+            )
+        except NotFound:
+            return 0
 
     def _ingest_telemetry(self) -> None:
         """Store new GPU samples, account idle GPUs and act on the runs' idle policies."""
@@ -203,14 +342,38 @@ class Controller:
         stop: threading.Event | None = None,
         idle_wait_s: float = 0.5,
         after_pass: Callable[[], None] = lambda: None,
+        outage: DatabaseOutage | None = None,
     ) -> None:
-        """Reconcile until ``until()`` is true or ``stop`` is set; idle passes wait on the cluster's watch."""
+        """Reconcile until ``until()`` is true or ``stop`` is set; idle passes wait on the cluster's watch.
+
+        An unavailable database is waited out with backoff; once it has been away for ``outage.limit_s``
+        (default ``DB_OUTAGE_SECONDS``) the loop raises ``DatabaseUnavailable`` saying so in one line.
+        """
         stop = stop or threading.Event()
+        outage = outage or DatabaseOutage()
+        backoff = Backoff(first=0.5, most=10.0)
         try:
-            while not stop.is_set() and not until():
-                report = self.reconcile_once()
+            while not stop.is_set():
+                try:
+                    if until():
+                        break
+                    report = self.reconcile_once()
+                except DatabaseUnavailable as error:
+                    outage.failed(error, stop)
+                    continue
+                outage.ok()
                 after_pass()
+                if report.transient:
+                    stop.wait(backoff.next())
+                    continue
+                backoff.reset()
                 if not report.progressed:
                     self._cluster_version, _ = self.cluster.watch(self._cluster_version, idle_wait_s)
         finally:
+            self._release_leases()
+
+    def _release_leases(self) -> None:
+        try:
             self.store.release_leases(self.identity)
+        except DatabaseUnavailable as error:
+            log.warning("could not release the leases (%s); they expire in %g s", error, self.lease_seconds)

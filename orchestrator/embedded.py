@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 
 from orchestrator.backends.base import Backend
 from orchestrator.controller import Controller
+from orchestrator.errors import DatabaseUnavailable
 from orchestrator.records import Phase, Run
 from orchestrator.state.store import Store
 
@@ -37,13 +39,17 @@ def run_to_completion(
         backend.executor,
         sources=backend.sources,
         telemetry=backend.telemetry,
+        transient=backend.transient,
         only=frozenset({run_id}),
     )
     stop, finished = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
 
     def drive() -> None:
         try:
             controller.run(until=lambda: settled(store.get_run(run_id).phase), stop=stop)
+        except BaseException as error:  # re-raised in the caller's thread: one line, no thread traceback
+            failed.append(error)
         finally:
             finished.set()
 
@@ -52,8 +58,11 @@ def run_to_completion(
     threading.Thread(target=drive, daemon=True).start()
     try:
         while not finished.is_set():
-            on_progress(store.get_run(run_id))
+            with suppress(DatabaseUnavailable):  # the controller thread decides when an outage is too long
+                on_progress(store.get_run(run_id))
             finished.wait(poll_s)
+        if failed:
+            raise failed[0]
     except KeyboardInterrupt:
         stop.set()
         finished.wait()

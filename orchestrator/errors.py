@@ -8,11 +8,13 @@ __all__ = [
     "EXIT_RUN_FAILED",
     "EXIT_RUN_SUSPENDED",
     "ConflictError",
+    "DatabaseUnavailable",
     "IllegalTransition",
     "NotFound",
     "OrchError",
     "PlacementError",
     "SpecError",
+    "TransientError",
 ]
 
 # Exit codes of ``orch submit --wait`` when the waited run ends other than Succeeded (0), next to the error
@@ -57,3 +59,18 @@ class PlacementError(OrchError):
     """A request can never fit the cluster it was sent to."""
 
     exit_code = 6
+
+
+class TransientError(OrchError):
+    """The environment failed, not the run: retry with backoff; it never counts against a run's attempts."""
+
+    exit_code = 7
+
+
+class DatabaseUnavailable(TransientError):
+    """The database cannot be reached or is locked (connection refused, lost, terminated, busy)."""
+
+    def __init__(self, where: str, reason: str, message: str = "") -> None:
+        super().__init__(message or f"database {where} unavailable: {reason}")
+        self.where = where  # the URL without its password
+        self.reason = reason  # the driver's error, one line

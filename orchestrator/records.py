@@ -83,6 +83,9 @@ class Run:
     suspend_requested: bool = False  # the idle policy asked to suspend at the next checkpoint
     lease_owner: str | None = None  # the controller that drives the run, while its lease lasts
     lease_expires_at: float = 0.0  # wall time the lease lapses unless its owner renews it
+    failures: int = 0  # failures in a row at ``failed_step`` (see orchestrator.core.failures)
+    failed_step: int = 0  # the step the run was working towards when it last failed
+    last_error: str = ""  # one line: the last failure's reason
 
     @property
     def gpu_busy_fraction(self) -> float:

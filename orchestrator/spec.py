@@ -274,6 +274,12 @@ class SchedulingSpec(_Strict):
     queue: str = "default"
     priority: int = 0
     preemptible: bool = False
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="failures in a row at the same step (errors of the run's work, gang failures) "
+        "before the run is Failed",
+    )
 
 
 class DatasetSpec(_Strict):

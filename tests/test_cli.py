@@ -293,20 +293,16 @@ def test_db_upgrade_prints_the_head_revision(orch: Orch) -> None:
     assert again.stdout == result.stdout
 
 
-def test_controller_once_reconciles_and_exits(orch: Orch) -> None:
+def test_controller_once_on_the_simulated_pool_says_it_cannot_progress_and_changes_nothing(
+    orch: Orch,
+) -> None:
     run = orch.submit()
-    result = orch("controller", "--once")
-    assert result.exit_code == 0, result.stderr
-    assert result.stdout.startswith("reconciled 1 run(s), ")
-    listed = json.loads(orch("list", "-o", "json").stdout)
-    assert listed[0]["id"] == run
-    assert listed[0]["phase"] != "Pending"
-
-
-def test_controller_once_on_an_empty_database_exits_cleanly(orch: Orch) -> None:
-    result = orch("controller", "--once")
-    assert result.exit_code == 0, result.stderr
-    assert result.stdout == "reconciled 0 run(s), 0 change(s)\n"
+    line = assert_rejected(
+        orch, ["controller", "--once"], OrchError, "cannot make progress", "--exit-when-idle", "--wait"
+    )
+    assert "reconciled" not in line
+    [listed] = json.loads(orch("list", "-o", "json").stdout)
+    assert (listed["id"], listed["phase"]) == (run, "Pending")
 
 
 # ---- who drives a run (issue 11, point 7) ----------------------------------------------------------

@@ -56,7 +56,7 @@ def make_backend(
         cluster = SimCluster.from_env()
         pace = sim_pace if sim_pace is not None else _pace_from_env()
         trainer = SimTrainer(cluster, StepSimulator(rollout_metrics), pace=pace)
-        return Backend(cluster, trainer, telemetry=cluster.telemetry)
+        return Backend(cluster, trainer, telemetry=cluster.telemetry, in_process=True)
     from orchestrator.backends.kube import (
         DEFAULT_NAMESPACE,
         DEFAULT_POOL_LABEL,
@@ -85,7 +85,7 @@ def make_kube_backend(
     api_client: Any, *, namespace: str, pool_label: str, watch_timeout_s: int = 5
 ) -> Backend:
     """The Kubernetes backend over an ``ApiClient``: pods, the trainer mailbox and TrainingRuns."""
-    from orchestrator.backends.kube import KubeCluster
+    from orchestrator.backends.kube import KubeCluster, transient_kube_error
     from orchestrator.backends.kube_executor import KubeExecutor
     from orchestrator.backends.kube_runs import TrainingRunMirror
     from orchestrator.telemetry.scrape import AgentScrapeFeed
@@ -100,4 +100,5 @@ def make_kube_backend(
         sources=(mirror,),
         closers=(mirror.close, cluster.close),
         telemetry=feed,
+        transient=transient_kube_error,
     )

@@ -29,6 +29,7 @@ __all__ = [
     "TelemetryFeed",
     "TrainingExecutor",
     "WorkInProgress",
+    "never_transient",
 ]
 
 
@@ -97,15 +98,26 @@ class TrainingExecutor(Protocol):
     def evaluate_problems(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome: ...
 
 
+def never_transient(error: BaseException) -> bool:
+    """For backends whose every error is the run's own."""
+    return False
+
+
 @dataclass(frozen=True)
 class Backend:
-    """What a controller drives: the cluster, the training executor, and extra run sources."""
+    """What a controller drives: the cluster, the training executor, and extra run sources.
+
+    ``transient`` tells errors of the environment (API server, network: retried, never a run's failure)
+    from the run's own; ``in_process`` says the cluster lives in this process, its workloads dying with it.
+    """
 
     cluster: ClusterBackend
     executor: TrainingExecutor
     sources: tuple[RunSource, ...] = ()
     closers: tuple[Callable[[], None], ...] = ()
     telemetry: TelemetryFeed | None = None
+    transient: Callable[[BaseException], bool] = never_transient
+    in_process: bool = False
 
     def close(self) -> None:
         """Stop background watches; the backend is unusable afterwards."""

@@ -25,6 +25,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from orchestrator.backends.base import ClusterEvent, ExecutionInterrupted
 from orchestrator.backends.kube_informer import Changes, Informer
@@ -46,7 +47,13 @@ from orchestrator.errors import OrchError
 from orchestrator.records import Workload
 from orchestrator.spec import PoolSpec
 
-__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_POOL_LABEL", "KubeCluster", "api_client_from_environment"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_POOL_LABEL",
+    "KubeCluster",
+    "api_client_from_environment",
+    "transient_kube_error",
+]
 
 DEFAULT_NAMESPACE = "orch"
 DEFAULT_POOL_LABEL = "orch.dev/pool"
@@ -69,6 +76,21 @@ def api_client_from_environment() -> client.ApiClient:
             f"kubernetes: cannot load a configuration ({error}); set KUBECONFIG or run inside the cluster"
         ) from error
     return client.ApiClient(configuration)
+
+
+TOO_MANY_REQUESTS = 429
+
+
+def transient_kube_error(error: BaseException) -> bool:
+    """The API server or the network failed (5xx, 429, no answer), not the request: worth retrying."""
+    if isinstance(error, ApiException):
+        return (
+            error.status is None
+            or error.status == 0
+            or error.status == TOO_MANY_REQUESTS
+            or error.status >= 500
+        )
+    return isinstance(error, HTTPError | ConnectionError | TimeoutError)
 
 
 def _ready(node: dict[str, Any]) -> bool:

@@ -42,6 +42,7 @@ def resume(run: Run, workloads: Sequence[Workload], last_checkpoint: int) -> Run
             "steps_done": last_checkpoint,
             "resume_step": last_checkpoint,
             "suspend_requested": False,
+            "failures": 0,
             "message": message,
         },
         workloads=_released(workloads, "run resumed"),

@@ -19,6 +19,7 @@ from orchestrator.core.curriculum import (
     stage_ends_at,
     steps_in_stage,
 )
+from orchestrator.core.failures import cleared_by_step, count_failure, give_up
 from orchestrator.core.lifecycle import check_transition
 from orchestrator.core.placement import MemberRequest, place_all
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
@@ -235,9 +236,15 @@ def _gang_failure(
     )
     resume = snapshot.last_checkpoint
     lost = run.steps_done - resume
+    count, max_attempts = count_failure(run), snapshot.spec.scheduling.max_attempts
+    if count.failures >= max_attempts:
+        fields, failed = give_up(run, count, f"gang failed at attempt {run.attempt}: {reasons}", max_attempts)
+        gang_failed = NewEvent("GangFailed", str(fields["message"]), {"failed": sorted(failed_names)})
+        return _patch(snapshot, run=fields, workloads=stale + torn_down, events=(gang_failed, failed))
     message = (
         f"gang failed at attempt {run.attempt} ({reasons}); recreating it at attempt {run.attempt + 1} "
-        f"from the checkpoint at step {resume} ({lost} step(s) to redo)"
+        f"from the checkpoint at step {resume} ({lost} step(s) to redo; failure {count.failures} of "
+        f"{max_attempts} at step {count.step})"
     )
     return _patch(
         snapshot,
@@ -247,6 +254,7 @@ def _gang_failure(
             "resume_step": resume,
             "steps_done": resume,
             "message": message,
+            **count.fields(f"gang failed: {reasons}"),
         },
         workloads=stale + torn_down,
         supersede_steps_after=resume,
@@ -403,6 +411,7 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
         "gpu_busy_seconds": run.gpu_busy_seconds + outcome.gpu_busy_seconds,
         "gpu_held_seconds": run.gpu_held_seconds + outcome.gpu_held_seconds,
         "message": f"step {plan.step} done in stage {plan.stage_index + 1}",
+        **cleared_by_step(run, plan.step),
     }
     step = Step(
         run_id=run.id,

@@ -48,6 +48,9 @@ class RunRow(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     external_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
     suspend_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed_step: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import platformdirs
-from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, make_url, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.idle import IdleStretch, IdleUpdate
-from orchestrator.errors import ConflictError, NotFound, OrchError
+from orchestrator.errors import ConflictError, DatabaseUnavailable, NotFound
 from orchestrator.records import (
     Checkpoint,
     Event,
@@ -65,11 +65,41 @@ def default_database_url() -> str:
     return f"sqlite:///{directory / 'orch.db'}"
 
 
+def _unavailable(url: str, error: DBAPIError) -> DatabaseUnavailable:
+    where = make_url(url).render_as_string(hide_password=True)
+    reason = " ".join(str(error.orig or error).split())
+    return DatabaseUnavailable(where, reason)
+
+
+def _lost(error: DBAPIError) -> bool:
+    """A lost, refused, terminated or locked connection: the database, not the request, failed."""
+    return isinstance(error, OperationalError | InterfaceError) or error.connection_invalidated
+
+
+class _Sessions:
+    """Opens sessions like a ``sessionmaker``; a database that cannot answer raises DatabaseUnavailable."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self._maker = sessionmaker(engine, expire_on_commit=False)
+        self._url = url
+
+    @contextmanager
+    def __call__(self) -> Iterator[Session]:
+        try:
+            with self._maker() as session:
+                yield session
+        except DBAPIError as error:
+            if _lost(error):
+                raise _unavailable(self._url, error) from error
+            raise
+
+
 def _make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        # A busy timeout given in the URL (?timeout=seconds) wins over the default.
+        engine = create_engine(url, connect_args={} if "timeout" in make_url(url).query else {"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -86,7 +116,9 @@ def _make_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A host that never answers fails a connect after 10 s (unless the URL says otherwise), not minutes.
+    timeout = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": 10}
+    return create_engine(url, pool_pre_ping=True, connect_args=timeout)
 
 
 R = TypeVar("R")
@@ -136,7 +168,7 @@ class Store:
     def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
         self.url = url or default_database_url()
         self.engine = _make_engine(self.url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = _Sessions(self.engine, self.url)
         if migrate:
             self.upgrade()
 
@@ -144,16 +176,18 @@ class Store:
         """Apply Alembic migrations up to head; return the revision now in force."""
         try:
             return upgrade_to_head(self.engine)
-        except OperationalError as error:
-            raise OrchError(f"database {self.engine.url!r}: cannot connect ({error.orig})") from error
+        except DBAPIError as error:
+            if _lost(error):
+                raise _unavailable(self.url, error) from error
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
 
     def ping(self) -> bool:
         """Whether the database answers a trivial query."""
-        with self.engine.connect() as connection:
-            return connection.exec_driver_sql("SELECT 1").scalar() == 1
+        with self._sessions() as session:
+            return session.connection().exec_driver_sql("SELECT 1").scalar() == 1
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
