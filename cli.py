@@ -27,7 +27,7 @@ from orchestrator import service, views
 from orchestrator.backends import make_backend
 from orchestrator.controller import Controller
 from orchestrator.embedded import run_to_completion
-from orchestrator.errors import OrchError, SpecError
+from orchestrator.errors import OrchError, PortUnavailable, SpecError
 from orchestrator.health import HealthServer, LoopHeartbeat
 from orchestrator.records import Event, Run
 from orchestrator.spec import HYPHENATED_POLICIES, load_spec_data, resolve_dispatch_policy
@@ -69,6 +69,15 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+@contextmanager
+def port_option(option: str) -> Iterator[None]:
+    """When a server cannot listen, say which option picks another port."""
+    try:
+        yield
+    except PortUnavailable as error:
+        raise OrchError(f"{error}; choose another port with {option}") from None
 
 
 class OrchGroup(click.Group):
@@ -447,11 +456,12 @@ def controller(
     until = (lambda: not obj.store.list_runs(active_only=True)) if exit_when_idle else (lambda: False)
     heartbeat = LoopHeartbeat(stale_after_s=max(60.0, 4 * lease_seconds))
     health = None
-    if http_port is not None:
-        REGISTRY.register(SchedulerCollector(obj.store))
-        REGISTRY.register(GpuCollector(obj.store.latest_gpu_samples))
-        health = HealthServer(http_port, heartbeat, obj.store.ping).start()
     try:
+        if http_port is not None:
+            REGISTRY.register(SchedulerCollector(obj.store))
+            REGISTRY.register(GpuCollector(obj.store.latest_gpu_samples))
+            with port_option("--http-port"):
+                health = HealthServer(http_port, heartbeat, obj.store.ping).start()
         ctl.run(until=until, stop=stop, after_pass=heartbeat.beat)
     except KeyboardInterrupt:
         stop.set()
@@ -533,7 +543,8 @@ def agent(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a DaemonSet pod's stop: shut down cleanly
     try:
         gpu_agent.start()
-        server = gpu_agent.serve(port, host)
+        with port_option("--port"):
+            server = gpu_agent.serve(port, host)
         click.echo(f"serving {len(gpu_agent.latest())} GPUs of {node} on {server.url} every {interval:g}s")
         while not stop.wait(3600):
             pass
@@ -630,7 +641,7 @@ def router(
     def ready(url: str) -> None:
         click.echo(f"routing {url}/v1/completions over {len(engines)} engine(s) with {policy}")
 
-    with suppress(KeyboardInterrupt):
+    with suppress(KeyboardInterrupt), port_option("--port"):
         asyncio.run(
             serve_router(
                 engines,
@@ -693,7 +704,7 @@ def tools_serve(port: int, host: str, workers: int | None, ray_address: str | No
         where = f"Ray cluster {ray_address}" if ray_address else f"{count} sandbox workers"
         click.echo(f"serving tool calls on {url} with {where}")
 
-    with suppress(KeyboardInterrupt):
+    with suppress(KeyboardInterrupt), port_option("--port"):
         asyncio.run(
             serve_tools(
                 host=host,

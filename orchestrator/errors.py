@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "ConflictError",
     "IllegalTransition",
     "NotFound",
     "OrchError",
     "PlacementError",
+    "PortUnavailable",
     "SpecError",
 ]
 
@@ -46,3 +49,13 @@ class PlacementError(OrchError):
     """A request can never fit the cluster it was sent to."""
 
     exit_code = 6
+
+
+class PortUnavailable(OrchError):
+    """A server cannot listen on its address: the port is in use, or not permitted."""
+
+    def __init__(self, what: str, host: str, port: int, error: OSError) -> None:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        super().__init__(f"cannot serve {what} on {host}:{port} ({reason.lower()})")
+        self.host = host
+        self.port = port
