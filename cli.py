@@ -77,7 +77,7 @@ def port_option(option: str) -> Iterator[None]:
     try:
         yield
     except PortUnavailable as error:
-        raise OrchError(f"{error}; choose another port with {option}") from None
+        raise OrchError(f"{error}; choose another port with {option}") from error
 
 
 class OrchGroup(click.Group):
