@@ -49,6 +49,7 @@ from orchestrator.errors import (
     EXIT_RUN_FAILED,
     EXIT_RUN_SUSPENDED,
     OrchError,
+    PortUnavailable,
     SpecError,
 )
 from orchestrator.health import HealthServer, LoopHeartbeat
@@ -92,6 +93,15 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+@contextmanager
+def port_option(option: str) -> Iterator[None]:
+    """When a server cannot listen, say which option picks another port."""
+    try:
+        yield
+    except PortUnavailable as error:
+        raise OrchError(f"{error}; choose another port with {option}") from error
 
 
 class OrchGroup(click.Group):
@@ -662,11 +672,12 @@ def controller(
     until = (lambda: nothing_to_drive(obj.store)) if exit_when_idle else (lambda: False)
     heartbeat = LoopHeartbeat(stale_after_s=max(60.0, 4 * lease_seconds))
     health = None
-    if http_port is not None:
-        REGISTRY.register(SchedulerCollector(obj.store))
-        REGISTRY.register(GpuCollector(obj.store.latest_gpu_samples))
-        health = HealthServer(http_port, heartbeat, obj.store.ping).start()
     try:
+        if http_port is not None:
+            REGISTRY.register(SchedulerCollector(obj.store))
+            REGISTRY.register(GpuCollector(obj.store.latest_gpu_samples))
+            with port_option("--http-port"):
+                health = HealthServer(http_port, heartbeat, obj.store.ping).start()
         ctl.run(until=until, stop=stop, after_pass=heartbeat.beat, outage=outage)
     except KeyboardInterrupt:
         stop.set()
@@ -748,7 +759,8 @@ def agent(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a DaemonSet pod's stop: shut down cleanly
     try:
         gpu_agent.start()
-        server = gpu_agent.serve(port, host)
+        with port_option("--port"):
+            server = gpu_agent.serve(port, host)
         click.echo(f"serving {len(gpu_agent.latest())} GPUs of {node} on {server.url} every {interval:g}s")
         while not stop.wait(3600):
             pass
@@ -845,7 +857,7 @@ def router(
     def ready(url: str) -> None:
         click.echo(f"routing {url}/v1/completions over {len(engines)} engine(s) with {policy}")
 
-    with suppress(KeyboardInterrupt):
+    with suppress(KeyboardInterrupt), port_option("--port"):
         asyncio.run(
             serve_router(
                 engines,
@@ -908,7 +920,7 @@ def tools_serve(port: int, host: str, workers: int | None, ray_address: str | No
         where = f"Ray cluster {ray_address}" if ray_address else f"{count} sandbox workers"
         click.echo(f"serving tool calls on {url} with {where}")
 
-    with suppress(KeyboardInterrupt):
+    with suppress(KeyboardInterrupt), port_option("--port"):
         asyncio.run(
             serve_tools(
                 host=host,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_RUN_CANCELLED",
@@ -13,6 +15,7 @@ __all__ = [
     "NotFound",
     "OrchError",
     "PlacementError",
+    "PortUnavailable",
     "SpecError",
     "TransientError",
 ]
@@ -74,3 +77,13 @@ class DatabaseUnavailable(TransientError):
         super().__init__(message or f"database {where} unavailable: {reason}")
         self.where = where  # the URL without its password
         self.reason = reason  # the driver's error, one line
+
+
+class PortUnavailable(OrchError):
+    """A server cannot listen on its address: the port is in use, or not permitted."""
+
+    def __init__(self, what: str, host: str, port: int, error: OSError) -> None:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        super().__init__(f"cannot serve {what} on {host}:{port} ({reason.lower()})")
+        self.host = host
+        self.port = port

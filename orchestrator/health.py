@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from orchestrator.errors import PortUnavailable
+
 __all__ = ["PASSES", "HealthServer", "LoopHeartbeat"]
 
 PASSES = Counter("orch_controller_passes_total", "Reconcile passes the controller completed")
@@ -77,7 +79,10 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as error:
+            raise PortUnavailable("health checks and metrics", host, port, error) from error
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="orch-health", daemon=True)

@@ -250,7 +250,7 @@ def test_machine_readable_output_parses_and_has_the_expected_fields(orch: Orch) 
     assert summary["stage"] == 3
     assert summary["stage_changes"] == 2
     assert summary["checkpoints"] == [2, 4, 6, 8, 9]
-    assert summary["last_checkpoint"].endswith("step-000009")
+    assert summary["last_checkpoint"].endswith(f"/{run}/step-000009")
     assert 0 < summary["gpu_busy_fraction"] <= 1
     assert summary["workloads"] == []
 

@@ -153,7 +153,7 @@ def test_the_quickstart_completes_on_kubernetes(store: Store, cluster: FakeClust
     ]
     env = env_of(trainer)
     assert (env["ORCH_RANK"], env["ORCH_WORLD_SIZE"], env["ORCH_RESUME_STEP"]) == ("0", "1", "0")
-    assert env["ORCH_CHECKPOINT_URI"] == "file:///tmp/orch-checkpoints/quickstart"
+    assert env["ORCH_CHECKPOINT_URI"] == f"file:///tmp/orch-checkpoints/quickstart/{run.id}"
     labels = trainer["metadata"]["labels"]
     assert labels == {
         "orch.dev/run": run.id,

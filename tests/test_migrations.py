@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -9,6 +15,7 @@ from sqlalchemy import create_engine, inspect
 from orchestrator.state.migrations_runner import current_revision, head_revision
 from orchestrator.state.models import Base
 from orchestrator.state.store import Store
+from tests.conftest import ROOT, _reset_postgres
 
 TABLES = {"runs", "stages", "workloads", "steps", "checkpoints", "problems", "events", "alembic_version"}
 
@@ -75,3 +82,71 @@ def test_upgrading_from_the_first_revision_keeps_existing_rows(db_url: str) -> N
     assert store.get_run("old-1").name == "old"
     store.close()
     engine.dispose()
+
+
+# Each process says it is ready (imports done), then waits for the start file, so that all of them open
+# the store at (nearly) the same moment.
+_OPEN_STORE_ON_SIGNAL = """
+import sys, time
+from pathlib import Path
+from orchestrator.state.store import Store
+url, ready, start = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not start.exists():
+    time.sleep(0.01)
+Store(url).close()
+"""
+
+
+def _open_the_store_in_processes(url: str, directory: Path, processes: int = 20) -> list[str]:
+    """Start `processes` interpreters that each open ``Store(url)`` at once; return the failures' stderr."""
+    ready = [directory / f"ready-{index}" for index in range(processes)]
+    start = directory / "start"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_STORE_ON_SIGNAL, url, str(ready_file), str(start)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for ready_file in ready
+    ]
+    try:
+        while not all(path.exists() for path in ready):
+            assert all(child.poll() is None for child in children), "a process died before it was ready"
+            time.sleep(0.05)
+    finally:
+        start.touch()
+    failures = []
+    for child in children:
+        _, stderr = child.communicate(timeout=300)
+        if child.returncode != 0:
+            errors = [line for line in stderr.splitlines() if "Error" in line]
+            failures.append(errors[-1] if errors else f"exit {child.returncode}")
+    return failures
+
+
+def _assert_at_head(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        assert current_revision(engine) == head_revision()
+        assert set(inspect(engine).get_table_names()) >= TABLES
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_twenty_processes_migrating_a_fresh_postgresql_database_at_once_all_succeed(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    _reset_postgres(postgres_url)
+    assert _open_the_store_in_processes(postgres_url, tmp_path) == []
+    _assert_at_head(postgres_url)
+
+
+@pytest.mark.slow
+def test_twenty_processes_migrating_a_fresh_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'orch.db'}"
+    assert _open_the_store_in_processes(url, tmp_path) == []
+    _assert_at_head(url)

@@ -64,7 +64,7 @@ def test_the_quickstart_run_completes_exactly_as_its_spec_says(store: Store, qui
 
     checkpoints = store.checkpoints(run.id)
     assert [c.step for c in checkpoints] == expected_checkpoints(2, [4, 2, 3]) == [2, 4, 6, 8, 9]
-    assert checkpoints[-1].uri == "file:///tmp/orch-checkpoints/quickstart/step-000009"
+    assert checkpoints[-1].uri == f"file:///tmp/orch-checkpoints/quickstart/{run.id}/step-000009"
 
     stages = store.stages(run.id)
     assert [(s.start_after_step, s.end_step) for s in stages] == [(0, 4), (4, 6), (6, 9)]

@@ -70,8 +70,13 @@ def workload_name(run_id: str, role: str, index: int, attempt: int) -> str:
     return f"{run_id}-{role}-{index}-a{attempt}"
 
 
-def checkpoint_uri(spec: RunSpec, step: int) -> str:
-    return f"{spec.checkpoint.uri.rstrip('/')}/step-{step:06d}"
+def run_checkpoint_dir(spec: RunSpec, run_id: str) -> str:
+    """The run's own checkpoint directory: runs of one spec never share (or resume from) each other's."""
+    return f"{spec.checkpoint.uri.rstrip('/')}/{run_id}"
+
+
+def checkpoint_uri(spec: RunSpec, run_id: str, step: int) -> str:
+    return f"{run_checkpoint_dir(spec, run_id)}/step-{step:06d}"
 
 
 def desired_members(spec: RunSpec, run_id: str, attempt: int) -> list[MemberRequest]:
@@ -114,9 +119,9 @@ def _env(snapshot: RunSnapshot, role: str, index: int, attempt: int, world: int)
         env |= {
             "ORCH_RANK": str(index),
             "ORCH_WORLD_SIZE": str(world),
-            "ORCH_CHECKPOINT_URI": spec.checkpoint.uri,
+            "ORCH_CHECKPOINT_URI": run_checkpoint_dir(spec, run.id),
             "ORCH_RESUME_STEP": str(resume),
-            "ORCH_RESUME_FROM": checkpoint_uri(spec, resume) if resume else "",
+            "ORCH_RESUME_FROM": checkpoint_uri(spec, run.id, resume) if resume else "",
         }
     else:
         env["ORCH_ENGINE_INDEX"] = str(index)
@@ -325,7 +330,9 @@ def _next_work(snapshot: RunSnapshot) -> Decision:
     if run.advance_requested:
         if snapshot.last_checkpoint < run.steps_done:
             return Decision(
-                work=CheckpointPlan(run.id, run.steps_done, run.attempt, checkpoint_uri(spec, run.steps_done))
+                work=CheckpointPlan(
+                    run.id, run.steps_done, run.attempt, checkpoint_uri(spec, run.id, run.steps_done)
+                )
             )
         return Decision(_advance(snapshot, reason="advance requested"))
     entry_filter = spec.curriculum[stage.index].entry_filter
@@ -352,7 +359,7 @@ def _next_work(snapshot: RunSnapshot) -> Decision:
             max_response_tokens=stage.max_response_tokens,
             max_turns=stage.max_turns,
             checkpoint_after=checkpoint_due(step, spec.checkpoint.every_steps, ends),
-            checkpoint_uri=checkpoint_uri(spec, step),
+            checkpoint_uri=checkpoint_uri(spec, run.id, step),
             dropped_problems=snapshot.dropped_problems,
         )
     )

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import signal
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,6 +35,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request, make_dispatcher
+from orchestrator.errors import PortUnavailable
 from orchestrator.rollout.engine_gpu import EngineGpu
 from orchestrator.rollout.http_engine import EngineKind, EngineRejected, EngineUnavailable, HttpEngine
 from orchestrator.telemetry.names import ROUTER_METRICS
@@ -287,9 +289,15 @@ class Router:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: an ephemeral port); the base URL."""
+        # Bound before the app starts, so a taken port fails before any engine is polled.
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, port), family=family)
+        except OSError as error:
+            raise PortUnavailable("the router", host, port, error) from error
         self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.SockSite(self._runner, sock).start()
         bound = self._runner.addresses[0][1]
         return f"http://{host}:{bound}"
 
@@ -446,6 +454,8 @@ class Router:
     async def _read(self, request: web.Request, path: str) -> tuple[dict[str, Any], Request]:
         try:
             body = _check_body(await request.json())
+        except RecursionError:
+            raise BadRequest("body", "JSON nested too deeply; send a flatter body") from None
         except ValueError as error:
             if isinstance(error, BadRequest):
                 raise

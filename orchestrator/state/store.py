@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -13,11 +14,18 @@ from typing import Any, TypeVar
 
 import platformdirs
 from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, make_url, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.idle import IdleStretch, IdleUpdate
-from orchestrator.errors import ConflictError, DatabaseUnavailable, NotFound
+from orchestrator.errors import ConflictError, DatabaseUnavailable, NotFound, OrchError
 from orchestrator.records import (
     Checkpoint,
     Event,
@@ -53,6 +61,17 @@ __all__ = ["Store", "default_database_url"]
 DATABASE_URL_ENV = "ORCH_DATABASE_URL"
 UTILIZATION_BUCKET_SECONDS = 60.0
 TERMINAL = [phase.value for phase in Phase if phase.terminal]
+DATABASE_URL_SETTING = "ORCH_DATABASE_URL / --database-url"
+URL_FORM = "sqlite:////path/to/orch.db or postgresql://user:password@host:5432/database"
+# The pip package of each DB-API module SQLAlchemy may import for a URL's dialect+driver.
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "pymysql",
+}
 
 
 def default_database_url() -> str:
@@ -95,6 +114,27 @@ class _Sessions:
 
 
 def _make_engine(url: str) -> Engine:
+    """The engine for ``url``, or one line naming the setting and what to fix."""
+    try:
+        return _create_engine(url)
+    except NoSuchModuleError as error:
+        kind = url.partition("://")[0]
+        message = f"unknown database kind {kind!r}; expected {URL_FORM}"
+        raise OrchError(f"{DATABASE_URL_SETTING}: {message}") from error
+    except ArgumentError as error:
+        shown = re.sub(r":[^:/@]*@", ":***@", url)  # a password, should the text hold one
+        message = f"{shown!r} is not a database URL; expected {URL_FORM}"
+        raise OrchError(f"{DATABASE_URL_SETTING}: {message}") from error
+    except ImportError as error:
+        module = error.name or str(error)
+        raise OrchError(
+            f"{DATABASE_URL_SETTING}: {url.partition('://')[0]}:// needs the driver {module!r}, which is not "
+            f"installed; pip install '{DRIVER_PACKAGES.get(module, module)}', "
+            "or use postgresql:// (psycopg, installed with orch) or sqlite://"
+        ) from error
+
+
+def _create_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):

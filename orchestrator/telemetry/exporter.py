@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
-from orchestrator.errors import OrchError
+from orchestrator.errors import PortUnavailable
 from orchestrator.telemetry.names import GPU_LABELS, GPU_METRICS
 from orchestrator.telemetry.sample import GpuSample, TelemetrySource
 
@@ -185,7 +185,7 @@ class GpuCollector(Collector):
 # ---- HTTP ---------------------------------------------------------------------------------------------
 
 
-class MetricsPortUnavailable(OrchError):
+class MetricsPortUnavailable(PortUnavailable):
     """The metrics port cannot be bound (in use, or not permitted)."""
 
 
@@ -198,9 +198,7 @@ class MetricsServer:
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as error:
-            raise MetricsPortUnavailable(
-                f"cannot serve metrics on {host}:{port} ({error.strerror})"
-            ) from error
+            raise MetricsPortUnavailable("metrics", host, port, error) from error
         self._server.daemon_threads = False  # close() joins the request threads: nothing leaks
         self._server.block_on_close = True
         self.host = host

@@ -161,6 +161,8 @@ async def _object(request: web.Request) -> dict[str, Any]:
         body = json.loads(await request.read())
     except ValueError as error:
         raise _BadRequest(f"body: not JSON ({error}); send a JSON object") from None
+    except RecursionError:
+        raise _BadRequest("body: JSON nested too deeply; send a flatter JSON object") from None
     if not isinstance(body, dict):
         raise _BadRequest(f"body: must be a JSON object, got {type(body).__name__}")
     return body

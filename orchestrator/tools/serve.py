@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from orchestrator.errors import PortUnavailable
 from orchestrator.spec import ToolsSpec
 from orchestrator.tools.api import CodeExecutor, Limits
 from orchestrator.tools.client import ToolClient
@@ -78,8 +79,10 @@ async def serve_tools(
             runner = web.AppRunner(make_app(service), access_log=None)
             await runner.setup()
             try:
-                site = web.TCPSite(runner, host, port)
-                await site.start()
+                try:
+                    await web.TCPSite(runner, host, port).start()
+                except OSError as error:
+                    raise PortUnavailable("tool calls", host, port, error) from error
                 bound = runner.addresses[0][1] if runner.addresses else port
                 if ready is not None:
                     ready(f"http://{host}:{bound}", service)
