@@ -113,7 +113,8 @@ class OrchGroup(click.Group):
         except OrchError as error:
             if ctx.params.get("debug"):
                 raise
-            errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+            for line in str(error).splitlines() or [""]:  # a SpecError names every problem, one a line
+                errors.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             ctx.exit(error.exit_code)
 
 

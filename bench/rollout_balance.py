@@ -28,9 +28,9 @@ import statistics
 import time
 
 from orchestrator.core.dispatch import KV_BOUNDED, POLICIES, make_dispatcher
+from orchestrator.hardware import H100_80GB
 from orchestrator.rollout.balanced import simulate_balanced_phase
 from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.hardware import H100_80GB
 from orchestrator.rollout.shapes import (
     PROBLEM_SIGMA,
     RESPONSE_MEDIAN_FRACTION,

@@ -16,9 +16,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from orchestrator.hardware import H100_80GB
 from orchestrator.rollout.cost import EngineCost
 from orchestrator.rollout.engines import Engine, SimEngine, TokenStepEngine
-from orchestrator.rollout.hardware import H100_80GB
 from orchestrator.rollout.shapes import RolloutShape, sample_rollouts
 from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
 from orchestrator.spec import ModelSpec

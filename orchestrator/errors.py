@@ -35,9 +35,13 @@ class OrchError(Exception):
 
 
 class SpecError(OrchError):
-    """The run spec (or another input file) is invalid."""
+    """The run spec (or another input file) is invalid: one line per problem, all of them at once."""
 
     exit_code = 2
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
 class NotFound(OrchError):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from orchestrator.core import commands
 from orchestrator.core.curriculum import last_checkpoint
+from orchestrator.core.feasibility import run_problems
+from orchestrator.errors import SpecError
 from orchestrator.records import Checkpoint, Event, Run, Stage, Step, Workload
 from orchestrator.spec import RunSpec, load_spec
 from orchestrator.state.store import Store
@@ -102,12 +104,16 @@ class RunReport:
 
 
 def validate(path: str | Path) -> RunSpec:
-    """Parse and check a spec without storing anything."""
-    return load_spec(path)
+    """Parse and check a spec without storing anything: refuses what the controller would refuse."""
+    spec = load_spec(path)
+    problems = run_problems(spec)
+    if problems:
+        raise SpecError(*(f"{path}: {problem}" for problem in problems))
+    return spec
 
 
 def submit(store: Store, path: str | Path) -> Run:
-    return store.create_run(load_spec(path))
+    return store.create_run(validate(path))
 
 
 def report(store: Store, ref: str) -> RunReport:

@@ -1,15 +1,19 @@
 """The run spec: what a user writes in ``run.yaml``, validated by pydantic.
 
 Every model rejects unknown fields, so a typo is an error that names the field instead
-of a setting silently ignored. ``load_spec`` turns any problem into one ``SpecError``
-line of the form ``<file>: <field path>: <what is wrong>``.
+of a setting silently ignored. ``load_spec`` turns every problem into one line of a
+``SpecError``, of the form ``<file>: <field path>: <what is wrong>``; a misspelt key names
+the field it is nearest to.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -23,6 +27,7 @@ from pydantic import (
 )
 
 from orchestrator.errors import SpecError
+from orchestrator.hardware import GPU_TYPES
 
 __all__ = [
     "DISPATCH_POLICIES",
@@ -43,6 +48,7 @@ __all__ = [
     "ToolsSpec",
     "TrainerSpec",
     "canonical_policy_name",
+    "closest",
     "load_dispatch_policy",
     "load_spec",
     "load_spec_data",
@@ -51,7 +57,6 @@ __all__ = [
 ]
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
-GPU_TYPES = ("H100-80GB",)
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
 
 
@@ -67,6 +72,25 @@ DispatchPolicyName = Literal[
 DISPATCH_POLICIES: tuple[str, ...] = DispatchPolicyName.__args__  # type: ignore[attr-defined]
 HYPHENATED_POLICIES: tuple[str, ...] = tuple(name.replace("_", "-") for name in DISPATCH_POLICIES)
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def closest(word: str, choices: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The choice nearest to ``word`` (case-insensitive), if one is close: for "did you mean ...?"."""
+    by_folded = {choice.lower(): choice for choice in choices}
+    match = difflib.get_close_matches(word.lower(), by_folded, n=1, cutoff=cutoff)
+    return by_folded[match[0]] if match else None
+
+
+def _known_gpu_type(value: Any) -> Any:
+    if not isinstance(value, str) or value in GPU_TYPES:
+        return value
+    # "H200" means H200-141GB: a name the user typed the start of, else a near spelling.
+    starting = [
+        name for name in GPU_TYPES if name.lower().startswith(value.strip().lower()) and value.strip()
+    ]
+    guess = " or ".join(starting) or closest(value, GPU_TYPES, cutoff=0.6)
+    hint = f"did you mean {guess}? " if guess else ""
+    raise ValueError(f"unknown GPU type {value!r}; {hint}the catalogue has {', '.join(GPU_TYPES)}")
 
 
 def canonical_policy_name(name: Any) -> Any:
@@ -132,9 +156,11 @@ class ModelSpec(_Strict):
 class PoolSpec(_Strict):
     """A pool of identical GPU nodes."""
 
-    gpu_type: Literal["H100-80GB"] = "H100-80GB"
+    gpu_type: Annotated[str, WithJsonSchema({"type": "string", "enum": list(GPU_TYPES)})] = "H100-80GB"
     gpus: int = Field(gt=0, description="GPUs in the pool, in whole nodes")
     gpus_per_node: int = Field(default=8, gt=0)
+
+    _gpu_type = field_validator("gpu_type", mode="before")(_known_gpu_type)
 
     @model_validator(mode="after")
     def _whole_nodes(self) -> PoolSpec:
@@ -307,6 +333,7 @@ class RunSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunSpec:
+        problems = []
         for field, gpu_field, pool_name, gpus in (
             ("trainer", ".gpus", self.trainer.pool, self.trainer.gpus),
             ("rollout", ".engines", self.rollout.pool, self.rollout.gpus),
@@ -314,20 +341,22 @@ class RunSpec(_Strict):
             pool = self.pools.get(pool_name)
             if pool is None:
                 known = ", ".join(sorted(self.pools))
-                raise ValueError(f"{field}.pool: unknown pool {pool_name!r}; define it under pools ({known})")
-            if gpus > pool.gpus:
-                raise ValueError(
+                problems.append(f"{field}.pool: unknown pool {pool_name!r}; define it under pools ({known})")
+            elif gpus > pool.gpus:
+                problems.append(
                     f"{field}{gpu_field}: asks for {gpus} GPUs but pool {pool_name!r} has {pool.gpus}; "
                     f"lower {field}{gpu_field} or grow pools.{pool_name}.gpus"
                 )
         previous = 0
         for index, stage in enumerate(self.curriculum):
             if stage.max_response_tokens < previous:
-                raise ValueError(
+                problems.append(
                     f"curriculum[{index}].max_response_tokens: {stage.max_response_tokens} is below the "
                     f"previous stage's {previous}; list stages in order of growing response length"
                 )
-            previous = stage.max_response_tokens
+            previous = max(previous, stage.max_response_tokens)
+        if problems:
+            raise ValueError("\n".join(problems))  # one line each in the SpecError
         return self
 
     @property
@@ -358,22 +387,79 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _one_line(error: ValidationError) -> str:
-    first = error.errors()[0]
-    message = re.sub(r"^(Value error|Assertion failed), ", "", first["msg"])
-    path = _field_path(tuple(first["loc"]))
-    if first["type"] == "extra_forbidden":
-        return f"{path}: unknown field; remove it or check its spelling"
-    if first["type"] == "missing":
-        return f"{path}: required field is missing; add it"
+def _annotation_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside ``X``, ``X | None`` or ``Annotated[X, ...]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType, Annotated):
+        for arg in get_args(annotation):
+            found = _annotation_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that the mapping at ``loc`` (a pydantic error location) is validated as."""
+    annotation: Any = model
+    for part in loc:
+        current = _annotation_model(annotation)
+        if current is not None:
+            field = current.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif get_origin(annotation) in (list, tuple) and isinstance(part, int):
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) is dict and isinstance(part, str):
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return _annotation_model(annotation)
+
+
+def _describe(detail: Any, message: str, path: str) -> list[str]:
+    """One pydantic error as lines of ``<field path>: <what is wrong>``."""
+    if detail["type"] == "missing":
+        return [f"{path}: required field is missing; add it"]
     should = re.match(r"^(?:Input|String|List|Dictionary|Value) should (.+)$", message)
     if path and should:
         # pydantic says "Input should be greater than 0": name the value the user gave, too.
-        return f"{path}: got {_short(first.get('input'))}; it should {should.group(1)}"
-    # Validators on a whole model already name the field inside their message.
-    if not path or re.match(r"^[\w.\[\]-]+: ", message):
-        return message if not path or message.startswith(path.split(".")[-1]) else f"{path}.{message}"
-    return f"{path}: {message}"
+        return [f"{path}: got {_short(detail.get('input'))}; it should {should.group(1)}"]
+    lines = []
+    for line in message.splitlines():
+        # Validators on a whole model already name the field inside their message.
+        if not path or re.match(r"^[\w.\[\]-]+: ", line):
+            lines.append(line if not path or line.startswith(path.split(".")[-1]) else f"{path}.{line}")
+        else:
+            lines.append(f"{path}: {line}")
+    return lines
+
+
+def _problems(model: type[BaseModel], error: ValidationError) -> list[str]:
+    """Every problem pydantic found, one line each; a misspelt key names the field it was meant as."""
+    details = error.errors()
+    meant: set[tuple[Any, ...]] = set()  # locations of missing fields a misspelt key stands for
+    lines: dict[int, list[str]] = {}
+    for number, detail in enumerate(details):
+        loc = tuple(detail["loc"])
+        if detail["type"] != "extra_forbidden":
+            continue
+        parent = _model_at(model, loc[:-1])
+        guess = closest(str(loc[-1]), parent.model_fields) if parent is not None else None
+        path = _field_path(loc)
+        if guess is None:
+            lines[number] = [f"{path}: unknown field; remove it or check its spelling"]
+        else:
+            lines[number] = [f"{path}: unknown field; did you mean {guess}?"]
+            meant.add((*loc[:-1], guess))
+    for number, detail in enumerate(details):
+        loc = tuple(detail["loc"])
+        if number in lines or (detail["type"] == "missing" and loc in meant):
+            continue
+        message = re.sub(r"^(Value error|Assertion failed), ", "", detail["msg"])
+        lines[number] = _describe(detail, message, _field_path(loc))
+    return [line for number in sorted(lines) for line in lines[number]]
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -387,19 +473,32 @@ def _validate_mapping(model: type[_Model], data: Any, source: str, expected: str
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise SpecError(f"{source}: {_one_line(error)}") from error
+        raise SpecError(*(f"{source}: {line}" for line in _problems(model, error))) from error
 
 
 def parse_spec(data: Any, source: str = "spec") -> RunSpec:
-    """Validate already-parsed YAML/JSON data, raising one-line ``SpecError``s."""
+    """Validate already-parsed YAML/JSON data; a ``SpecError`` names every problem, one line each."""
     return _validate_mapping(RunSpec, data, source, "of run settings")
 
 
-def _read_yaml(path: Path) -> Any:
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as error:
         raise SpecError(f"{path}: cannot read the file ({error.strerror})") from error
+    if b"\0" in data:
+        raise SpecError(f"{path}: a binary file, not YAML text; give the path of a .yaml file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); "
+            "save the file as UTF-8"
+        ) from error
+
+
+def _read_yaml(path: Path) -> Any:
+    text = _read_text(path)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -440,7 +539,7 @@ def _inline_policy_file(data: dict[str, Any], spec_dir: Path, source: str) -> di
     try:
         policy = load_dispatch_policy(spec_dir / rollout["dispatch"].strip())
     except SpecError as error:
-        raise SpecError(f"{source}: rollout.dispatch: {error}") from error
+        raise SpecError(*(f"{source}: rollout.dispatch: {problem}" for problem in error.problems)) from error
     resolved = {**rollout, "dispatch": policy.policy}
     resolved.setdefault("chunk_tokens", policy.chunk_tokens)
     return {**data, "rollout": resolved}

@@ -8,9 +8,9 @@ import random
 import pytest
 
 from orchestrator.core.dispatch import POLICIES, Dispatcher, make_dispatcher
+from orchestrator.hardware import H100_80GB
 from orchestrator.rollout.balanced import simulate_balanced_phase
 from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.hardware import H100_80GB
 from orchestrator.rollout.shapes import sample_rollouts
 from orchestrator.spec import ModelSpec
 

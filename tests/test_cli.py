@@ -150,6 +150,32 @@ def test_a_bad_spec_is_one_error_line_and_writes_nothing(orch: Orch, command: st
     assert line.startswith(f"error: {path}: ")
 
 
+@pytest.mark.parametrize("command", ["submit", "validate"])
+def test_every_spec_problem_is_its_own_error_line_and_writes_nothing(orch: Orch, command: str) -> None:
+    def three_problems(data: dict[str, Any]) -> None:
+        data["rollout"]["sample_per_prompt"] = data["rollout"].pop("samples_per_prompt")
+        data["trainer"]["gpus"] = 0
+        data["pools"]["node"]["gpu_type"] = "H200"
+
+    path = orch.spec_file(quickstart_with(three_problems))
+    before = row_counts(orch.url)
+    result = orch(command, str(path))
+    assert result.exit_code == SpecError.exit_code == 2
+    assert sorted(result.stderr.splitlines()) == [
+        f"error: {path}: pools.node.gpu_type: unknown GPU type 'H200'; did you mean H200-141GB? "
+        "the catalogue has A100-40GB, A100-80GB, H100-80GB, H200-141GB, B200, L40S, MI300X",
+        f"error: {path}: rollout.sample_per_prompt: unknown field; did you mean samples_per_prompt?",
+        f"error: {path}: trainer.gpus: got 0; it should be greater than 0",
+    ]
+    assert row_counts(orch.url) == before
+
+
+def test_a_spec_file_that_is_not_utf8_is_one_error_line(orch: Orch) -> None:
+    path = orch.folder / "run.yaml"
+    path.write_bytes("name: café\n".encode("latin-1"))
+    assert_rejected(orch, ["validate", str(path)], SpecError, "not UTF-8 text", "save the file as UTF-8")
+
+
 def test_a_spec_file_that_does_not_exist_is_one_error_line(orch: Orch) -> None:
     assert_rejected(
         orch, ["submit", str(orch.folder / "absent.yaml")], SpecError, "absent.yaml", "cannot read"

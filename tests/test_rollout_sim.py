@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from orchestrator.hardware import GPU_TYPES, H100_80GB
 from orchestrator.rollout.cost import (
     ACTIVATION_MARGIN_BYTES_PER_GPU,
     BANDWIDTH_EFFICIENCY,
@@ -16,7 +17,6 @@ from orchestrator.rollout.cost import (
     EngineCost,
 )
 from orchestrator.rollout.engines import SimEngine, TokenStepEngine, TurnRequest
-from orchestrator.rollout.hardware import GPU_TYPES, H100_80GB
 from orchestrator.rollout.shapes import RolloutShape, Turn, sample_rollouts
 from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
 from orchestrator.spec import ModelSpec

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import SpecError
-from orchestrator.spec import DTYPE_BYTES, ModelSpec, RunSpec, load_spec, parse_spec
+from orchestrator.hardware import GPU_TYPES
+from orchestrator.spec import DTYPE_BYTES, ModelSpec, RunSpec, load_dispatch_policy, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUICKSTART: dict[str, Any] = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
@@ -105,7 +106,9 @@ def test_the_14b_model_needs_160_kib_of_kv_cache_per_token() -> None:
     ("mutation", "fragments"),
     [
         pytest.param(set_field("colour", "blue"), ["colour", "unknown field", "remove it"], id="top-level"),
-        pytest.param(set_field("trainer.gpu", 8), ["trainer.gpu:", "unknown field", "spelling"], id="nested"),
+        pytest.param(
+            set_field("trainer.gpu", 8), ["trainer.gpu:", "unknown field", "did you mean gpus?"], id="nested"
+        ),
         pytest.param(
             set_field("curriculum.0.max_tokens", 1),
             ["curriculum[0].max_tokens", "unknown field"],
@@ -287,3 +290,141 @@ def test_validation_accepts_a_trainer_exactly_when_it_fits_its_pool(nodes: int, 
     else:
         assert fits, "accepted a trainer larger than its pool"
         assert spec.trainer.gpus == trainer_gpus
+
+
+# ---- every problem at once, with suggestions (issue 11, point 4) ------------------------------------
+
+
+def spec_problems(data: Any) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(data, source="run.yaml")
+    lines = str(caught.value).splitlines()
+    assert list(caught.value.problems) == lines
+    assert all(line.startswith("run.yaml: ") for line in lines)
+    return lines
+
+
+def test_three_errors_are_three_lines() -> None:
+    lines = spec_problems(
+        quickstart_with(
+            set_field("trainer.gpus", 0),
+            set_field("dataset.problems", -1),
+            set_field("model.dtype", "int4"),
+        )
+    )
+    assert len(lines) == 3, lines
+    assert any("trainer.gpus: got 0" in line for line in lines)
+    assert any("dataset.problems: got -1" in line for line in lines)
+    assert any("model.dtype: got 'int4'" in line for line in lines)
+
+
+def test_a_misspelt_key_names_the_nearest_field_and_not_the_missing_one() -> None:
+    data = quickstart_with(
+        drop_field("rollout.samples_per_prompt"), set_field("rollout.sample_per_prompt", 8)
+    )
+    assert spec_problems(data) == [
+        "run.yaml: rollout.sample_per_prompt: unknown field; did you mean samples_per_prompt?"
+    ]
+
+
+def test_a_misspelt_key_in_a_list_item_and_in_a_pool_names_the_nearest_field() -> None:
+    data = quickstart_with(
+        drop_field("curriculum.1.max_turns"),
+        set_field("curriculum.1.max_turn", 10),
+        set_field("pools.node.gpus_per_nodes", 8),
+    )
+    assert spec_problems(data) == [
+        "run.yaml: pools.node.gpus_per_nodes: unknown field; did you mean gpus_per_node?",
+        "run.yaml: curriculum[1].max_turn: unknown field; did you mean max_turns?",
+    ]
+
+
+def test_an_unknown_key_with_nothing_close_still_says_remove_it() -> None:
+    [line] = spec_problems(quickstart_with(set_field("colour", "blue")))
+    assert line == "run.yaml: colour: unknown field; remove it or check its spelling"
+
+
+def test_every_cross_field_problem_is_its_own_line() -> None:
+    lines = spec_problems(
+        quickstart_with(set_field("trainer.gpus", 16), set_field("curriculum.1.max_response_tokens", 4096))
+    )
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("run.yaml: trainer.gpus: asks for 16 GPUs")
+    assert lines[1].startswith("run.yaml: curriculum[1].max_response_tokens: 4096 is below")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        pytest.param(b"name: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 9)", id="latin-1"),
+        pytest.param(b"\x7fELF\x02\x01\x01\x00\x00\x00", "a binary file", id="binary"),
+    ],
+)
+@pytest.mark.parametrize("loader", ["spec", "policy"])
+def test_a_file_that_is_not_utf8_text_is_one_line(
+    tmp_path: Path, content: bytes, fragment: str, loader: str
+) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path) if loader == "spec" else load_dispatch_policy(path)
+    [line] = str(caught.value).splitlines()
+    assert line.startswith(f"{path}: {fragment}")
+
+
+def test_a_policy_file_shows_every_problem_with_suggestions(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("polcy: kv_aware\nchunk_tokens: 0\n")
+    with pytest.raises(SpecError) as caught:
+        load_dispatch_policy(path)
+    assert sorted(str(caught.value).splitlines()) == [
+        f"{path}: chunk_tokens: got 0; it should be greater than 0",
+        f"{path}: polcy: unknown field; did you mean policy?",
+    ]
+
+
+def test_a_policy_file_named_by_a_spec_reports_each_problem_under_rollout_dispatch(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text("polcy: kv_aware\nchunk_tokens: 0\n")
+    spec_path = tmp_path / "run.yaml"
+    spec_path.write_text(yaml.safe_dump(quickstart_with(set_field("rollout.dispatch", "policy.yaml"))))
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec_path)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith(f"{spec_path}: rollout.dispatch: ") for line in lines)
+
+
+# ---- the GPU catalogue (issue 11, point 3) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gpu_type", sorted(GPU_TYPES))
+def test_every_catalogue_gpu_type_is_accepted(gpu_type: str) -> None:
+    spec = parse_spec(quickstart_with(set_field("pools.node.gpu_type", gpu_type)))
+    assert spec.pools["node"].gpu_type == gpu_type
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"), [("h100", "H100-80GB"), ("H200", "H200-141GB"), ("MI300", "MI300X")]
+)
+def test_an_unknown_gpu_type_lists_the_catalogue_and_the_nearest_name(typed: str, meant: str) -> None:
+    [line] = spec_problems(quickstart_with(set_field("pools.node.gpu_type", typed)))
+    assert line.startswith(
+        f"run.yaml: pools.node.gpu_type: unknown GPU type {typed!r}; did you mean {meant}?"
+    )
+    assert all(name in line for name in GPU_TYPES)
+
+
+def test_a_gpu_type_with_nothing_close_lists_the_catalogue_without_a_guess() -> None:
+    [line] = spec_problems(quickstart_with(set_field("pools.node.gpu_type", "TPU-v5")))
+    assert "did you mean" not in line
+    assert "A100-40GB, A100-80GB, H100-80GB, H200-141GB, B200, L40S, MI300X" in line
+
+
+def test_the_catalogue_has_the_issue_s_types_with_their_resource_names() -> None:
+    assert set(GPU_TYPES) == {"A100-40GB", "A100-80GB", "H100-80GB", "H200-141GB", "B200", "L40S", "MI300X"}
+    assert GPU_TYPES["MI300X"].resource_name == "amd.com/gpu"
+    assert {GPU_TYPES[n].resource_name for n in set(GPU_TYPES) - {"MI300X"}} == {"nvidia.com/gpu"}
+    # Larger parts really are larger: H200 > H100 in memory and bandwidth, MI300X the largest memory.
+    assert GPU_TYPES["H200-141GB"].memory_bytes > GPU_TYPES["H100-80GB"].memory_bytes
+    assert GPU_TYPES["H200-141GB"].hbm_bytes_per_s > GPU_TYPES["H100-80GB"].hbm_bytes_per_s
+    assert max(GPU_TYPES.values(), key=lambda gpu: gpu.memory_bytes).name == "MI300X"

@@ -1,8 +1,9 @@
 """The Kubernetes backend: GPU node pools, gang members and engines as pods, fed by watches.
 
 - Pools are nodes labelled ``orch.dev/pool=<name>`` (key configurable); a node's capacity is its
-  allocatable ``nvidia.com/gpu`` minus GPUs of pods orch did not create that are bound there
-  (orch's own pods are accounted in SQL); cordoned or NotReady nodes are not capacity.
+  allocatable GPUs (``nvidia.com/gpu`` or ``amd.com/gpu``) minus GPUs of pods orch did not create
+  that are bound there (orch's own pods are accounted in SQL); cordoned or NotReady nodes are not
+  capacity. A pod requests its pool's GPU type's resource name (``orchestrator.hardware``).
 - Every workload is a pod with a deterministic name, pinned by nodeSelector to the node the gang
   placement chose; trainer members share a headless Service for rendezvous. Engines colocated with
   the trainer run inside its pods and are reported from the host pod's annotation.
@@ -31,10 +32,10 @@ from orchestrator.backends.base import ClusterEvent, ExecutionInterrupted
 from orchestrator.backends.kube_informer import Changes, Informer
 from orchestrator.backends.kube_objects import (
     COLOCATED_ANNOTATION,
-    GPU_RESOURCE,
     RUN_LABEL,
     control_configmap,
     control_name,
+    gpu_allocatable,
     gpu_request,
     observe_pod,
     owner_reference,
@@ -155,7 +156,7 @@ class KubeCluster:
         views = []
         for node in self.nodes.items():
             meta = node["metadata"]
-            allocatable = int(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0"))
+            allocatable = gpu_allocatable(node)
             views.append(
                 NodeView(
                     name=meta["name"],

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.hardware import GPU_TYPE_ENV, GPU_TYPES, H100_80GB, gpu_resource_names
 from orchestrator.records import Workload
 
 __all__ = [
     "ATTEMPT_LABEL",
     "COLOCATED_ANNOTATION",
     "GPU_RESOURCE",
+    "GPU_TYPE_ENV",
     "INDEX_LABEL",
     "ROLE_LABEL",
     "RUN_LABEL",
     "control_configmap",
     "control_name",
+    "gpu_allocatable",
     "gpu_request",
+    "gpu_resource",
     "observe_pod",
     "owner_reference",
     "pod_manifest",
@@ -29,7 +33,7 @@ ROLE_LABEL = "orch.dev/role"
 ATTEMPT_LABEL = "orch.dev/attempt"
 INDEX_LABEL = "orch.dev/index"
 COLOCATED_ANNOTATION = "orch.dev/colocated-engines"
-GPU_RESOURCE = "nvidia.com/gpu"
+GPU_RESOURCE = H100_80GB.resource_name  # for a workload that names no GPU type
 PRIORITY_CLASSES = {"trainer": "orch-training", "engine": "orch-rollout"}
 # Container states that never recover on their own: the member has failed even though the pod is Pending.
 STUCK_REASONS = frozenset(
@@ -108,6 +112,12 @@ def rendezvous_service(workload: Workload, namespace: str, owner: dict[str, Any]
     }
 
 
+def gpu_resource(workload: Workload) -> str:
+    """The extended resource the workload's GPUs are requested by: its pool's GPU type's."""
+    gpu = GPU_TYPES.get(workload.env.get(GPU_TYPE_ENV, ""))
+    return gpu.resource_name if gpu is not None else GPU_RESOURCE
+
+
 def pod_manifest(
     workload: Workload, namespace: str, pool_label: str, owner: dict[str, Any]
 ) -> dict[str, Any]:
@@ -123,10 +133,11 @@ def pod_manifest(
         "env": [{"name": key, "value": value} for key, value in sorted(env.items())],
         "volumeMounts": [{"name": "orch-control", "mountPath": "/etc/orch", "readOnly": True}],
     }
+    resource = gpu_resource(workload)
     if workload.gpus:
         container["resources"] = {
-            "requests": {GPU_RESOURCE: str(workload.gpus)},
-            "limits": {GPU_RESOURCE: str(workload.gpus)},
+            "requests": {resource: str(workload.gpus)},
+            "limits": {resource: str(workload.gpus)},
         }
     metadata: dict[str, Any] = {
         "name": workload.name,
@@ -146,7 +157,7 @@ def pod_manifest(
             "subdomain": service,
             "priorityClassName": PRIORITY_CLASSES.get(workload.role, "orch-rollout"),
             "nodeSelector": {pool_label: workload.pool, "kubernetes.io/hostname": workload.node},
-            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [container],
             "volumes": [{"name": "orch-control", "configMap": {"name": control_name(workload.run_id)}}],
         },
@@ -154,15 +165,20 @@ def pod_manifest(
 
 
 def gpu_request(pod: dict[str, Any]) -> int:
-    """GPUs a pod holds: per container the limit (or request) of ``nvidia.com/gpu``."""
+    """GPUs a pod holds: per container the limit (or request) of any catalogue GPU resource."""
     total = 0
     for container in pod.get("spec", {}).get("containers") or []:
         resources = container.get("resources") or {}
-        amount = (resources.get("limits") or {}).get(GPU_RESOURCE) or (resources.get("requests") or {}).get(
-            GPU_RESOURCE
-        )
-        total += int(amount or 0)
+        limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+        for name in gpu_resource_names():
+            total += int(limits.get(name) or requests.get(name) or 0)
     return total
+
+
+def gpu_allocatable(node: dict[str, Any]) -> int:
+    """GPUs a node offers: its allocatable amount of any catalogue GPU resource."""
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    return sum(int(allocatable.get(name) or 0) for name in gpu_resource_names())
 
 
 def _terminated_reason(pod: dict[str, Any]) -> str:

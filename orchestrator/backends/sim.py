@@ -1,4 +1,4 @@
-"""The embedded simulated GPU pool: nodes of 8 simulated H100-80GB GPUs and the workloads on them.
+"""The embedded simulated GPU pool: nodes of simulated GPUs (each pool's ``gpu_type``) and their workloads.
 
 It lives inside the controller's process, like a cluster that disappears when the controller
 dies: a restarted controller finds none of its workloads and must recover the run from SQL

@@ -4,26 +4,25 @@ For every simulated step the trainer reports its phases; each GPU then gets one 
 phase, standing for the phase's length (``period_s``): during the rollout phase an engine's
 GPUs are busy for the share of the phase its engine was generating and hold weights plus its
 KV cache; during the train phase the trainer's GPUs are busy and hold the training state.
-GPUs without work in a phase read idle. Power and temperature follow utilization between an
-idle floor and the H100 SXM's 700 W limit (NVIDIA H100 datasheet).
+GPUs without work in a phase read idle. Each GPU reads as its pool's type (``orchestrator.hardware``):
+its memory, power limit and clock; power and temperature follow utilization between an idle floor
+and the type's power limit.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from orchestrator.hardware import H100_80GB, GpuType
 from orchestrator.records import Workload
-from orchestrator.rollout.hardware import H100_80GB
 from orchestrator.telemetry.sample import GpuSample
 
 __all__ = ["GpuLoad", "SimTelemetry"]
 
-H100_POWER_LIMIT_W = 700.0  # H100 SXM5 max thermal design power, NVIDIA H100 datasheet
-IDLE_POWER_W = 70.0  # assumption: an idle H100 SXM draws ~70 W
-H100_MAX_SM_CLOCK_HZ = 1.98e9  # H100 SXM5 max boost clock, 1,980 MHz (NVIDIA H100 datasheet)
+IDLE_POWER_RATIO = 0.1  # assumption: an idle GPU draws ~10% of its power limit (~70 W on an H100 SXM)
 IDLE_TEMPERATURE_C, TEMPERATURE_RISE_C = 32.0, 40.0  # assumption
 
 
@@ -34,6 +33,10 @@ class GpuLoad:
     utilization_ratio: float
     memory_used_bytes: int
     role: str
+
+
+def _idle_power(power_limit_w: float) -> float:
+    return IDLE_POWER_RATIO * power_limit_w
 
 
 def _uuid(node: str, index: int) -> str:
@@ -55,34 +58,37 @@ class SimTelemetry:
         loads: dict[tuple[str, int], GpuLoad],
         workloads: Sequence[Workload],
         shown_at: float = 0.0,
+        gpu_types: Mapping[str, GpuType] | None = None,
     ) -> None:
         """One phase of a run: ``loads`` maps (node, gpu index) to what that GPU did.
 
-        The samples become visible at wall time ``shown_at`` (``time.monotonic()``; 0: at once),
-        which lets a paced simulation show its phases as they happen."""
+        ``gpu_types`` maps a pool to its GPU type (an H100-80GB where none is given). The samples
+        become visible at wall time ``shown_at`` (``time.monotonic()``; 0: at once), which lets a
+        paced simulation show its phases as they happen."""
         run = workloads[0].run_id if workloads else ""
         pools = {w.node: w.pool for w in workloads}
+        types = gpu_types or {}
         samples = [
             GpuSample(
                 node=node,
                 index=index,
                 uuid=_uuid(node, index),
-                name=H100_80GB.name,
+                name=gpu.product_name,
                 utilization_ratio=round(load.utilization_ratio, 4),
                 memory_utilization_ratio=round(load.utilization_ratio * 0.6, 4),
-                memory_used_bytes=min(load.memory_used_bytes, H100_80GB.memory_bytes),
-                memory_total_bytes=H100_80GB.memory_bytes,
+                memory_used_bytes=min(load.memory_used_bytes, gpu.memory_bytes),
+                memory_total_bytes=gpu.memory_bytes,
                 power_watts=round(
-                    IDLE_POWER_W + load.utilization_ratio * (H100_POWER_LIMIT_W - IDLE_POWER_W), 1
+                    _idle_power(gpu.power_limit_w) + load.utilization_ratio * gpu.power_limit_w * 0.9, 1
                 ),
-                power_limit_watts=H100_POWER_LIMIT_W,
+                power_limit_watts=gpu.power_limit_w,
                 temperature_celsius=round(
                     IDLE_TEMPERATURE_C + load.utilization_ratio * TEMPERATURE_RISE_C, 1
                 ),
-                sm_clock_hertz=H100_MAX_SM_CLOCK_HZ,
+                sm_clock_hertz=gpu.max_sm_clock_hz,
                 ecc_errors={"volatile_uncorrected": 0},
                 mig_enabled=False,
-                pool=pools.get(node, ""),
+                pool=pool,
                 run=run,
                 role=load.role,
                 at=at,
@@ -90,6 +96,8 @@ class SimTelemetry:
                 period_s=period_s,
             )
             for (node, index), load in sorted(loads.items())
+            for pool in [pools.get(node, "")]
+            for gpu in [types.get(pool, H100_80GB)]
         ]
         with self._lock:
             self._pending.extend((shown_at, sample) for sample in samples)
@@ -107,7 +115,7 @@ class SimTelemetry:
                     utilization_ratio=0.0,
                     memory_utilization_ratio=0.0,
                     memory_used_bytes=0,
-                    power_watts=IDLE_POWER_W,
+                    power_watts=_idle_power(previous.power_limit_watts),
                     temperature_celsius=IDLE_TEMPERATURE_C,
                     run="",
                     role="",

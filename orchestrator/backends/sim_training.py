@@ -17,11 +17,12 @@ from orchestrator.backends.base import ExecutionInterrupted, WorkInProgress
 from orchestrator.backends.sim import SimCluster
 from orchestrator.backends.sim_telemetry import GpuLoad
 from orchestrator.core.dispatch import KV_BOUNDED, make_dispatcher
+from orchestrator.core.feasibility import ACTIVATION_BYTES_PER_TRAINER_GPU, trainer_bytes_per_gpu
 from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.errors import OrchError
+from orchestrator.hardware import GPU_TYPES
 from orchestrator.rollout.balanced import simulate_balanced_phase
 from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.hardware import GPU_TYPES
 from orchestrator.rollout.shapes import sample_rollouts
 from orchestrator.rollout.simulator import RolloutPhaseResult
 from orchestrator.spec import RunSpec
@@ -41,10 +42,6 @@ CHECKPOINT_BYTES_PER_S_PER_NODE = 2e9
 # A training step keeps the GPUs' kernels running nearly all the time (NVML "utilization" counts any
 # kernel running, not FLOPs); assumption.
 TRAIN_UTILIZATION = 0.97
-# Training state per parameter: bf16 weights and gradients, fp32 master weights and two Adam moments.
-TRAINING_BYTES_PER_PARAM = 16
-# Activation memory per trainer GPU during the train phase; assumption.
-ACTIVATION_BYTES_PER_GPU = 20 * 2**30
 # Filter passes are estimated from a simulated sample of at most this many rollouts, scaled up.
 FILTER_SAMPLE_ROLLOUTS = 2048
 
@@ -64,11 +61,6 @@ class _Trainer:
 
     position: int
     outcomes: dict[int, StepOutcome] = field(default_factory=dict)
-
-
-def _training_bytes_per_gpu(spec: RunSpec) -> int:
-    """Training state sharded over the trainer's GPUs (ZeRO/FSDP style)."""
-    return int(TRAINING_BYTES_PER_PARAM * spec.model.params_b * 1e9 / spec.trainer.gpus)
 
 
 class StepSimulator:
@@ -307,7 +299,7 @@ class SimTrainer:
         engine_gpus = {
             p.index: [(p.node, i) for i in self.cluster.gpus_of(p)] for p in pods if p.role == "engine"
         }
-        resident = _training_bytes_per_gpu(spec)
+        resident = trainer_bytes_per_gpu(spec)
         weights = spec.model.weight_bytes // spec.rollout.gpus_per_engine
         start = self._clock.get(run_id, 0.0)
         rollout: dict[tuple[str, int], GpuLoad] = {
@@ -325,7 +317,7 @@ class SimTrainer:
                 rollout[gpu] = GpuLoad(min(1.0, busy), weights + kv // len(gpus), "engine")
                 train[gpu] = GpuLoad(0.0, weights, "engine")
         for gpu in trainer_gpus:
-            train[gpu] = GpuLoad(TRAIN_UTILIZATION, resident + ACTIVATION_BYTES_PER_GPU, "trainer")
+            train[gpu] = GpuLoad(TRAIN_UTILIZATION, resident + ACTIVATION_BYTES_PER_TRAINER_GPU, "trainer")
         telemetry = self.cluster.telemetry
         phases = [(outcome.rollout_seconds, rollout), (outcome.train_seconds, train)]
         if outcome.checkpoint_seconds:
@@ -345,7 +337,12 @@ class SimTrainer:
         offset = 0.0
         for seconds, loads in phases:
             telemetry.record_phase(
-                start + offset, seconds, loads, pods, shown_at=wall_start + self._wall(offset)
+                start + offset,
+                seconds,
+                loads,
+                pods,
+                shown_at=wall_start + self._wall(offset),
+                gpu_types={name: GPU_TYPES[pool.gpu_type] for name, pool in spec.pools.items()},
             )
             offset += seconds
         self._clock[run_id] = start + outcome.seconds

@@ -8,7 +8,6 @@ Nothing here reads a clock or performs I/O.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -20,8 +19,10 @@ from orchestrator.core.curriculum import (
     steps_in_stage,
 )
 from orchestrator.core.failures import cleared_by_step, count_failure, give_up
+from orchestrator.core.feasibility import run_problems
 from orchestrator.core.lifecycle import check_transition
-from orchestrator.core.placement import MemberRequest, place_all
+from orchestrator.core.members import TRAINER, desired_members, workload_name
+from orchestrator.core.placement import place_all
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import (
     CheckpointPlan,
@@ -31,6 +32,7 @@ from orchestrator.core.work import (
     StepPlan,
     Work,
 )
+from orchestrator.hardware import GPU_TYPE_ENV
 from orchestrator.records import (
     Checkpoint,
     NewEvent,
@@ -55,19 +57,11 @@ __all__ = [
     "workload_name",
 ]
 
-TRAINER = "trainer"
-ENGINE = "engine"
-
 
 @dataclass(frozen=True)
 class Decision:
     patch: RunPatch | None = None
     work: Work | None = None
-
-
-def workload_name(run_id: str, role: str, index: int, attempt: int) -> str:
-    """Deterministic: a restarted controller recreates the same names, never duplicates."""
-    return f"{run_id}-{role}-{index}-a{attempt}"
 
 
 def run_checkpoint_dir(spec: RunSpec, run_id: str) -> str:
@@ -79,41 +73,15 @@ def checkpoint_uri(spec: RunSpec, run_id: str, step: int) -> str:
     return f"{run_checkpoint_dir(spec, run_id)}/step-{step:06d}"
 
 
-def desired_members(spec: RunSpec, run_id: str, attempt: int) -> list[MemberRequest]:
-    """The trainer gang (whole nodes first) and the rollout engines of one attempt."""
-    pool = spec.pools[spec.trainer.pool]
-    count = math.ceil(spec.trainer.gpus / pool.gpus_per_node)
-    members: list[MemberRequest] = []
-    remaining = spec.trainer.gpus
-    for rank in range(count):
-        gpus = min(pool.gpus_per_node, remaining)
-        remaining -= gpus
-        members.append(
-            MemberRequest(
-                workload_name(run_id, TRAINER, rank, attempt),
-                spec.trainer.pool,
-                gpus,
-                role=TRAINER,
-                index=rank,
-            )
-        )
-    for index in range(spec.rollout.engines):
-        name = workload_name(run_id, ENGINE, index, attempt)
-        if spec.colocated:
-            host = members[index * count // spec.rollout.engines].key
-            members.append(
-                MemberRequest(name, spec.rollout.pool, 0, same_node_as=host, role=ENGINE, index=index)
-            )
-        else:
-            members.append(
-                MemberRequest(name, spec.rollout.pool, spec.rollout.gpus_per_engine, role=ENGINE, index=index)
-            )
-    return members
-
-
 def _env(snapshot: RunSnapshot, role: str, index: int, attempt: int, world: int) -> dict[str, str]:
     run, spec = snapshot.run, snapshot.spec
-    env = {"ORCH_RUN_ID": run.id, "ORCH_ROLE": role, "ORCH_ATTEMPT": str(attempt)}
+    pool = spec.pools[spec.trainer.pool if role == TRAINER else spec.rollout.pool]
+    env = {
+        "ORCH_RUN_ID": run.id,
+        "ORCH_ROLE": role,
+        "ORCH_ATTEMPT": str(attempt),
+        GPU_TYPE_ENV: pool.gpu_type,
+    }
     if role == TRAINER:
         resume = snapshot.last_checkpoint
         env |= {
@@ -175,6 +143,10 @@ def decide(snapshot: RunSnapshot) -> Decision:
                 )
             )
         return Decision()
+    if run.phase in (Phase.PENDING, Phase.RESUMING) and not snapshot.current_workloads:
+        problems = run_problems(snapshot.spec)  # what `orch validate` refuses; the spec skipped it
+        if problems:
+            return Decision(_refuse(snapshot, problems))
 
     stale = _release(snapshot, only_stale=True)
     failures = _failures(snapshot)
@@ -219,6 +191,17 @@ def decide(snapshot: RunSnapshot) -> Decision:
             )
         )
     return _next_work(snapshot)
+
+
+def _refuse(snapshot: RunSnapshot, problems: Sequence[str]) -> RunPatch:
+    """A run that can never run fails at once, naming every reason, and is never placed."""
+    message = "the spec can never run: " + "; ".join(problems)
+    return _patch(
+        snapshot,
+        run={"phase": check_transition(snapshot.run.phase, Phase.FAILED).value, "message": message},
+        workloads=_release(snapshot, only_stale=False),
+        events=(NewEvent("Failed", message, {"problems": list(problems)}),),
+    )
 
 
 def _gang_failure(

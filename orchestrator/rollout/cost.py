@@ -10,7 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from orchestrator.rollout.hardware import GpuType
+from orchestrator.core.feasibility import (
+    ACTIVATION_MARGIN_BYTES_PER_GPU,
+    ENGINE_MEMORY_UTILIZATION,
+    engine_memory,
+)
+from orchestrator.hardware import GpuType
 from orchestrator.spec import ModelSpec
 
 __all__ = [
@@ -33,10 +38,6 @@ BANDWIDTH_EFFICIENCY = 0.85
 # Fixed cost of one decode step outside the bandwidth-bound kernels: scheduling, sampling and launch gaps
 # between CUDA graphs. Assumption in the range engines with CUDA graphs and async scheduling report.
 DECODE_STEP_OVERHEAD_S = 0.5e-3
-
-# Memory an engine keeps back on each GPU for activations, CUDA graphs and the allocator, on top of
-# weights and KV cache (vLLM measures this by profiling a forward pass; ~2 GiB for a 14B model). Assumption.
-ACTIVATION_MARGIN_BYTES_PER_GPU = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -90,28 +91,27 @@ class EngineCost:
 
     @classmethod
     def for_engine(
-        cls, model: ModelSpec, gpu: GpuType, gpus_per_engine: int, memory_utilization: float = 0.9
+        cls,
+        model: ModelSpec,
+        gpu: GpuType,
+        gpus_per_engine: int,
+        memory_utilization: float = ENGINE_MEMORY_UTILIZATION,
     ) -> EngineCost:
         """Cost of an engine serving ``model`` tensor-parallel over ``gpus_per_engine`` GPUs of type ``gpu``.
 
         Weights and KV cache are sharded over the group, so memory, FLOPs and bandwidth add up; the
-        all-reduce cost of tensor parallelism is not modelled.
+        all-reduce cost of tensor parallelism is not modelled. The KV capacity is
+        ``orchestrator.core.feasibility.engine_memory``'s, the same number ``orch validate`` checks.
         """
-        if gpus_per_engine < 1:
-            raise ValueError(f"gpus_per_engine must be at least 1, got {gpus_per_engine}")
-        if not 0 < memory_utilization <= 1:
-            raise ValueError(f"memory_utilization must be in (0, 1], got {memory_utilization}")
-        usable = int(gpus_per_engine * gpu.memory_bytes * memory_utilization)
-        kv_bytes = usable - model.weight_bytes - gpus_per_engine * ACTIVATION_MARGIN_BYTES_PER_GPU
-        kv_capacity = kv_bytes // model.kv_bytes_per_token
-        if kv_capacity <= 0:
+        memory = engine_memory(model, gpu, gpus_per_engine, memory_utilization)
+        if memory.kv_capacity_tokens <= 0:
             raise ValueError(
                 f"{model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no room for KV cache on "
                 f"{gpus_per_engine} × {gpu.name}; use more GPUs per engine"
             )
         flops = gpus_per_engine * gpu.bf16_dense_flops * PREFILL_MFU
         return cls(
-            kv_capacity_tokens=kv_capacity,
+            kv_capacity_tokens=memory.kv_capacity_tokens,
             prefill_tokens_per_s=flops / (2 * model.params_b * 1e9),
             weight_bytes=model.weight_bytes,
             kv_bytes_per_token=model.kv_bytes_per_token,

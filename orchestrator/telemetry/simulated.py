@@ -1,8 +1,9 @@
-"""A simulated node of H100-80GB GPUs (a ``TelemetrySource``), for ``orch agent --simulate`` and tests.
+"""A simulated node of GPUs (a ``TelemetrySource``), for ``orch agent --simulate`` and tests.
 
 Each GPU follows a load: the one last given by ``set_load`` (the simulated pool's workloads drive it), or,
 until then, a seeded random walk so a stand-alone agent shows readings that move. Power, temperature, SM
-clock and throttle reasons follow the utilisation with the public H100 SXM5 figures below.
+clock and throttle reasons follow the utilisation, with the GPU type's public figures
+(``orchestrator.hardware``; an H100-80GB unless told otherwise).
 """
 
 from __future__ import annotations
@@ -14,17 +15,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orchestrator.rollout.hardware import H100_80GB
+from orchestrator.hardware import H100_80GB, GpuType
 from orchestrator.telemetry.sample import GpuSample, ProcessMemory
 
 __all__ = ["SimulatedGpuSource"]
 
-# NVIDIA H100 datasheet (SXM5): max TDP 700 W; max boost clock 1,980 MHz. nvidia-smi names the part
-# "NVIDIA H100 80GB HBM3". Idle power (~70 W), idle SM clock (345 MHz) and temperatures are typical readings.
-NAME = "NVIDIA H100 80GB HBM3"
-POWER_LIMIT_W = 700.0
-IDLE_POWER_W = 70.0
-BOOST_CLOCK_HZ = 1_980e6
+# Idle power (~10% of the power limit, ~70 W on an H100 SXM5), idle SM clock (345 MHz on an H100) and
+# temperatures are typical readings, not datasheet figures.
+IDLE_POWER_RATIO = 0.1
 IDLE_CLOCK_HZ = 345e6
 IDLE_TEMP_C = 31.0
 LOADED_TEMP_C = 68.0
@@ -45,12 +43,18 @@ class _Gpu:
 
 
 class SimulatedGpuSource:
-    """``gpus`` simulated H100-80GB GPUs on ``node``; deterministic for a given ``seed`` and call sequence."""
+    """``gpus`` simulated GPUs of ``gpu_type`` on ``node``; deterministic for a given ``seed`` and calls."""
 
     def __init__(
-        self, node: str, gpus: int = 8, seed: int = 0, clock: Callable[[], float] = time.time
+        self,
+        node: str,
+        gpus: int = 8,
+        seed: int = 0,
+        clock: Callable[[], float] = time.time,
+        gpu_type: GpuType = H100_80GB,
     ) -> None:
         self.node = node
+        self.gpu_type = gpu_type
         self._rng = random.Random(seed)
         self._clock = clock
         self._lock = threading.Lock()
@@ -68,8 +72,8 @@ class SimulatedGpuSource:
         """From the next sample on, GPU ``index`` runs at this utilisation and memory, for this run."""
         if not 0.0 <= utilization_ratio <= 1.0:
             raise ValueError(f"utilization_ratio must be within 0..1, got {utilization_ratio}")
-        if not 0 <= memory_used_bytes <= H100_80GB.memory_bytes:
-            raise ValueError(f"memory_used_bytes must be within 0..{H100_80GB.memory_bytes}")
+        if not 0 <= memory_used_bytes <= self.gpu_type.memory_bytes:
+            raise ValueError(f"memory_used_bytes must be within 0..{self.gpu_type.memory_bytes}")
         with self._lock:
             gpu = self._gpus[index]
             gpu.utilization, gpu.memory_used, gpu.driven = utilization_ratio, memory_used_bytes, True
@@ -92,24 +96,26 @@ class SimulatedGpuSource:
             self._wander(gpu)
         noise = self._rng.uniform(-0.02, 0.02) if gpu.utilization > 0 else 0.0
         util = min(1.0, max(0.0, gpu.utilization + noise))
-        power = IDLE_POWER_W + (POWER_LIMIT_W - IDLE_POWER_W) * util * self._rng.uniform(0.85, 0.98)
+        limit = self.gpu_type.power_limit_w
+        idle = IDLE_POWER_RATIO * limit
+        power = idle + (limit - idle) * util * self._rng.uniform(0.85, 0.98)
         gpu.temperature += 0.2 * (IDLE_TEMP_C + (LOADED_TEMP_C - IDLE_TEMP_C) * util - gpu.temperature)
         return GpuSample(
             node=self.node,
             index=gpu.index,
             uuid=gpu.uuid,
-            name=NAME,
+            name=self.gpu_type.product_name,
             utilization_ratio=round(util, 4),
             memory_utilization_ratio=round(
                 util * 0.45, 4
             ),  # decode-heavy work keeps HBM busy about half as often
             memory_used_bytes=gpu.memory_used,
-            memory_total_bytes=H100_80GB.memory_bytes,
+            memory_total_bytes=self.gpu_type.memory_bytes,
             power_watts=round(power, 1),
-            power_limit_watts=POWER_LIMIT_W,
+            power_limit_watts=limit,
             temperature_celsius=round(gpu.temperature, 1),
-            sm_clock_hertz=BOOST_CLOCK_HZ if util > 0.01 else IDLE_CLOCK_HZ,
-            throttle_reasons=_throttle(util, power),
+            sm_clock_hertz=self.gpu_type.max_sm_clock_hz if util > 0.01 else IDLE_CLOCK_HZ,
+            throttle_reasons=_throttle(util, power, limit),
             ecc_errors=dict.fromkeys(
                 (
                     "volatile_uncorrected",
@@ -131,11 +137,11 @@ class SimulatedGpuSource:
         """An undriven GPU drifts between idle and busy, so a stand-alone agent has something to show."""
         gpu.utilization = min(1.0, max(0.0, gpu.utilization + self._rng.uniform(-0.1, 0.12)))
         gpu.memory_used = CONTEXT_BYTES + int(
-            gpu.utilization * 0.8 * (H100_80GB.memory_bytes - CONTEXT_BYTES)
+            gpu.utilization * 0.8 * (self.gpu_type.memory_bytes - CONTEXT_BYTES)
         )
 
 
-def _throttle(util: float, power: float) -> tuple[str, ...]:
+def _throttle(util: float, power: float, limit: float) -> tuple[str, ...]:
     if util <= 0.01:
         return ("gpu_idle",)
-    return ("sw_power_cap",) if power >= 0.95 * POWER_LIMIT_W else ()
+    return ("sw_power_cap",) if power >= 0.95 * limit else ()
