@@ -118,9 +118,11 @@ B200 = GpuType(
 # NVIDIA L40S GPU datasheet (nvidia.com/en-us/data-center/l40s): 48 GB GDDR6 with ECC at 864 GB/s;
 # BF16 Tensor Core 362.05 TFLOPS dense (733 with sparsity); max power 350 W. Boost clock 2,520 MHz:
 # NVIDIA ADA GPU architecture whitepaper, L40S column. (GDDR6, not HBM: the bandwidth figure is the same.)
+# nvidia-smi reports 46,068 MiB of total memory (with ECC on), not 48 GiB: the table of reported totals
+# in modal-labs/modal-client pull request 2797, which also gives A100 80GB 81,920 and A100 40GB 40,960 MiB.
 L40S = GpuType(
     name="L40S",
-    memory_bytes=48 * GiB,
+    memory_bytes=46_068 * MiB,
     hbm_bytes_per_s=864e9,
     bf16_dense_flops=362.05e12,
     resource_name=NVIDIA_RESOURCE,

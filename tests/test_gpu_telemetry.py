@@ -39,7 +39,10 @@ def split_pools(tmp_path: Path, **idle: Any) -> Path:
     return write_spec(tmp_path, data)
 
 
-def paced_controller(store: Store, pace: float = 20000) -> Controller:
+# Paced tests read the newest sample after each pass, so a phase must outlast a pass: at 2,000 virtual s per
+# wall second a rollout phase of the example run lasts ~0.1-0.2 s of wall time, a pass on a loaded 2-core
+# machine well under that (at 20,000 a slow pass saw only the training phase that followed).
+def paced_controller(store: Store, pace: float = 2000) -> Controller:
     cluster = SimCluster()
     return Controller(
         store, cluster, SimTrainer(cluster, pace=pace), identity="ctl", telemetry=cluster.telemetry
@@ -53,9 +56,9 @@ def gpus_json(db_url: str) -> list[dict[str, Any]]:
 
 
 def test_orch_gpus_shows_engines_busy_in_rollouts_and_the_trainer_busy_in_training(
-    db_url: str, tmp_path: Path
+    store: Store, tmp_path: Path
 ) -> None:
-    store = Store(db_url)
+    db_url = store.url
     run = store.create_run(load_spec(split_pools(tmp_path)))
     controller = paced_controller(store)
     seen_rollout = seen_train = False
@@ -82,11 +85,10 @@ def test_orch_gpus_shows_engines_busy_in_rollouts_and_the_trainer_busy_in_traini
     sample = gpus_json(db_url)[0]
     assert sample["memory_total_bytes"] == 81559 * 2**20 and sample["run"] == run.id
     assert {g["pool"] for g in gpus_json(db_url)} == {"train", "gen"}
-    store.close()
 
 
-def test_idle_gpus_of_a_split_run_raise_events_and_count_idle_gpu_hours(db_url: str, tmp_path: Path) -> None:
-    store = Store(db_url)
+def test_idle_gpus_of_a_split_run_raise_events_and_count_idle_gpu_hours(store: Store, tmp_path: Path) -> None:
+    db_url = store.url
     run = store.create_run(load_spec(split_pools(tmp_path)))
     controller = paced_controller(store, pace=0)
     while not store.get_run(run.id).phase.terminal:
@@ -104,7 +106,6 @@ def test_idle_gpus_of_a_split_run_raise_events_and_count_idle_gpu_hours(db_url: 
     assert starts == sorted(starts) and all(start % 60 == 0 for start in starts), "60-second buckets"
     status = CliRunner().invoke(main, ["status", run.id], env={"ORCH_DATABASE_URL": db_url})
     assert "idle GPU-hours" in status.output and "GPU busy fraction" in status.output
-    store.close()
 
 
 def test_a_colocated_run_keeps_its_gpus_busy_and_raises_no_idle_event(store: Store, quickstart: Path) -> None:
@@ -303,9 +304,9 @@ def test_the_controller_scrapes_agents_and_attributes_their_gpus_to_the_run_on_t
 
 
 def test_orch_top_shows_every_gpu_of_the_example_run_and_roles_alternate_on_shared_gpus(
-    db_url: str, quickstart: Path
+    store: Store, quickstart: Path
 ) -> None:
-    store = Store(db_url)
+    db_url = store.url
     run = service.submit(store, quickstart)
     controller = paced_controller(store)
     roles_busy: set[str] = set()
@@ -331,7 +332,6 @@ def test_orch_top_shows_every_gpu_of_the_example_run_and_roles_alternate_on_shar
     assert all(g.run == "" and g.memory_used_bytes == 0 for g in released), (
         "a finished run gives its GPUs back"
     )
-    store.close()
 
 
 def test_a_run_snapshot_carries_the_latest_telemetry_of_its_gpus(store: Store, quickstart: Path) -> None:
