@@ -169,24 +169,31 @@ def run_row(run: Run, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def runs_table(runs: Sequence[Run], now: float) -> Table:
-    """``orch list`` for people: the columns that fit 80 terminal columns, the message wrapping last."""
+def runs_table(runs: Sequence[Run], now: float, width: int) -> Table:
+    """``orch list`` for people: the columns that fit 80 terminal columns, one line a run (the message is cut
+    to the width left; ``orch status`` shows it whole)."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for header, justify in (("id", "left"), ("phase", "left"), ("stage", "right"), ("step", "right")):
-        table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    table.add_column("busy", justify="right", no_wrap=True)
-    table.add_column("controller", min_width=len("controller"))
-    table.add_column("message", min_width=len("message"), ratio=1)
-    for run in runs:
-        table.add_row(
+    cells = [
+        (
             run.id,
             run.phase.value,
             str(run.stage_index + 1),
             str(run.steps_done),
             f"{run.gpu_busy_fraction:.0%}",
             views.controller_cell(run, now),
-            run.message or "-",
         )
+        for run in runs
+    ]
+    columns = (("id", "left"), ("phase", "left"), ("stage", "right"), ("step", "right"), ("busy", "right"))
+    used = 0
+    for position, (header, justify) in enumerate((*columns, ("controller", "left"))):
+        column_width = max([len(header), *(len(row[position]) for row in cells)])
+        used += column_width + 2  # rich pads every column by one space on each side
+        table.add_column(header, justify=justify, no_wrap=True, min_width=column_width)  # type: ignore[arg-type]
+    left = max(len("message"), width - used - 1)
+    table.add_column("message", no_wrap=True, overflow="ellipsis", max_width=left)
+    for run, row in zip(runs, cells, strict=True):
+        table.add_row(*row, run.message or "-")
     if not runs:
         table.add_row("(none)", *[""] * 6)
     return table
@@ -391,7 +398,7 @@ def list_runs(obj: Context, output: str) -> None:
     """List runs."""
     now = time.time()
     runs = obj.store.list_runs()
-    emit([run_row(run, now) for run in runs], output, lambda: runs_table(runs, now))
+    emit([run_row(run, now) for run in runs], output, lambda: runs_table(runs, now, console.width))
 
 
 @main.command()

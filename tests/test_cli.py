@@ -28,6 +28,7 @@ import orchestrator
 from cli import _summary_table as cli_summary_table
 from cli import main, package_version
 from orchestrator.errors import IllegalTransition, NotFound, OrchError, SpecError
+from orchestrator.records import RunPatch
 from orchestrator.state.migrations_runner import head_revision
 from orchestrator.state.store import Store
 
@@ -394,6 +395,20 @@ def test_list_fits_80_columns_with_whole_headers_and_ids(orch: Orch) -> None:
     assert "…" not in "\n".join(lines)
     for run in runs:
         assert any(run in line for line in lines)
+
+
+def test_list_keeps_one_line_a_run_when_a_message_is_long(orch: Orch) -> None:
+    run = orch.submit()
+    store = Store(orch.url)
+    try:
+        current = store.get_run(run)
+        store.apply(RunPatch(run, current.version, run={"message": "the spec can never run: " + "x " * 300}))
+    finally:
+        store.close()
+    lines = narrow(orch, "list")
+    [row] = [line for line in lines if run in line]
+    assert lines.index(row) == len(lines) - 2, "the message wraps onto no further line"
+    assert row.split()[1:7] == ["Pending", "1", "0", "0%", "none", "the"], row
 
 
 def summary_with(engines: int) -> dict[str, Any]:

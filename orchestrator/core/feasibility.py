@@ -188,7 +188,11 @@ def _trainer_problems(spec: RunSpec) -> list[str]:
     fix = (
         f"raise trainer.gpus to at least {needed}"
         if needed <= pool.gpus
-        else f"grow pools.{spec.trainer.pool}.gpus and raise trainer.gpus to at least {needed}"
+        else (
+            f"grow pools.{spec.trainer.pool}.gpus to at least "
+            f"{math.ceil(needed / pool.gpus_per_node) * pool.gpus_per_node} (whole nodes) and raise "
+            f"trainer.gpus to at least {needed}"
+        )
     )
     return [
         f"trainer.gpus: training {spec.model.name} keeps {TRAINING_BYTES_PER_PARAM} bytes per parameter "
