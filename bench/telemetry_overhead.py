@@ -7,8 +7,11 @@ share), and divides CPU seconds by wall seconds: the fraction of one core. Basel
 run: the exposition of an empty registry (the floor of any scrape), and the naive sampler that
 initialises NVML for every sample (``nvmlInit`` + device handles + ``nvmlShutdown`` each time).
 
-NVML is ``orchestrator.testing.fake_nvml`` by default (no driver needed): it measures orch's own Python
-work but not the driver's; ``--real`` uses pynvml on a GPU node instead, where the driver's cost shows.
+NVML is ``orchestrator.testing.fake_nvml`` by default (no driver needed), charging every call a CPU cost
+from ``fake_nvml.PUBLISHED_CALL_COSTS`` (utilization 2.5 us, memory info 11.6 us, process list 4.5 ms; any
+other call 2.5 us, an assumption): the driver's share is then an estimate, not a measurement, and every goal
+line says "estimated". Only ``--real`` (pynvml on a node with an NVIDIA driver and GPU) measures, and only
+then does a goal line say met / NOT met. ``--real`` without a driver or GPU refuses with one line, exit 2.
 
     python -m bench.telemetry_overhead [--quick] [--real]     # from the repository root
 """
@@ -24,10 +27,41 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 
 from orchestrator.telemetry.exporter import Agent
-from orchestrator.telemetry.nvml import NvmlSource
-from orchestrator.testing.fake_nvml import FakeNvml
+from orchestrator.telemetry.nvml import NvmlSource, NvmlUnavailable
+from orchestrator.telemetry.sample import GpuSample
+from orchestrator.testing.fake_nvml import PUBLISHED_CALL_COSTS, PUBLISHED_DEFAULT_COST, FakeNvml
 
-GOAL_CORE_FRACTION = 0.01
+GOAL_CORE_FRACTION = 0.01  # of one core, at 10 Hz for 8 GPUs
+ESTIMATED = "estimated (fake NVML with published call costs)"
+WITHOUT_REAL = "run without --real for the estimate"
+
+
+def verdict(real: bool, met: bool) -> str:
+    """A goal's verdict: only a run on the real driver may say whether it is met."""
+    if not real:
+        return ESTIMATED
+    return "met" if met else "NOT met"
+
+
+def fake_nvml_costs() -> str:
+    named = ", ".join(
+        f"{name.removeprefix('nvmlDeviceGet')} {cost * 1e6:g} us"
+        for name, cost in PUBLISHED_CALL_COSTS.items()
+    )
+    return f"{named}; other calls {PUBLISHED_DEFAULT_COST * 1e6:g} us (assumed)"
+
+
+def open_real_source() -> NvmlSource | str:
+    """The real pynvml source, or the one-line reason this node cannot run ``--real``."""
+    try:
+        source = NvmlSource("bench")
+    except NvmlUnavailable as error:
+        cause = error.__cause__ or error
+        return f"--real needs an NVIDIA driver and GPU on this node (NVML: {cause}); {WITHOUT_REAL}"
+    if not source.samples():
+        source.close()
+        return f"--real needs an NVIDIA GPU on this node (NVML found none); {WITHOUT_REAL}"
+    return source
 
 
 def cpu_per_call(action: Callable[[], Any], seconds: float) -> tuple[float, int]:
@@ -40,15 +74,34 @@ def cpu_per_call(action: Callable[[], Any], seconds: float) -> tuple[float, int]
     return spent / calls, calls
 
 
-def agent_core_fraction(make_nvml: Callable[[], Any], hz: float, seconds: float, scrape_s: float) -> float:
-    """Run the agent thread at ``hz`` for ``seconds`` of wall time, scraping every ``scrape_s``."""
-    agent = Agent(NvmlSource("bench", nvml=make_nvml()), interval=1.0 / hz).start()
+class CountingSource:
+    """A ``TelemetrySource`` that counts the samples the agent actually took."""
+
+    def __init__(self, source: NvmlSource) -> None:
+        self.source, self.count = source, 0
+
+    def samples(self) -> list[GpuSample]:
+        self.count += 1
+        return self.source.samples()
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def agent_core_fraction(
+    make_nvml: Callable[[], Any], hz: float, seconds: float, scrape_s: float
+) -> tuple[float, float]:
+    """Run the agent thread at ``hz`` for ``seconds`` of wall time, scraping every ``scrape_s``: the fraction
+    of one core it used and the sampling rate it reached (it waits its interval after each sample)."""
+    source = CountingSource(NvmlSource("bench", nvml=make_nvml()))
+    agent = Agent(source, interval=1.0 / hz).start()
     try:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, taken = time.perf_counter(), time.process_time(), source.count
         while time.perf_counter() - wall < seconds:
             time.sleep(scrape_s)
             generate_latest(agent.registry)
-        return (time.process_time() - cpu) / (time.perf_counter() - wall)
+        elapsed = time.perf_counter() - wall
+        return (time.process_time() - cpu) / elapsed, (source.count - taken) / elapsed
     finally:
         agent.stop()
 
@@ -75,9 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     loop_s, run_s = (0.3, 2.0) if args.quick else (2.0, 10.0)
 
-    make_nvml: Callable[[], Any] = (lambda: None) if args.real else (lambda: FakeNvml(args.gpus))
+    def make_nvml() -> Any:
+        if args.real:
+            return None  # NvmlSource's default: the real pynvml
+        return FakeNvml(args.gpus, call_costs=PUBLISHED_CALL_COSTS, default_cost=PUBLISHED_DEFAULT_COST)
 
-    source = NvmlSource("bench", nvml=make_nvml())
+    if args.real:
+        opened = open_real_source()
+        if isinstance(opened, str):
+            print(f"telemetry_overhead: {opened}", file=sys.stderr)
+            return 2
+        source = opened
+    else:
+        source = NvmlSource("bench", nvml=make_nvml())
     gpus = len(source.samples())
     scraped = Agent(source, interval=1.0)
     scraped.sample_once()
@@ -98,21 +161,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     ]
     scraped.stop()
-    fraction = agent_core_fraction(make_nvml, args.hz, run_s, scrape_s=1.0 / scrape_hz)
+    fraction, reached_hz = agent_core_fraction(make_nvml, args.hz, run_s, scrape_s=1.0 / scrape_hz)
 
-    print(f"NVML: {'pynvml (real driver)' if args.real else 'fake_nvml (no driver cost)'}; {gpus} GPUs")
+    nvml = "pynvml (real driver): measured" if args.real else f"fake_nvml charging {fake_nvml_costs()}"
+    print(f"NVML: {nvml}; {gpus} GPUs")
     print(f"{'operation':<44} {'CPU us/call':>12} {'calls':>8} {'per s':>6} {'% of a core':>12}")
     for label, rate, (per_call, calls) in rows:
         print(f"{label:<44} {per_call * 1e6:>12.1f} {calls:>8,} {rate:>6g} {per_call * rate:>12.3%}")
-    run = f"agent run: {args.hz:g} Hz sampling + {scrape_hz:g} scrape/s, {run_s:g} s"
+    run = f"agent run: {reached_hz:.1f} Hz reached + {scrape_hz:g} scrape/s, {run_s:g} s"
     print(f"{run:<44} {'':>12} {'':>8} {'':>6} {fraction:>12.3%}")
     floor, orch, naive = rows[0][2][0], rows[1][2][0], rows[2][2][0]
-    verdict = "met" if fraction < GOAL_CORE_FRACTION else "MISSED"
     print(f"one sample of {gpus} GPUs costs {orch / floor:.0f}x an empty-registry exposition")
     print(
-        f"headline: the agent uses {fraction:.2%} of one core at {args.hz:g} Hz for {gpus} GPUs "
-        f"(goal < {GOAL_CORE_FRACTION:.0%}: {verdict}); naive per-sample NVML init costs "
-        f"{naive / orch:.1f}x orch's sample"
+        f"headline: the agent uses {fraction:.2%} of one core sampling {gpus} GPUs at {reached_hz:.1f} Hz "
+        f"({args.hz:g} Hz asked), against the goal < {GOAL_CORE_FRACTION:.0%} of one core: "
+        f"{verdict(args.real, fraction < GOAL_CORE_FRACTION)}"
+    )
+    print(
+        f"baseline: NVML initialised per sample costs {naive / orch:.2f}x orch's sample (init once), "
+        + ("measured" if args.real else f"{ESTIMATED}; nvmlInit and handle lookups have no published cost")
     )
     return 0  # a missed goal is a printed verdict, not a failure: this 2-core machine is noisy
 

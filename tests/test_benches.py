@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from tests.conftest import ROOT
 
 BENCHES = {
     "rollout_sim_speed.py": "speedup vs token-by-token",
-    "telemetry_overhead.py": "headline:",
+    "telemetry_overhead.py": "estimated (fake NVML with published call costs)",
     "rollout_balance.py": "headline:",
     "dispatch_throughput.py": "kv_aware:",
     "tool_burst.py": "headline:",
@@ -27,3 +28,52 @@ def test_the_benchmark_runs_quick_and_prints_its_headline(script: str) -> None:
     done = subprocess.run([sys.executable, str(path), "--quick"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert BENCHES[script] in done.stdout, done.stdout
+
+
+def run_telemetry_bench(*flags: str) -> subprocess.CompletedProcess[str]:
+    script = ROOT / "bench" / "telemetry_overhead.py"
+    return subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=300)
+
+
+def nvml_has_a_gpu() -> bool:
+    from orchestrator.telemetry.nvml import NvmlSource, NvmlUnavailable
+
+    try:
+        source = NvmlSource("probe")
+    except NvmlUnavailable:
+        return False
+    try:
+        return bool(source.samples())
+    finally:
+        source.close()
+
+
+@pytest.mark.slow
+def test_the_telemetry_bench_on_the_fake_nvml_estimates_and_never_says_met() -> None:
+    if nvml_has_a_gpu():
+        pytest.skip("a GPU node: the fake-NVML default still runs, but this test is about GPU-less machines")
+    done = run_telemetry_bench("--quick")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ComputeRunningProcesses 4500 us" in done.stdout  # the published costs are charged
+    verdicts = [line for line in done.stdout.splitlines() if line.startswith(("headline:", "baseline:"))]
+    assert len(verdicts) == 2, done.stdout
+    for line in verdicts:
+        assert "estimated (fake NVML with published call costs)" in line, line
+        assert not re.search(r"\bmet\b", line, re.IGNORECASE), line
+    headline = verdicts[0]
+    assert "against the goal < 1% of one core" in headline, headline
+
+
+@pytest.mark.slow
+def test_the_telemetry_bench_refuses_real_without_a_gpu_in_one_line() -> None:
+    if nvml_has_a_gpu():
+        pytest.skip("this node has an NVIDIA GPU: --real measures here")
+    done = run_telemetry_bench("--quick", "--real")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(
+        "telemetry_overhead: --real needs an NVIDIA driver and GPU on this node (NVML: "
+    )
+    assert lines[0].endswith("; run without --real for the estimate")

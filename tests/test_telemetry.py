@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,7 +29,7 @@ from orchestrator.telemetry.names import GPU_LABELS, GPU_METRICS
 from orchestrator.telemetry.nvml import THROTTLE_BITS, NvmlSource, NvmlUnavailable
 from orchestrator.telemetry.sample import GpuSample
 from orchestrator.telemetry.simulated import SimulatedGpuSource
-from orchestrator.testing.fake_nvml import FakeNvml
+from orchestrator.testing.fake_nvml import PUBLISHED_CALL_COSTS, FakeNvml, spend_cpu
 
 GIB = 2**30
 EXTRA_LABELS = {
@@ -147,6 +148,33 @@ def test_every_field_is_read_and_converted_to_base_units() -> None:
     assert first.at == 5.0
     source.close()
     assert nvml.init_calls == 1 and nvml.initialised == 0
+
+
+def test_the_fake_charges_each_call_its_own_cost_and_nothing_by_default() -> None:
+    charged: list[float] = []
+    costs = {"nvmlDeviceGetMemoryInfo": 0.25, "nvmlDeviceGetComputeRunningProcesses": 7.0}
+    nvml = FakeNvml(gpus=2, call_costs=costs, default_cost=0.5, spend=charged.append)
+    source = NvmlSource("node-a", nvml=nvml)
+    assert charged == [0.5, 0.5]  # nvmlInit, nvmlDeviceGetCount
+    charged.clear()
+    source.samples()
+    # per GPU: handle, UUID, name (first sample only), then 10 readers; ECC is 4 calls
+    per_gpu = [0.5] * 3 + [0.5, 0.25, 0.5, 0.5, 0.5, 0.5, 0.5] + [0.5] * 4 + [0.5, 7.0]
+    assert charged == per_gpu * 2
+    source.close()
+
+    free: list[float] = []
+    plain = FakeNvml(gpus=2, spend=free.append)
+    NvmlSource("node-a", nvml=plain).samples()
+    assert free == []
+
+
+def test_the_fake_spends_the_cost_as_cpu_time_of_the_calling_thread() -> None:
+    # A lower bound on CPU time, which the busy-wait guarantees however the machine is loaded.
+    start = time.thread_time()
+    spend_cpu(0.02)
+    assert time.thread_time() - start >= 0.02
+    assert PUBLISHED_CALL_COSTS["nvmlDeviceGetComputeRunningProcesses"] == pytest.approx(4.5e-3)
 
 
 def test_nvml_is_initialised_once_not_per_sample() -> None:

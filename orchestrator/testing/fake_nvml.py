@@ -11,15 +11,42 @@ with its ``value`` code). Failures are injected per GPU and per function::
 
 It never imports pynvml (that stays in ``telemetry.nvml``), and it only models a machine WITH a driver:
 the no-driver path is tested through the real pynvml.
+
+Calls cost nothing unless ``call_costs`` gives a CPU cost per function (seconds; ``default_cost`` for the
+rest): each call then busy-waits until its thread has spent that much CPU time, so a bench that counts CPU
+seconds sees the driver's share. ``PUBLISHED_CALL_COSTS`` holds the figures the telemetry bench uses.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-__all__ = ["FakeGpu", "FakeNvml"]
+__all__ = ["PUBLISHED_CALL_COSTS", "PUBLISHED_DEFAULT_COST", "FakeGpu", "FakeNvml", "spend_cpu"]
+
+# Per-call NVML cost in seconds, for an estimate without a driver. These are the figures of orch issue 12,
+# not independently sourced: no public per-call timing of these three functions was found. The one public
+# measurement found is of the same order: pynvml temperature + utilization + memory info + power took
+# ~0.09 ms together on an RTX 5080 (github.com/davidboulay/OpenKraken/pull/3, "NVML ~0.09 ms/sample").
+PUBLISHED_CALL_COSTS: dict[str, float] = {
+    "nvmlDeviceGetUtilizationRates": 2.5e-6,
+    "nvmlDeviceGetMemoryInfo": 11.6e-6,
+    "nvmlDeviceGetComputeRunningProcesses": 4.5e-3,
+}
+# Calls with no figure (power, clocks, ECC, nvmlInit, handles, ...) are charged the cheapest one: an
+# assumption, so the estimate is a floor for them.
+PUBLISHED_DEFAULT_COST = PUBLISHED_CALL_COSTS["nvmlDeviceGetUtilizationRates"]
+
+
+def spend_cpu(seconds: float) -> None:
+    """Busy-wait until this thread has used ``seconds`` of CPU time (not wall time: a preempted wait
+    still charges the full cost)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 class NVMLError(Exception):
@@ -108,7 +135,18 @@ class FakeNvml:
     NVML_DEVICE_MIG_DISABLE = 0
     NVML_DEVICE_MIG_ENABLE = 1
 
-    def __init__(self, gpus: int = 8) -> None:
+    def __init__(
+        self,
+        gpus: int = 8,
+        call_costs: Mapping[str, float] | None = None,
+        default_cost: float = 0.0,
+        spend: Callable[[float], None] = spend_cpu,
+    ) -> None:
+        """``call_costs``: CPU seconds per pynvml function name, ``default_cost`` for any other call;
+        ``spend`` charges them (a test passes a recorder)."""
+        self.call_costs = dict(call_costs or {})
+        self.default_cost = default_cost
+        self._spend = spend
         self.gpus = [FakeGpu(i, f"GPU-00000000-0000-4000-8000-{i:012x}") for i in range(gpus)]
         self.initialised = 0  # nvmlInit minus nvmlShutdown calls, like NVML's reference count
         self.init_calls = 0
@@ -133,18 +171,22 @@ class FakeNvml:
     # ---- library -----------------------------------------------------------------------------------
 
     def nvmlInit(self) -> None:
+        self._charge("nvmlInit")
         self.init_calls += 1
         self.initialised += 1
 
     def nvmlShutdown(self) -> None:
+        self._charge("nvmlShutdown")
         self._check_init()
         self.initialised -= 1
 
     def nvmlDeviceGetCount(self) -> int:
+        self._charge("nvmlDeviceGetCount")
         self._check_init()
         return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
+        self._charge("nvmlDeviceGetHandleByIndex")
         self._check_init()
         if index in self._lost:
             raise NVMLError_GpuIsLost()
@@ -198,11 +240,17 @@ class FakeNvml:
 
     # ---- helpers ---------------------------------------------------------------------------------------
 
+    def _charge(self, function: str) -> None:
+        cost = self.call_costs.get(function, self.default_cost)
+        if cost > 0:
+            self._spend(cost)
+
     def _check_init(self) -> None:
         if self.initialised <= 0:
             raise NVMLError_Uninitialized()
 
     def _gpu(self, handle: FakeGpu, function: str) -> FakeGpu:
+        self._charge(function)
         self._check_init()
         self.calls += 1
         if handle.index in self._lost:
