@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 from collections import deque
 from collections.abc import Callable
 
 import pytest
 
+from bench import rollout_sim_speed
 from orchestrator.hardware import H100_80GB
 from orchestrator.rollout.cost import EngineCost
 from orchestrator.rollout.engines import Engine, EngineLoad, EngineStats, TokenStepEngine, TurnRequest, _check
@@ -255,3 +257,31 @@ def test_the_cases_cover_preemption_and_its_absence() -> None:
     assert preempted["tight-kv-preempts"] and preempted["tighter-kv-one-engine"]
     assert preempted["turns-move-between-engines"]
     assert not preempted["roomy-kv-no-preemption"]
+
+
+HEADLINE = re.compile(
+    r"headline: speedup vs token-by-token: ([\d.]+)x \(event-granular ([\d.]+) s against the token-by-token "
+    r"baseline's ([\d.]+) s on the same step; goal >= ([\d.]+)x: (met|NOT met)\)"
+)
+
+
+def test_the_speed_bench_prints_its_figure_baseline_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert rollout_sim_speed.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = {
+        line[:26].strip(): line[26:].replace(",", "").split()
+        for line in out.splitlines()
+        if line.startswith(("event-granular (orch)", "token-by-token (baseline)"))
+    }
+    fast, slow = rows["event-granular (orch)"], rows["token-by-token (baseline)"]
+    assert fast[0] == slow[0] and fast[1] == slow[1]  # same rollouts on the same engines
+    assert fast[2] == slow[2] and fast[6] == slow[6]  # same simulated seconds and preemptions
+    assert "(goal: identical: met)" in out
+    match = HEADLINE.search(out)
+    assert match, out
+    ratio, fast_wall, slow_wall, goal = (float(match.group(i)) for i in range(1, 5))
+    assert (match.group(2), match.group(3)) == (fast[3], slow[3])  # the headline's times are the rows'
+    assert ratio == pytest.approx(slow_wall / fast_wall, abs=0.05 + 0.01 * ratio)
+    assert match.group(5) == ("met" if ratio >= goal else "NOT met")
+    events = re.search(r"events: token-by-token processes ([\d.]+)x as many", out)
+    assert events and float(events.group(1)) == pytest.approx(int(slow[4]) / int(fast[4]), abs=0.05)
