@@ -304,26 +304,37 @@ class SimEngine:
 
 
 class _StepSequence:
-    __slots__ = ("generated", "key", "kv", "remaining")
+    """A running sequence of ``TokenStepEngine``: it holds ``context + steps − started`` KV tokens."""
 
-    def __init__(self, key: int, context: int, remaining: int) -> None:
+    __slots__ = ("admission", "context", "finish", "key", "live", "started")
+
+    def __init__(self, admission: int, key: int, context: int, started: int, finish: int) -> None:
+        self.admission = admission
         self.key = key
-        self.kv = context
-        self.remaining = remaining
-        self.generated = 0
+        self.context = context
+        self.started = started
+        self.finish = finish
+        self.live = True
 
 
 class TokenStepEngine:
-    """The same engine, one decode step per event and one loop iteration per sequence per step.
+    """The same engine, one decode step per event: the straightforward simulation ``SimEngine`` must match.
 
-    Slow by design: it is the straightforward simulation that ``SimEngine`` must agree with.
+    It is also the baseline that bench/rollout_sim_speed.py measures ``SimEngine`` against, so it is as fast
+    as a step-by-step simulation can be: a step does constant work (the KV total grows by the batch size and
+    the sequences due at that step are looked up), plus constant work per sequence admitted, finished or
+    preempted. It never re-sums the batch.
     """
 
     def __init__(self, cost: EngineCost) -> None:
         self._cost = cost
         self._capacity = cost.kv_capacity_tokens
         self._time = 0.0
-        self._running: list[_StepSequence] = []
+        self._steps = 0  # decode steps so far: a sequence holds ``context + steps − started`` KV tokens
+        self._kv = 0  # KV tokens held by the running sequences
+        self._running: dict[int, _StepSequence] = {}  # by admission number: the last one is preempted first
+        self._due: dict[int, list[_StepSequence]] = {}  # by the step count at which they finish
+        self._admissions = 0
         self._waiting: deque[TurnRequest] = deque()
         self._paused = False
         self._stepping = False  # whether the pending event ends a decode step (else: a prefill or an arrival)
@@ -344,9 +355,6 @@ class TokenStepEngine:
     def event_id(self) -> int:
         return self._event_id
 
-    def _kv_used(self) -> int:
-        return sum(seq.kv for seq in self._running)
-
     def submit(self, request: TurnRequest, now: float) -> bool:
         _check(request, self._capacity)
         self._waiting.append(request)
@@ -359,50 +367,81 @@ class TokenStepEngine:
 
     def advance(self) -> list[int]:
         now = self._next_time
+        running = self._running
         if self._stepping:
             self._busy += now - self._time
-            for seq in self._running:
-                seq.kv += 1
-                seq.generated += 1
-                seq.remaining -= 1
+            self._steps += 1
+            self._kv += len(running)
         self._time = now
-        self._peak_kv = max(self._peak_kv, self._kv_used())
-        finished = [seq for seq in self._running if seq.remaining == 0]
-        if finished:
-            self._running = [seq for seq in self._running if seq.remaining]
-            self._generated += sum(seq.generated for seq in finished)
-            self._paused = False
-            self._last_finish = now
-        while len(self._running) > 1 and self._kv_used() + len(self._running) > self._capacity:
-            seq = self._running.pop()
-            self._generated += seq.generated
-            self._waiting.appendleft(TurnRequest(seq.key, seq.kv, seq.remaining))
-            self._preemptions += 1
-            self._paused = True
-        tokens = 0
-        while self._waiting and not self._paused:
-            request = self._waiting[0]
-            if self._kv_used() + request.context_tokens + len(self._running) + 1 > self._capacity:
-                break
-            self._waiting.popleft()
-            self._running.append(_StepSequence(request.key, request.context_tokens, request.new_tokens))
-            tokens += request.context_tokens - request.cached_tokens
+        self._peak_kv = max(self._peak_kv, self._kv)
+        finished = self._finish()
+        while len(running) > 1 and self._kv + len(running) > self._capacity:
+            self._preempt()
+        tokens = self._admit() if not self._paused else 0
         self._event_id += 1
         if tokens:
             seconds = self._cost.prefill_seconds(tokens)
             self._busy += seconds
             self._prefilled += tokens
-            self._peak_kv = max(self._peak_kv, self._kv_used())
+            self._peak_kv = max(self._peak_kv, self._kv)
             self._next_time, self._stepping = now + seconds, False
-        elif self._running:
-            step = self._cost.decode_step_seconds(len(self._running), self._kv_used())
+        elif running:
+            step = self._cost.decode_step_seconds(len(running), self._kv)
             self._next_time, self._stepping = now + step, True
         else:
             self._next_time, self._stepping = math.inf, False
-        return [seq.key for seq in finished]
+        return finished
+
+    def _finish(self) -> list[int]:
+        """Retire the sequences whose last token was this step's, in admission order."""
+        due = self._due.pop(self._steps, None)
+        if not due:
+            return []
+        finished: list[int] = []
+        for seq in due:
+            if not seq.live:
+                continue  # preempted; its re-admission is another sequence
+            seq.live = False
+            del self._running[seq.admission]
+            self._kv -= seq.context + seq.finish - seq.started
+            self._generated += seq.finish - seq.started
+            finished.append(seq.key)
+        if finished:
+            self._paused = False
+            self._last_finish = self._time
+        return finished
+
+    def _preempt(self) -> None:
+        """Evict the most recently admitted sequence back to the head of the queue, to recompute later."""
+        seq = self._running.popitem()[1]
+        seq.live = False
+        done = self._steps - seq.started
+        self._kv -= seq.context + done
+        self._generated += done
+        self._waiting.appendleft(TurnRequest(seq.key, seq.context + done, seq.finish - self._steps))
+        self._preemptions += 1
+        self._paused = True
+
+    def _admit(self) -> int:
+        """Admit queued requests, first come first served, while they fit; return the tokens to prefill."""
+        waiting, running, capacity, steps = self._waiting, self._running, self._capacity, self._steps
+        tokens = 0
+        while waiting:
+            request = waiting[0]
+            context = request.context_tokens
+            if self._kv + context + len(running) + 1 > capacity:
+                break
+            waiting.popleft()
+            self._admissions += 1
+            seq = _StepSequence(self._admissions, request.key, context, steps, steps + request.new_tokens)
+            running[seq.admission] = seq
+            self._due.setdefault(seq.finish, []).append(seq)
+            self._kv += context
+            tokens += context - request.cached_tokens
+        return tokens
 
     def load(self, now: float) -> EngineLoad:
-        running, kv = len(self._running), self._kv_used()
+        running, kv = len(self._running), self._kv
         tokens_per_s = running / self._cost.decode_step_seconds(running, kv) if running else 0.0
         return EngineLoad(running, len(self._waiting), kv, self._capacity, tokens_per_s)
 
