@@ -17,8 +17,9 @@ Lower bound (orchestrator/rollout/bound.py), valid for any schedule under the si
 (orchestrator/rollout/cost.py), in which:
 
 - a decode step on an engine costs ``a + b·K``: ``a`` streams the weights (plus a fixed overhead), ``K`` is
-  the KV tokens the step reads, the sum of the contexts of the sequences it advances, and ``K ≤ C``, the
-  engine's KV capacity; every sequence in the step gains exactly one token;
+  the KV tokens the step reads, the sum of the contexts of the sequences it advances; every sequence in
+  the step gains exactly one token, and those ``n`` new tokens fit too: ``K + n ≤ C``, the engine's KV
+  capacity (the engines preempt before a step would overflow);
 - prefill stalls the engine for ``tokens / prefill rate``; a rollout's prompt and each tool output must be
   prefilled at least once (anything else is in a prefix cache at best, or is prefilled again);
 - a tool call takes its wall time off every engine; a rollout's next request is sent when it returns.
@@ -38,7 +39,8 @@ outputs once), ``U_r`` its tool time, and ``K_rj`` the ``K`` of the step that ge
    the shares of one step sum to 1, so the number of steps is ``N = Σ_r Σ_j c_rj / K_rj``. By
    Cauchy–Schwarz, ``(Σ_j √c_rj)² ≤ (Σ_j c_rj / K_rj)·(Σ_j K_rj) ≤ (Σ_j c_rj / K_rj)·X_r(T)``, and
    ``K_rj ≤ C`` gives ``Σ_j c_rj / K_rj ≥ Σ_j c_rj / C``. So
-   ``N ≥ N(T) = Σ_r max((Σ_j √c_rj)² / X_r(T), Σ_j c_rj / C)``.
+   ``N ≥ Σ_r max((Σ_j √c_rj)² / X_r(T), Σ_j c_rj / C)``. Shares ``(c_rj + 1) / (K + n)`` instead (they
+   also sum to 1 per step) give ``N ≥ Σ_rj (c_rj + 1) / C``; ``N(T)`` is the larger of the two.
 3. Busy time. The engines' busy time is the prefill plus ``Σ_steps (a + b·K) = a·N + b·Σ_r Σ_j c_rj``
    (every token's context is read exactly once, in its step), and ``E`` engines give at most ``E·T``:
    ``E·T ≥ Σ_r P_r + b·Σ_rj c_rj + a·N(T)``.

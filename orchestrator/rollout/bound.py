@@ -50,13 +50,14 @@ def rollout_demands(shapes: Sequence[RolloutShape]) -> list[RolloutDemand]:
     for shape in shapes:
         context = shape.prompt_tokens
         tokens, weight, roots, prefill, tools = 0, 0, 0.0, shape.prompt_tokens, 0.0
-        for turn in shape.turns:
+        for index, turn in enumerate(shape.turns):
             response = turn.response_tokens
             tokens += response
             weight += turn_context_weight(context, response)
             roots += root_prefix[context + response] - root_prefix[context]
-            prefill += turn.tool_output_tokens
-            tools += turn.tool_seconds
+            if index < len(shape.turns) - 1:  # the rollout ends with its last turn: no tool call after it
+                prefill += turn.tool_output_tokens
+                tools += turn.tool_seconds
             context += response + turn.tool_output_tokens
         demands.append(RolloutDemand(tokens, weight, roots, prefill, tools))
     return demands
@@ -79,6 +80,9 @@ def makespan_lower_bound(shapes: Sequence[RolloutShape], engines: int, cost: Eng
     decode_reads = b * sum(d.context_sum for d in demands)
     # A token read at context c in a step reading K ≤ C counts c/K of that step: at least c/C.
     full_steps = [d.context_sum / capacity for d in demands]
+    # Counted by slots instead: a step's reads plus the token each sequence writes fit in C (the engines
+    # preempt before a step would overflow), so steps ≥ Σ_rj (c_rj + 1) / C.
+    slot_steps = sum(d.context_sum + d.tokens for d in demands) / capacity
 
     def fits(t: float) -> bool:
         steps = 0.0
@@ -86,7 +90,7 @@ def makespan_lower_bound(shapes: Sequence[RolloutShape], engines: int, cost: Eng
             reads = (t - f) / b if b > 0 else math.inf  # X_r(T): the most K its steps can read in all
             spread = d.sqrt_context_sum**2 / reads if reads > 0 else math.inf
             steps += max(spread, full)
-        return engines * t >= prefill + decode_reads + a * steps
+        return engines * t >= prefill + decode_reads + a * max(steps, slot_steps)
 
     if fits(low):
         return low
