@@ -41,7 +41,6 @@ from typing import Any, NamedTuple, NoReturn
 
 FRAME = struct.Struct("!I")
 SNIPPET = "<snippet>"
-COMPILER_WARM_UP = "import math\nprint(sum(i * i for i in range(3)), f'{math.pi:.2f}')"  # compiled, never run
 UID_BASE = 61000  # sandbox uids: UID_BASE .. UID_BASE + UID_SPAN - 1, skipping any listed in /etc/passwd
 UID_SPAN = 1000
 LOCK_DIR = "/run/orch-sandbox"  # <uid>.lock, flocked by the zygote using that uid: pools never share a uid
@@ -247,9 +246,6 @@ def prepare(index: int, network: str, scratch_root: str, accounts: frozenset[int
     global _STD_STREAMS, _ZYGOTE_STREAMS
     _STD_STREAMS = _std_streams()
     _ZYGOTE_STREAMS = (sys.stdin, sys.stdout, sys.stderr)  # so that a child replacing them frees nothing
-    # A process's first compile() builds the compiler's lazy state (the AST types among it): ~1.6 ms, and
-    # in a fork as many copied pages again. Done here once, on a constant snippet, not in every child.
-    compile(COMPILER_WARM_UP, SNIPPET, "exec")
     gc.collect()
     gc.freeze()  # children's collections skip what is here now, so they copy fewer pages on write
     return Worker(uid, gid, as_root, "namespace" if isolated else "block", private_tmp)
