@@ -77,3 +77,53 @@ def test_the_telemetry_bench_refuses_real_without_a_gpu_in_one_line() -> None:
         "telemetry_overhead: --real needs an NVIDIA driver and GPU on this node (NVML: "
     )
     assert lines[0].endswith("; run without --real for the estimate")
+
+
+def rate_of(line: str) -> float:
+    """The ``= N/s`` figure of a bench line."""
+    found = re.search(r"= +([\d.]+)/s", line)
+    assert found, line
+    return float(found.group(1))
+
+
+@pytest.mark.slow
+def test_the_tool_burst_bench_measures_orch_against_the_fork_ceiling_and_both_baselines() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "tool_burst.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    orch, ceiling = rate_of(lines["orch"]), rate_of(lines["ceiling"])
+    for side in ("orch", "ceiling"):  # the same snippets, the same answers
+        assert "verdicts {'error': 1, 'ok': 999}" in lines[side], lines[side]
+    baselines = [line for line in done.stdout.splitlines() if line.startswith("baseline")]
+    assert [re.search(r"`(.*)` per call", line).group(1) for line in baselines] == [  # type: ignore[union-attr]
+        "python -c",
+        "python -I -S -B -c",
+    ]
+    plain, fair = (rate_of(line) for line in baselines)
+
+    headline = re.fullmatch(
+        r"headline: orch ([\d.]+)/s = ([\d.]+) of the fork-per-call ceiling ([\d.]+)/s "
+        r"\(goal >= 0\.8: (met|NOT met)\)",
+        lines["headline:"],
+    )
+    assert headline, lines["headline:"]
+    assert float(headline.group(1)) == pytest.approx(orch, abs=0.051)
+    assert float(headline.group(3)) == pytest.approx(ceiling, abs=0.051)
+    fraction = float(headline.group(2))
+    assert fraction == pytest.approx(orch / ceiling, abs=0.006)
+    assert headline.group(4) == ("met" if orch / ceiling >= 0.8 else "NOT met")
+
+    assert lines["lost:"] == "lost: 0 of 1000 accepted calls never answered (goal 0: met)"
+    reported = re.fullmatch(
+        r"reported: ([\d.]+)x the throughput of `python -I -S -B -c` per call \(fair: .*\), "
+        r"([\d.]+)x that of `python -c` \(no goal\)",
+        lines["reported:"],
+    )
+    assert reported, lines["reported:"]
+    assert float(reported.group(1)) == pytest.approx(orch / fair, rel=0.01, abs=0.051)
+    assert float(reported.group(2)) == pytest.approx(orch / plain, rel=0.01, abs=0.051)
