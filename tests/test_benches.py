@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -19,13 +20,19 @@ BENCHES = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(BENCHES))
-def test_the_benchmark_runs_quick_and_prints_its_headline(script: str) -> None:
+@functools.cache
+def quick_run(script: str) -> subprocess.CompletedProcess[str]:
+    """``bench/SCRIPT --quick``, run once per test session (the tests that read its figures share it)."""
     path = ROOT / "bench" / script
     if not path.exists():
         pytest.fail(f"bench/{script} is missing")
-    done = subprocess.run([sys.executable, str(path), "--quick"], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(path), "--quick"], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(BENCHES))
+def test_the_benchmark_runs_quick_and_prints_its_headline(script: str) -> None:
+    done = quick_run(script)
     assert done.returncode == 0, done.stdout + done.stderr
     assert BENCHES[script] in done.stdout, done.stdout
 
@@ -52,7 +59,7 @@ def nvml_has_a_gpu() -> bool:
 def test_the_telemetry_bench_on_the_fake_nvml_estimates_and_never_says_met() -> None:
     if nvml_has_a_gpu():
         pytest.skip("a GPU node: the fake-NVML default still runs, but this test is about GPU-less machines")
-    done = run_telemetry_bench("--quick")
+    done = quick_run("telemetry_overhead.py")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ComputeRunningProcesses 4500 us" in done.stdout  # the published costs are charged
     verdicts = [line for line in done.stdout.splitlines() if line.startswith(("headline:", "baseline:"))]
@@ -88,12 +95,7 @@ def rate_of(line: str) -> float:
 
 @pytest.mark.slow
 def test_the_tool_burst_bench_measures_orch_against_the_fork_ceiling_and_both_baselines() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "tool_burst.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = quick_run("tool_burst.py")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
     orch, ceiling = rate_of(lines["orch"]), rate_of(lines["ceiling"])
