@@ -8,6 +8,11 @@ and ``assignments()`` places what fits. Each event (finished + submit + assignme
 (kv_aware: a central FIFO queue and one per engine for requests waiting for the engine that holds their
 prefix) and ledger but scans every engine per decision; both must make the same choices.
 
+The headline is kv_aware at 64 engines (examples/rstar2-math.yaml's size; goal: at least the baseline's
+rate) beside the size where orch gains most. The absolute goals (>= 50,000 decisions/s, p99 < 1 ms) are
+checked for the baseline as well as for orch, at every size: where the baseline meets them too, they show
+that dispatch is cheap at that size, not that orch's data structures are what makes it so.
+
     python bench/dispatch_throughput.py [--quick]     # from the repository root
 """
 
@@ -28,6 +33,8 @@ QUICK_IN_FLIGHT, QUICK_ENGINES, QUICK_EVENTS = 5_000, (64, 256), 20_000
 PROMPT_TOKENS, MAX_RESPONSE_TOKENS, SLACK = (300, 6_000), 8_192, 1.10
 POLICIES = ("kv_aware", "least_outstanding")
 GOAL_RATE, GOAL_P99_MS = 50_000, 1.0
+GOAL_RATIO = 1.0  # orch at least as fast as the baseline at the run spec's size
+SPEC_ENGINES = 64  # examples/rstar2-math.yaml: 64 engines
 SEED = 7
 
 
@@ -173,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{in_flight:,} rollout turns in flight, {events:,} finish→submit→assign events per row")
     header = ("policy", "engines", "impl", "decisions", "decisions/s", "p99 ms", "speedup")
     print("{:<18} {:>7} {:<9} {:>9} {:>12} {:>8} {:>8}".format(*header))
-    headline: tuple[int, Result, Result] | None = None
+    kv_aware: dict[int, tuple[Result, Result]] = {}
     for count in engine_counts:
         states = engines_for(count, in_flight)
         for policy in POLICIES:
@@ -184,22 +191,56 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{policy} at {count} engines: orch and the scan-all baseline chose differently"
                 )
             for label, result in (("orch", ours), ("scan-all", naive)):
-                speedup = f"{ours.rate / naive.rate:>7.1f}×" if label == "orch" else ""
+                speedup = f"{ours.rate / naive.rate:>7.2f}×" if label == "orch" else ""
                 print(
                     f"{policy:<18} {count:>7} {label:<9} {result.decisions:>9,} {result.rate:>12,.0f} "
                     f"{result.p99_ms:>8.3f} {speedup:>8}"
                 )
             if policy == "kv_aware":
-                headline = (count, ours, naive)
-    assert headline is not None
-    count, ours, naive = headline
-    met = ours.rate >= GOAL_RATE and ours.p99_ms < GOAL_P99_MS
-    print(
-        f"kv_aware: {ours.rate:,.0f} decisions/s, p99 {ours.p99_ms:.3f} ms at {count} engines; "
-        f"{ours.rate / naive.rate:.1f}× the scan-all baseline "
-        f"(goals ≥ {GOAL_RATE:,}/s and p99 < {GOAL_P99_MS:g} ms: {'met' if met else 'not met'})"
-    )
+                kv_aware[count] = (ours, naive)
+    for line in goal_lines(kv_aware):
+        print(line)
     return 0
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def goal_lines(kv_aware: dict[int, tuple[Result, Result]]) -> list[str]:
+    """The headline at the run spec's size and at the best size, then every goal for orch and the baseline."""
+    ratio = {count: ours.rate / naive.rate for count, (ours, naive) in kv_aware.items()}
+    best = max(ratio, key=ratio.__getitem__)
+    lines = []
+    for count, why in ((SPEC_ENGINES, "examples/rstar2-math.yaml's size"), (best, "the best size")):
+        if count not in kv_aware:
+            continue
+        ours, naive = kv_aware[count]
+        goal = (
+            f" (goal ≥ {GOAL_RATIO:.1f}× the baseline: {verdict(ratio[count] >= GOAL_RATIO)})"
+            if count == SPEC_ENGINES
+            else ""
+        )
+        lines.append(
+            f"kv_aware: at {count} engines ({why}) orch {ours.rate:,.0f} decisions/s vs scan-all "
+            f"{naive.rate:,.0f}/s: {ratio[count]:.2f}×{goal}"
+        )
+    for count, (ours, naive) in kv_aware.items():
+        lines.append(
+            f"goal ≥ {GOAL_RATE:,} decisions/s at {count} engines: orch {ours.rate:,.0f}: "
+            f"{verdict(ours.rate >= GOAL_RATE)}; scan-all baseline {naive.rate:,.0f}: "
+            f"{verdict(naive.rate >= GOAL_RATE)}"
+        )
+        lines.append(
+            f"goal p99 < {GOAL_P99_MS:g} ms at {count} engines: orch {ours.p99_ms:.3f} ms: "
+            f"{verdict(ours.p99_ms < GOAL_P99_MS)}; scan-all baseline {naive.p99_ms:.3f} ms: "
+            f"{verdict(naive.p99_ms < GOAL_P99_MS)}"
+        )
+    lines.append(
+        "note: a goal the scan-all baseline meets too says dispatch is not the bottleneck at that size, "
+        "not that orch's heaps are needed there"
+    )
+    return lines
 
 
 if __name__ == "__main__":
