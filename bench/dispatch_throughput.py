@@ -122,7 +122,9 @@ class Dispatching(Protocol):
     def finished(self, request_id: int) -> None: ...
 
 
-def run(ours: Dispatching, naive: Dispatching, in_flight: int, events: int) -> tuple[Result, Result]:
+def run(
+    ours: Dispatching, naive: Dispatching, in_flight: int, events: int, label: str = ""
+) -> tuple[Result, Result]:
     """Fill ``in_flight`` turns, then time ``events`` finish → submit → assignments cycles on both.
 
     The two run in lockstep on the same events (which goes first alternates), so a busy machine slows
@@ -136,7 +138,7 @@ def run(ours: Dispatching, naive: Dispatching, in_flight: int, events: int) -> t
         request = Request(rid, rid, 0, rng.randint(*PROMPT_TOKENS), MAX_RESPONSE_TOKENS)
         for dispatcher in pair:
             dispatcher.submit(request)
-    placed = same(*(dispatcher.assignments() for dispatcher in pair))
+    placed = same(*(dispatcher.assignments() for dispatcher in pair), label)
     for request, engine in placed:
         live.append(request)
         engine_of[request.request_id] = engine
@@ -164,7 +166,7 @@ def run(ours: Dispatching, naive: Dispatching, in_flight: int, events: int) -> t
             submit(turn)
             answers[side] = assign()
             latencies[side].append(time.perf_counter() - start)
-        placed = same(*answers)
+        placed = same(*answers, label)
         for request, engine in placed:
             live.append(request)
             engine_of[request.request_id] = engine
@@ -172,9 +174,11 @@ def run(ours: Dispatching, naive: Dispatching, in_flight: int, events: int) -> t
     return result(decisions, latencies[0]), result(decisions, latencies[1])
 
 
-def same(ours: list[tuple[Request, int]], naive: list[tuple[Request, int]]) -> list[tuple[Request, int]]:
+def same(
+    ours: list[tuple[Request, int]], naive: list[tuple[Request, int]], label: str
+) -> list[tuple[Request, int]]:
     if ours != naive:
-        raise SystemExit("orch and the scan-all baseline chose differently")
+        raise SystemExit(f"{label}: orch and the scan-all baseline chose differently")
     return ours
 
 
@@ -206,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for count in engine_counts:
         states = engines_for(count, in_flight)
         for policy in POLICIES:
-            ours, naive = run(make_dispatcher(policy, states), ScanAll(policy, states), in_flight, events)
+            pair = (make_dispatcher(policy, states), ScanAll(policy, states))
+            ours, naive = run(*pair, in_flight, events, f"{policy} at {count} engines")
             for label, result in (("orch", ours), ("scan-all", naive)):
                 speedup = f"{ours.rate / naive.rate:>7.2f}×" if label == "orch" else ""
                 print(
