@@ -129,3 +129,37 @@ def test_the_tool_burst_bench_measures_orch_against_the_fork_ceiling_and_both_ba
     assert reported, lines["reported:"]
     assert float(reported.group(1)) == pytest.approx(orch / fair, rel=0.01, abs=0.051)
     assert float(reported.group(2)) == pytest.approx(orch / plain, rel=0.01, abs=0.051)
+
+
+@pytest.mark.slow
+def test_the_dispatch_bench_heads_with_64_engines_and_holds_the_baseline_to_the_same_goals() -> None:
+    done = quick_run("dispatch_throughput.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    spec = re.search(
+        r"kv_aware: at 64 engines \(examples/rstar2-math.yaml's size\) orch ([\d,]+) decisions/s "
+        r"vs scan-all ([\d,]+)/s: ([\d.]+)× \(goal ≥ 1.0× the baseline: (met|NOT met)\)",
+        out,
+    )
+    assert spec, out
+    ours, naive, ratio = (float(spec[i].replace(",", "")) for i in (1, 2, 3))
+    assert ratio == pytest.approx(ours / naive, abs=0.006)
+    assert (spec[4] == "met") == (ratio >= 1.0)
+    assert re.search(r"kv_aware: at \d+ engines \(the best size\) orch [\d,]+ decisions/s vs scan-all", out)
+    for count in (64, 256):
+        rate = re.search(
+            rf"goal ≥ 50,000 decisions/s at {count} engines: orch ([\d,]+): (met|NOT met); "
+            r"scan-all baseline ([\d,]+): (met|NOT met)",
+            out,
+        )
+        assert rate, out
+        for figure, said in ((rate[1], rate[2]), (rate[3], rate[4])):
+            assert (said == "met") == (float(figure.replace(",", "")) >= 50_000)
+        p99 = re.search(
+            rf"goal p99 < 1 ms at {count} engines: orch ([\d.]+) ms: (met|NOT met); "
+            r"scan-all baseline ([\d.]+) ms: (met|NOT met)",
+            out,
+        )
+        assert p99, out
+        for figure, said in ((p99[1], p99[2]), (p99[3], p99[4])):
+            assert (said == "met") == (float(figure) < 1.0)

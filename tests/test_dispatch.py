@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -292,7 +293,7 @@ def test_a_shrunken_engine_takes_nothing_until_its_reservations_fit_again() -> N
 
 
 def test_the_lazy_heap_stays_bounded_over_a_long_stream() -> None:
-    d = make_dispatcher("kv_aware", engines(*[10_000] * 4))
+    d = dispatch._dispatcher("kv_aware", engines(*[10_000] * 4), 0, None, scan=False)
     for i in range(5_000):
         place(d, req(i))
         d.finished(i)
@@ -535,11 +536,13 @@ class DispatchMachine(RuleBasedStateMachine):
         self.replay_is_identical()
 
     def replay_is_identical(self) -> None:
+        """The same calls give the same answers again, on the scan path and on the heap path alike."""
         states, seed, expected = self.config
-        again = make_dispatcher(self.policy, states, seed=seed, expected_rollouts=expected)
-        for (method, arg), output in zip(self.calls, self.outputs, strict=True):
-            result = getattr(again, method)() if arg is None else getattr(again, method)(arg)
-            assert result == output, f"replay diverged at {method}({arg})"
+        for scan in (True, False):
+            again = dispatch._dispatcher(self.policy, states, seed, expected, scan=scan)
+            for (method, arg), output in zip(self.calls, self.outputs, strict=True):
+                result = getattr(again, method)() if arg is None else getattr(again, method)(arg)
+                assert result == output, f"replay (scan={scan}) diverged at {method}({arg})"
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -553,3 +556,59 @@ def test_random_event_sequences_never_leak_overcommit_or_double_dispatch(policy:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def drive_randomly(d: Dispatcher, size: int, seed: int, steps: int) -> list[Any]:
+    """A long random sequence of every call a dispatcher takes; returns what each call answered."""
+    rng = random.Random(seed)
+    in_flight: list[int] = []
+    queued: set[int] = set()
+    answers: list[Any] = []
+    for rid in range(steps):
+        action = rng.random()
+        if action < 0.45 or not (in_flight or queued):
+            prev = rng.choice([None, rng.randrange(size), size + 1])
+            request = Request(rid, rng.randrange(40), 0, rng.randint(0, 400), rng.randint(0, 500), prev)
+            d.submit(request)
+            queued.add(rid)
+        elif action < 0.8 and in_flight:
+            done = in_flight.pop(rng.randrange(len(in_flight)))
+            d.finished(done)
+        elif action < 0.85 and queued:
+            cancelled = rng.choice(sorted(queued))
+            queued.discard(cancelled)
+            d.finished(cancelled)
+        elif action < 0.9:
+            lost = d.engine_lost(rng.randrange(size))
+            answers.append([r.request_id for r in lost])
+            in_flight = [r for r in in_flight if r not in {r.request_id for r in lost}]
+        else:
+            total = rng.choice([1_000, 2_000, 3_000])
+            d.update(EngineState(rng.randrange(size), total, healthy=rng.random() < 0.8))
+        placed = d.assignments()
+        answers.append([(r.request_id, e) for r, e in placed])
+        for request, _ in placed:
+            queued.discard(request.request_id)
+            in_flight.append(request.request_id)
+        answers.append([d.reserved_tokens(e) for e in range(size)])
+    return answers
+
+
+@pytest.mark.parametrize("policy", sorted(KV_BOUNDED))
+@pytest.mark.parametrize("size", [1, 3, 17, 70])
+def test_the_scan_and_the_heap_make_identical_decisions_on_long_random_sequences(
+    policy: str, size: int
+) -> None:
+    states = [EngineState(e, [1_000, 2_000, 3_000][e % 3]) for e in range(size)]
+    for seed in range(3):
+        fast = drive_randomly(dispatch._dispatcher(policy, states, seed, None, scan=True), size, seed, 1_500)
+        general = drive_randomly(
+            dispatch._dispatcher(policy, states, seed, None, scan=False), size, seed, 1_500
+        )
+        assert fast == general
+
+
+def test_make_dispatcher_scans_for_few_engines_and_uses_heaps_for_many() -> None:
+    few = make_dispatcher("kv_aware", engines(*[1000] * dispatch.SCAN_MAX_ENGINES))
+    many = make_dispatcher("kv_aware", engines(*[1000] * (dispatch.SCAN_MAX_ENGINES + 1)))
+    assert few._ledger.scan and not many._ledger.scan  # type: ignore[attr-defined]
