@@ -163,3 +163,53 @@ def test_the_dispatch_bench_heads_with_64_engines_and_holds_the_baseline_to_the_
         assert p99, out
         for figure, said in ((p99[1], p99[2]), (p99[3], p99[4])):
             assert (said == "met") == (float(figure) < 1.0)
+
+
+@pytest.mark.slow
+def test_the_rollout_balance_bench_figures_agree_with_its_table_and_bound() -> None:
+    done = quick_run("rollout_balance.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    bound = float(re.search(r"lower bound ([\d.]+)s$", next(line for line in lines if line.strip())).group(1))  # type: ignore[union-attr]
+    header = next(n for n, line in enumerate(lines) if line.startswith("policy "))
+    rows: dict[str, list[str]] = {}
+    for line in lines[header + 1 :]:
+        if line.startswith(("tail:", "headline:")):
+            break
+        cells = line.split()
+        rows[cells[0]] = cells
+    assert {"static", "kv_aware", "kv_aware/whole"} <= set(rows)
+    for policy, cells in rows.items():
+        makespan, ratio = float(cells[2]), float(cells[3])
+        assert makespan >= bound, f"{policy} ends before the lower bound"
+        assert ratio == pytest.approx(makespan / bound, abs=0.006), policy
+        assert 0 < float(cells[4]) <= 1, policy
+
+    headline = next(line for line in lines if line.startswith("headline:"))
+    kv, static, whole = (float(rows[p][2]) for p in ("kv_aware", "static", "kv_aware/whole"))
+
+    def goal(pattern: str) -> tuple[float, str]:
+        found = re.search(pattern, headline)
+        assert found, (pattern, headline)
+        return float(found.group(1)), found.group(2)
+
+    ratios = {
+        r"= ([\d.]+)x the lower bound [\d.]+s \(goal <= 1\.05x: (met|NOT met)\)": (
+            kv / bound,
+            lambda r: r <= 1.05,
+        ),
+        r"([\d.]+)x faster than the static even split.*?goal >= 1\.5x: (met|NOT met)\)": (
+            static / kv,
+            lambda r: r >= 1.5,
+        ),
+        r"([\d.]+)x faster than rStar2-Agent's whole-budget rule.*?goal >= 1\.2x: (met|NOT met)\)": (
+            whole / kv,
+            lambda r: r >= 1.2,
+        ),
+    }
+    for pattern, (expected, met) in ratios.items():
+        ratio, verdict = goal(pattern)
+        assert ratio == pytest.approx(expected, abs=0.006), pattern
+        assert verdict == ("met" if met(ratio) else "NOT met"), pattern
+    preemptions, verdict = goal(r"(\d+) preemptions \(goal 0: (met|NOT met)\)")
+    assert preemptions == int(rows["kv_aware"][5]) and verdict == ("met" if preemptions == 0 else "NOT met")
