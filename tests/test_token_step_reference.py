@@ -18,22 +18,11 @@ from collections.abc import Callable
 import pytest
 
 from bench import rollout_sim_speed
-from orchestrator.hardware import H100_80GB
 from orchestrator.rollout.cost import EngineCost
 from orchestrator.rollout.engines import Engine, EngineLoad, EngineStats, TokenStepEngine, TurnRequest, _check
 from orchestrator.rollout.shapes import RolloutShape, sample_rollouts
 from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
-from orchestrator.spec import ModelSpec
-
-QWEN_14B = ModelSpec(name="Qwen3-14B-Base", params_b=14.8, layers=40, kv_heads=8, head_dim=128)
-H100_COST = EngineCost.for_engine(QWEN_14B, H100_80GB, 1)
-SMALL = EngineCost(
-    kv_capacity_tokens=20_000,
-    prefill_tokens_per_s=1000.0,
-    weight_bytes=1_000_000,
-    kv_bytes_per_token=1000,
-    hbm_bytes_per_s=1e9,
-)
+from tests.test_rollout_sim import H100_COST, SMALL
 
 
 class _OriginalStepSequence:
