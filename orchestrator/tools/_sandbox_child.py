@@ -70,6 +70,13 @@ _REFUSED_EVENTS = frozenset(
 _REFUSED_IMPORTS = frozenset({"_posixsubprocess"})
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Looked up once, with their argument types, so that a call's child finds them ready (see _Plan).
+_unshare, _mount, _libc_prctl = _libc.unshare, _libc.mount, _libc.prctl
+_unshare.argtypes = [ctypes.c_int]
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_NULL = [-1]  # an fd open on /dev/null, each call's stdin (set by prepare())
+_SHARED_TMP_BINDS: tuple[bytes, ...] = ()  # the SHARED_TMP directories besides /tmp that exist (prepare())
 _STD_STREAMS: tuple[Any, Any, Any] = (None, None, None)  # set by prepare()
 _ZYGOTE_STREAMS: tuple[Any, Any, Any] = (None, None, None)
 
@@ -114,14 +121,18 @@ def read_frame(fd: int) -> bytes | None:
 # ---- privileged setup -----------------------------------------------------------------------------
 
 
-def _call(name: str, *args: Any) -> None:
-    if getattr(_libc, name)(*args) != 0:
+def _checked(result: int, name: str) -> None:
+    if result != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"{name}: {os.strerror(code)}")
 
 
+def _call(name: str, *args: Any) -> None:
+    _checked(getattr(_libc, name)(*args), name)
+
+
 def _prctl(option: int, value: int) -> None:
-    _call("prctl", option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    _checked(_libc_prctl(option, value, 0, 0, 0), "prctl")
 
 
 def _bind(source: str, target: str) -> None:
@@ -243,7 +254,9 @@ def prepare(index: int, network: str, scratch_root: str, accounts: frozenset[int
     isolated = network != "block" and _network_namespace()
     if network == "namespace" and not isolated:
         raise OSError("the kernel refused a network namespace (unshare CLONE_NEWNET); use network='block'")
-    global _STD_STREAMS, _ZYGOTE_STREAMS
+    global _STD_STREAMS, _ZYGOTE_STREAMS, _SHARED_TMP_BINDS
+    _SHARED_TMP_BINDS = tuple(path.encode() for path in SHARED_TMP[1:] if os.path.isdir(path))
+    _NULL[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     _STD_STREAMS = _std_streams()
     _ZYGOTE_STREAMS = (sys.stdin, sys.stdout, sys.stderr)  # so that a child replacing them frees nothing
     gc.collect()
@@ -428,9 +441,10 @@ def serve(worker: Worker, request: dict[str, Any]) -> tuple[dict[str, Any], byte
     stdout, stderr = _output_file("stdout", cap), _output_file("stderr", cap)
     flag = os.memfd_create("flag", os.MFD_CLOEXEC)
     started = time.monotonic()
+    work = plan(worker, request)
     pid = os.fork()
     if pid == 0:
-        _child(worker, request, (stdout, stderr, flag))
+        _child(worker, work, (stdout, stderr, flag))
     pidfd = os.pidfd_open(pid)
     ending = _wait(pidfd, started + limits["wall_seconds"])
     if ending != "exited":
@@ -462,40 +476,55 @@ def serve(worker: Worker, request: dict[str, Any]) -> tuple[dict[str, Any], byte
 # ---- the child ------------------------------------------------------------------------------------
 
 
-def _child(worker: Worker, request: dict[str, Any], files: tuple[int, int, int]) -> NoReturn:
+class _Plan(NamedTuple):
+    """What a call's child does, worked out by the zygote before the fork: each Python object the child
+    touches costs it a copy-on-write page fault, so it does as little Python as it can."""
+
+    code: str
+    scratch: str
+    tmpfs_options: bytes  # for the call's /tmp (private_tmp only)
+    rlimits: tuple[tuple[int, tuple[int, int]], ...]
+
+
+def plan(worker: Worker, request: dict[str, Any]) -> _Plan:
+    """The child's work for ``request``: its mount options and rlimits, ready to apply."""
+    limits = request["limits"]
+    options = f"size={limits['disk_bytes']},mode=0700,uid={worker.uid},gid={worker.gid}".encode()
+    return _Plan(request["code"], request["scratch"], options, _rlimits(limits, worker.as_root))
+
+
+def _child(worker: Worker, work: _Plan, files: tuple[int, int, int]) -> NoReturn:
     """The forked child: confine itself, run the snippet, exit. Never returns into the zygote."""
     status = 125
     try:
-        null = os.open(os.devnull, os.O_RDONLY)
-        for target, fd in enumerate((null, *files)):  # every source is >= 3, and 3 is written last
+        for target, fd in enumerate((_NULL[0], *files)):  # every source is >= 3, and 3 is written last
             os.dup2(fd, target)
         os.closerange(STATUS_FD + 1, 2**31 - 1)  # the zygote's pipes to the service among them
         try:
-            _confine(worker, request["limits"], request["scratch"])
+            _confine(worker, work)
         except BaseException as error:
             os.write(STATUS_FD, SETUP_FAILED)
             os.write(2, f"sandbox: could not set up the call: {error}\n".encode())
         else:
-            status = _run(request["code"])
+            status = _run(work.code)
     finally:
         os._exit(status)
 
 
-def _confine(worker: Worker, limits: dict[str, Any], scratch: str) -> None:
+def _confine(worker: Worker, work: _Plan) -> None:
     os.setsid()
     if worker.private_tmp:
         # The call's own tmpfs, of at most disk_bytes, is its /tmp, /var/tmp, /dev/shm, cwd and HOME; it
         # goes away with the call's mount namespace, as its System V IPC objects with its IPC namespace.
-        _call("unshare", CLONE_NEWNS | CLONE_NEWIPC)
-        options = f"size={limits['disk_bytes']},mode=0700,uid={worker.uid},gid={worker.gid}"
-        _call("mount", b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, options.encode())
-        for path in SHARED_TMP[1:]:
-            if os.path.isdir(path):
-                _bind("/tmp", path)
+        _checked(_unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+        _checked(_mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, work.tmpfs_options), "mount")
+        for path in _SHARED_TMP_BINDS:
+            _checked(_mount(b"/tmp", path, None, MS_BIND | MS_REC, None), "mount")
         os.chdir("/tmp")
     else:
-        os.chdir(scratch)
-    _set_limits(limits, worker.as_root)
+        os.chdir(work.scratch)
+    for kind, pair in work.rlimits:
+        resource.setrlimit(kind, pair)
     if worker.as_root:
         os.setgroups([])
         os.setresgid(worker.gid, worker.gid, worker.gid)
@@ -520,7 +549,9 @@ def _set_environment(home: str) -> None:
     )
 
 
-def _set_limits(limits: dict[str, Any], as_root: bool) -> None:
+def _rlimits(limits: dict[str, Any], as_root: bool) -> tuple[tuple[int, tuple[int, int]], ...]:
+    """The (resource, (soft, hard)) pairs a call runs under; without root, capped at our own hard limits
+    (which only root may raise)."""
     cpu = math.ceil(limits["cpu_seconds"])
     wanted = {
         resource.RLIMIT_CORE: (0, 0),
@@ -531,11 +562,14 @@ def _set_limits(limits: dict[str, Any], as_root: bool) -> None:
     }
     if as_root:  # RLIMIT_NPROC counts every process of the real uid: only a uid of its own makes it per call
         wanted[resource.RLIMIT_NPROC] = (limits["processes"],) * 2
+        return tuple(wanted.items())
+    capped = []
     for kind, (soft, hard) in wanted.items():
         ceiling = resource.getrlimit(kind)[1]
-        if ceiling != resource.RLIM_INFINITY and not as_root:
+        if ceiling != resource.RLIM_INFINITY:
             soft, hard = min(soft, ceiling), min(hard, ceiling)
-        resource.setrlimit(kind, (soft, hard))
+        capped.append((kind, (soft, hard)))
+    return tuple(capped)
 
 
 def _refuse_network(event: str, args: tuple[Any, ...]) -> None:
