@@ -970,7 +970,7 @@ def manifests_render(overlay: str, root: Path | None) -> None:
     Uses `kubectl kustomize` when kubectl is on PATH. Without it, only the base can be rendered, by
     concatenating its files in kustomization order (each already names its namespace).
     """
-    from orchestrator.crd import MANIFESTS, render_manifests
+    from orchestrator.kube.manifests import MANIFESTS, render_manifests
 
     click.echo(render_manifests(root or MANIFESTS, overlay), nl=False)
 
@@ -978,7 +978,8 @@ def manifests_render(overlay: str, root: Path | None) -> None:
 @manifests.command("crd")
 def manifests_crd() -> None:
     """Print the TrainingRun CRD, generated from the run spec (manifests/base/crd-trainingruns.yaml)."""
-    from orchestrator.crd import dump_yaml, training_run_crd
+    from orchestrator.kube.crd import training_run_crd
+    from orchestrator.kube.manifests import dump_yaml
 
     click.echo(dump_yaml(training_run_crd(), "orch manifests crd"), nl=False)
 
@@ -989,7 +990,8 @@ def manifests_crd() -> None:
 @click.option("--namespace", default="orch", show_default=True, help="namespace the controller watches")
 def manifests_trainingrun(file: str, name: str | None, namespace: str) -> None:
     """Print a run spec, validated, as a TrainingRun object for `kubectl apply -f -`."""
-    from orchestrator.crd import dump_yaml, training_run
+    from orchestrator.kube.crd import training_run
+    from orchestrator.kube.manifests import dump_yaml
 
     service.validate(file)  # one clear error line naming the file and field, before anything is printed
     data = load_spec_data(file)  # a policy file it names is written in: the object stands on its own

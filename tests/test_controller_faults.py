@@ -253,7 +253,7 @@ def test_the_kube_backend_tells_api_server_and_network_errors_from_the_runs_own(
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import MaxRetryError, ProtocolError
 
-    from orchestrator.backends.kube import transient_kube_error
+    from orchestrator.kube.cluster import transient_kube_error
 
     for status in (500, 502, 503, 504, 429):
         assert transient_kube_error(ApiException(status=status)), status

@@ -75,6 +75,72 @@ def test_a_port_in_use_is_one_line_naming_the_port_and_the_option(
     assert_one_error_line(result, f":{taken_port}", "already in use", f"choose another port with {option}")
 
 
+# ---- Ray, an optional extra -------------------------------------------------------------------------
+
+# Run first in a fresh interpreter: ``import ray`` fails as it does where the extra is not installed.
+WITHOUT_RAY = """
+import importlib.abc, sys
+
+class NoRay(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "ray":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoRay())
+"""
+
+
+def without_ray(code: str, tmp_path) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter at the repository root that cannot import ``ray``."""
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_RAY + code],
+        cwd=ROOT,
+        env={**os.environ, "ORCH_DATABASE_URL": f"sqlite:///{tmp_path / 'orch.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_tools_serve_ray_without_ray_installed_is_one_line_naming_the_extra(tmp_path) -> None:
+    cli = "import runpy; sys.argv = ['orch', 'tools', 'serve', '--ray', 'auto', '--port', '0']; "
+    result = without_ray(cli + "runpy.run_path('cli.py', run_name='__main__')", tmp_path)
+    assert_one_error_line(result, "--ray needs Ray, which is not installed", "pip install 'orch[ray]'")
+    assert result.returncode == 1
+
+
+def test_a_ray_tools_service_without_ray_installed_names_the_extra(tmp_path) -> None:
+    code = """
+import asyncio
+from orchestrator.errors import OrchError
+from orchestrator.spec import ToolsSpec
+from orchestrator.tools.serve import open_executor
+
+async def main():
+    async with open_executor(ToolsSpec(service="ray:auto")):
+        pass
+
+try:
+    asyncio.run(main())
+except OrchError as error:
+    print(error)
+"""
+    result = without_ray(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "tools.service 'ray:auto' needs Ray, which is not installed: pip install 'orch[ray]'"
+    )
+
+
+def test_with_ray_installed_ray_pool_class_is_the_ray_pool() -> None:
+    from orchestrator.tools.ray_pool import RayPool
+    from orchestrator.tools.serve import ray_pool_class
+
+    assert ray_pool_class("--ray") is RayPool
+
+
 # ---- database URLs ---------------------------------------------------------------------------------
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator import service
-from orchestrator.backends.kube_objects import gpu_allocatable, gpu_request, pod_manifest
 from orchestrator.backends.sim import SimCluster
 from orchestrator.backends.sim_training import SimTrainer, StepSimulator
 from orchestrator.controller import Controller
 from orchestrator.core.feasibility import engine_memory
 from orchestrator.core.work import StepPlan
 from orchestrator.hardware import GPU_TYPE_ENV, GPU_TYPES, H100_80GB, MI300X
+from orchestrator.kube.objects import gpu_allocatable, gpu_request, pod_manifest
 from orchestrator.records import Workload, WorkloadStatus
 from orchestrator.spec import parse_spec
 from orchestrator.state.store import Store

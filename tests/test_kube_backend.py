@@ -13,15 +13,16 @@ import pytest
 from kubernetes import client
 
 from orchestrator import service
-from orchestrator.backends import make_kube_backend
 from orchestrator.backends.base import Backend
 from orchestrator.controller import Controller
+from orchestrator.kube.backend import make_kube_backend
+from orchestrator.kube.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from orchestrator.records import Phase, Run
 from orchestrator.state.store import Store
-from orchestrator.testing.kube_fake import FakeKubeServer
-from orchestrator.testing.kube_trainer import ScriptedTrainer
-from orchestrator.testing.kubelet import FakeKubelet
 from tests.conftest import spec_data, write_spec
+from tests.kube_rig.api_server import FakeKubeServer
+from tests.kube_rig.kubelet import FakeKubelet
+from tests.kube_rig.trainer import ScriptedTrainer
 
 NAMESPACE = "orch"
 POOL = "orch.dev/pool"
@@ -296,8 +297,8 @@ def test_a_stale_watch_gets_410_and_recovers_by_listing_again(
 
 def training_run(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {
-        "apiVersion": "orch.dev/v1alpha1",
-        "kind": "TrainingRun",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": spec,
     }
@@ -309,7 +310,7 @@ def test_a_training_run_applied_through_the_api_becomes_a_sql_run_with_status_wr
     cluster.node("gpu-0")
     api = client.CustomObjectsApi(cluster.server.api_client())
     created = api.create_namespaced_custom_object(
-        "orch.dev", "v1alpha1", NAMESPACE, "trainingruns", training_run("math", spec_data())
+        GROUP, VERSION, NAMESPACE, PLURAL, training_run("math", spec_data())
     )
     controller, _ = cluster.controller(store)
     controller.reconcile_once()
@@ -318,9 +319,7 @@ def test_a_training_run_applied_through_the_api_becomes_a_sql_run_with_status_wr
     done = drive(controller, store, run.id)
     controller.reconcile_once()  # publish the final state
 
-    status = api.get_namespaced_custom_object("orch.dev", "v1alpha1", NAMESPACE, "trainingruns", "math")[
-        "status"
-    ]
+    status = api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "math")["status"]
     assert (status["runId"], status["phase"], status["step"], status["stage"]) == (done.id, "Succeeded", 9, 3)
     control = cluster.configmaps_seen[f"{run.id}-control"]
     assert control["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
@@ -332,15 +331,11 @@ def test_an_invalid_training_run_is_marked_and_not_run(store: Store, cluster: Fa
     api = client.CustomObjectsApi(cluster.server.api_client())
     bad = spec_data()
     bad["trainer"]["gpus"] = 0
-    api.create_namespaced_custom_object(
-        "orch.dev", "v1alpha1", NAMESPACE, "trainingruns", training_run("bad", bad)
-    )
+    api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, training_run("bad", bad))
     controller, _ = cluster.controller(store)
     controller.reconcile_once()
     time.sleep(0.2)
-    status = api.get_namespaced_custom_object("orch.dev", "v1alpha1", NAMESPACE, "trainingruns", "bad")[
-        "status"
-    ]
+    status = api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "bad")["status"]
     assert status["phase"] == "Invalid" and "trainer.gpus" in status["message"]
     assert store.list_runs() == []
 
@@ -348,14 +343,12 @@ def test_an_invalid_training_run_is_marked_and_not_run(store: Store, cluster: Fa
 def test_deleting_a_training_run_cancels_its_run_and_its_pods_go(store: Store, cluster: FakeCluster) -> None:
     cluster.node("gpu-0")
     api = client.CustomObjectsApi(cluster.server.api_client())
-    api.create_namespaced_custom_object(
-        "orch.dev", "v1alpha1", NAMESPACE, "trainingruns", training_run("m", spec_data())
-    )
+    api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, training_run("m", spec_data()))
     controller, _ = cluster.controller(store)
     controller.reconcile_once()
     [run] = store.list_runs()
     drive(controller, store, run.id, until=lambda r: r.steps_done >= 1)
-    api.delete_namespaced_custom_object("orch.dev", "v1alpha1", NAMESPACE, "trainingruns", "m")
+    api.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "m")
     drive(controller, store, run.id)
 
     assert store.get_run(run.id).phase is Phase.CANCELLED
@@ -370,7 +363,7 @@ def test_deleting_a_training_run_cancels_its_run_and_its_pods_go(store: Store, c
 def test_rbac_covers_every_call_the_backend_makes_and_grants_nothing_it_does_not_use(
     store: Store, cluster: FakeCluster, tmp_path: Path
 ) -> None:
-    from orchestrator.rbac import load_rbac_rules, rbac_allows
+    from orchestrator.kube.rbac import load_rbac_rules, rbac_allows
 
     cluster.split_pool_nodes()
     data = split_pools_data()

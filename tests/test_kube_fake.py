@@ -13,11 +13,11 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from orchestrator.testing.kube_fake import ApiRequest, FakeKubeServer
-from orchestrator.testing.kubelet import FakeKubelet, Taint
+from orchestrator.kube.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from tests.kube_rig.api_server import ApiRequest, FakeKubeServer
+from tests.kube_rig.kubelet import FakeKubelet, Taint
 
 NS = "orch"
-GROUP, VERSION, PLURAL = "orch.dev", "v1alpha1", "trainingruns"
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -91,8 +91,8 @@ def pod(
 
 def run(name: str, **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingRun",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name},
         "spec": spec or {"gpus": 8},
     }
@@ -501,9 +501,9 @@ def test_discovery_and_kubeconfig(server: FakeKubeServer, tmp_path: Path) -> Non
         expected = {"pods", "pods/status", "nodes", "services", "configmaps", "events", "namespaces"}
         assert expected <= core_resources
         groups = {g.name for g in client.ApisApi(api).get_api_versions().groups}
-        assert {"orch.dev", "coordination.k8s.io"} <= groups
+        assert {GROUP, "coordination.k8s.io"} <= groups
         crs = client.CustomObjectsApi(api).get_api_resources(GROUP, VERSION).resources
-        assert [r.name for r in crs] == ["trainingruns", "trainingruns/status"]
+        assert [r.name for r in crs] == [PLURAL, f"{PLURAL}/status"]
         lease = client.CoordinationV1Api(api).create_namespaced_lease(
             NS, {"metadata": {"name": "orch-controller"}, "spec": {"holderIdentity": "me"}}
         )

@@ -23,9 +23,18 @@ import yaml
 from click.testing import CliRunner
 
 from cli import main
-from orchestrator.crd import dump_yaml, training_run, training_run_crd, training_run_schema
 from orchestrator.errors import SpecError
-from orchestrator.rbac import load_rbac_rules, rbac_allows
+from orchestrator.kube.crd import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    training_run,
+    training_run_crd,
+    training_run_schema,
+)
+from orchestrator.kube.manifests import dump_yaml
+from orchestrator.kube.rbac import load_rbac_rules, rbac_allows
 from orchestrator.spec import load_spec_data, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +42,7 @@ MANIFESTS = ROOT / "manifests"
 EXAMPLES = ROOT / "examples"
 OVERLAYS = ("base", "dev", "production")
 K8S_VERSION = kubernetes_validate.latest_version()
-CUSTOM = {("orch.dev/v1alpha1", "TrainingRun"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM = {(API_VERSION, KIND), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 KUBECTL = shutil.which("kubectl")
 Doc = dict[str, Any]
 
@@ -139,7 +148,7 @@ def test_every_manifest_validates_against_kubernetes(overlay: str) -> None:
     docs = example_docs() if overlay == "examples" else rendered(overlay)
     for doc in docs:
         what = f"{doc['kind']}/{doc['metadata']['name']}"
-        if (doc["apiVersion"], doc["kind"]) == ("orch.dev/v1alpha1", "TrainingRun"):
+        if (doc["apiVersion"], doc["kind"]) == (API_VERSION, KIND):
             errors = [error.message for error in crd_validator().iter_errors(doc)]
             assert not errors, f"{what}: {errors}"
             parse_spec(doc["spec"])
@@ -221,7 +230,7 @@ def test_the_crd_takes_a_policy_name_in_either_spelling_and_the_spec_keeps_the_c
 
 def training_run_unchecked(spec: Doc) -> Doc:
     """A TrainingRun around ``spec`` without orch's validation: what the apiserver's schema alone says."""
-    return {"apiVersion": "orch.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "r"}, "spec": spec}
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "r"}, "spec": spec}
 
 
 def _set(path: str, value: Any) -> Callable[[Doc], None]:
@@ -264,7 +273,7 @@ def test_the_crd_rejects_what_the_spec_rejects(case: str, change: Callable[[Doc]
     if case not in LAX_IN_PYDANTIC:
         with pytest.raises(SpecError):
             parse_spec(spec)
-    run = {"apiVersion": "orch.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "x"}, "spec": spec}
+    run = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "x"}, "spec": spec}
     assert list(crd_validator().iter_errors(run)), "the CRD schema accepted it"
 
 
@@ -313,8 +322,8 @@ NEEDED = (
     + [("namespace", verb, "", "pods", "") for verb in ("create", "delete")]
     + [("namespace", "create", "", "services", "")]
     + [("namespace", verb, "", "configmaps", "") for verb in ("list", "watch", "create", "patch", "delete")]
-    + [("namespace", verb, "orch.dev", "trainingruns", "") for verb in ("list", "watch")]
-    + [("namespace", "patch", "orch.dev", "trainingruns", "status")]
+    + [("namespace", verb, GROUP, PLURAL, "") for verb in ("list", "watch")]
+    + [("namespace", "patch", GROUP, PLURAL, "status")]
 )
 DENIED = [
     ("cluster", "delete", "", "nodes", ""),
@@ -323,8 +332,8 @@ DENIED = [
     ("cluster", "get", "", "secrets", ""),
     ("namespace", "get", "", "secrets", ""),
     ("namespace", "create", "", "pods", "exec"),
-    ("namespace", "create", "orch.dev", "trainingruns", ""),
-    ("namespace", "delete", "orch.dev", "trainingruns", ""),
+    ("namespace", "create", GROUP, PLURAL, ""),
+    ("namespace", "delete", GROUP, PLURAL, ""),
     ("namespace", "create", "rbac.authorization.k8s.io", "rolebindings", ""),
 ]
 

@@ -1,9 +1,12 @@
-"""Cluster backends: one protocol (``base``), the embedded simulated pool (``sim``) and, later, Kubernetes."""
+"""Cluster backends: one protocol (``base``) and the embedded simulated pool (``sim``).
+
+The Kubernetes adapter lives in ``orchestrator.kube``; ``make_backend`` picks one of them.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.backends.base import Backend
 from orchestrator.errors import SpecError
@@ -19,14 +22,12 @@ __all__ = [
     "SIM_PACE_ENV",
     "check_backend_name",
     "make_backend",
-    "make_kube_backend",
 ]
 
 BACKEND_ENV = "ORCH_BACKEND"
 NAMESPACE_ENV = "ORCH_NAMESPACE"
 POOL_LABEL_ENV = "ORCH_POOL_LABEL"
 SIM_PACE_ENV = "ORCH_SIM_PACE"
-AGENT_URLS_ENV = "ORCH_AGENT_URLS"  # comma-separated agent (or agent Service endpoint) URLs to scrape
 BACKENDS = ("sim", "kube")
 
 
@@ -57,11 +58,8 @@ def make_backend(
         pace = sim_pace if sim_pace is not None else _pace_from_env()
         trainer = SimTrainer(cluster, StepSimulator(rollout_metrics), pace=pace)
         return Backend(cluster, trainer, telemetry=cluster.telemetry, in_process=True)
-    from orchestrator.backends.kube import (
-        DEFAULT_NAMESPACE,
-        DEFAULT_POOL_LABEL,
-        api_client_from_environment,
-    )
+    from orchestrator.kube.backend import make_kube_backend
+    from orchestrator.kube.cluster import DEFAULT_NAMESPACE, DEFAULT_POOL_LABEL, api_client_from_environment
 
     return make_kube_backend(
         api_client_from_environment(),
@@ -79,26 +77,3 @@ def _pace_from_env() -> float:
     if not pace >= 0:
         raise SpecError(f"{SIM_PACE_ENV}: {text!r} is not a number >= 0 (virtual seconds per wall second)")
     return pace
-
-
-def make_kube_backend(
-    api_client: Any, *, namespace: str, pool_label: str, watch_timeout_s: int = 5
-) -> Backend:
-    """The Kubernetes backend over an ``ApiClient``: pods, the trainer mailbox and TrainingRuns."""
-    from orchestrator.backends.kube import KubeCluster, transient_kube_error
-    from orchestrator.backends.kube_executor import KubeExecutor
-    from orchestrator.backends.kube_runs import TrainingRunMirror
-    from orchestrator.telemetry.scrape import AgentScrapeFeed
-
-    cluster = KubeCluster(api_client, namespace, pool_label, watch_timeout_s=watch_timeout_s)
-    mirror = TrainingRunMirror(api_client, cluster)
-    urls = [url for url in os.environ.get(AGENT_URLS_ENV, "").split(",") if url.strip()]
-    feed = AgentScrapeFeed(urls) if urls else None
-    return Backend(
-        cluster,
-        KubeExecutor(cluster),
-        sources=(mirror,),
-        closers=(mirror.close, cluster.close),
-        telemetry=feed,
-        transient=transient_kube_error,
-    )

@@ -1,7 +1,7 @@
-"""Test doubles shipped with the package.
+"""Doubles shipped with the package: a fake OpenAI-compatible engine and a fake NVML (used by benches and
+tests to run the balancer, router and exporter without GPUs). Production modules never import them.
 
-`kube_fake.FakeKubeServer` is a wire-level fake Kubernetes API server and `kubelet.FakeKubelet` a scripted
-kubelet + scheduler that drives it. Tests import them; production modules never do.
+orch's Kubernetes test rig (fake API server, kubelet, scripted trainer) is not shipped: see `tests/kube_rig`.
 """
 
 __all__: list[str] = []

@@ -7,18 +7,35 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
-from orchestrator.errors import PortUnavailable
+from orchestrator.errors import OrchError, PortUnavailable
 from orchestrator.spec import ToolsSpec
 from orchestrator.tools.api import CodeExecutor, Limits
 from orchestrator.tools.client import ToolClient
 from orchestrator.tools.http_api import make_app
 from orchestrator.tools.service import ToolService
 
-__all__ = ["limits_of", "open_executor", "serve_tools"]
+if TYPE_CHECKING:
+    from orchestrator.tools.ray_pool import RayPool
+
+__all__ = ["RAY_EXTRA", "limits_of", "open_executor", "ray_pool_class", "serve_tools"]
+
+RAY_EXTRA = "pip install 'orch[ray]'"  # Ray is an optional extra: only sandbox pools on Ray need it
+
+
+def ray_pool_class(needed_by: str) -> type[RayPool]:
+    """``RayPool``, or one clear error naming the extra when Ray is not installed."""
+    try:
+        from orchestrator.tools.ray_pool import RayPool
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != "ray":
+            raise
+        raise OrchError(f"{needed_by} needs Ray, which is not installed: {RAY_EXTRA}") from error
+    return RayPool
 
 
 def limits_of(tools: ToolsSpec) -> Limits:
@@ -42,9 +59,8 @@ async def open_executor(tools: ToolsSpec, *, workers: int | None = None) -> Asyn
             yield ToolClient(tools.service, session)
         return
     if tools.service.startswith("ray:"):
-        from orchestrator.tools.ray_pool import RayPool
-
-        async with RayPool(tools.service.removeprefix("ray:"), default_limits=limits) as pool:
+        pool_class = ray_pool_class(f"tools.service {tools.service!r}")
+        async with pool_class(tools.service.removeprefix("ray:"), default_limits=limits) as pool:
             yield pool
         return
     from orchestrator.tools.sandbox import SandboxPool
@@ -66,9 +82,7 @@ async def serve_tools(
     """Serve the HTTP API until ``stop`` is set (or SIGTERM); ``ready`` gets the URL once it listens."""
     executor: CodeExecutor
     if ray_address:
-        from orchestrator.tools.ray_pool import RayPool
-
-        executor = RayPool(ray_address)
+        executor = ray_pool_class("--ray")(ray_address)
     else:
         from orchestrator.tools.sandbox import SandboxPool
 

@@ -22,21 +22,20 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from orchestrator.backends.base import ExecutionInterrupted, WorkInProgress
-from orchestrator.backends.kube import KubeCluster
-from orchestrator.backends.kube_objects import (
+from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
+from orchestrator.kube.cluster import KubeCluster
+from orchestrator.kube.objects import (
     ATTEMPT_LABEL,
+    MERGE_PATCH,
     ROLE_LABEL,
     RUN_LABEL,
     control_name,
     observe_pod,
     results_name,
 )
-from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.spec import RunSpec
 
 __all__ = ["KubeExecutor", "plan_document"]
-
-MERGE_PATCH = "application/merge-patch+json"
 
 
 def plan_document(kind: str, plan: StepPlan | CheckpointPlan | FilterPlan) -> str:

@@ -13,6 +13,7 @@ __all__ = [
     "GPU_RESOURCE",
     "GPU_TYPE_ENV",
     "INDEX_LABEL",
+    "MERGE_PATCH",
     "ROLE_LABEL",
     "RUN_LABEL",
     "control_configmap",
@@ -28,6 +29,7 @@ __all__ = [
     "results_name",
 ]
 
+MERGE_PATCH = "application/merge-patch+json"  # the Content-Type of a JSON merge patch
 RUN_LABEL = "orch.dev/run"
 ROLE_LABEL = "orch.dev/role"
 ATTEMPT_LABEL = "orch.dev/attempt"

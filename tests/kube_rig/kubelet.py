@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from orchestrator.testing.kube_fake import FakeKubeServer
+from tests.kube_rig.api_server import FakeKubeServer
 
 __all__ = ["GPU", "Behavior", "FakeKubelet", "Taint", "pod_gpus"]
 

@@ -13,18 +13,17 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from orchestrator.backends.kube import KubeCluster
-from orchestrator.backends.kube_informer import Informer
 from orchestrator.core import commands
 from orchestrator.errors import ConflictError, IllegalTransition, SpecError
+from orchestrator.kube.cluster import KubeCluster
+from orchestrator.kube.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from orchestrator.kube.informer import Informer
+from orchestrator.kube.objects import MERGE_PATCH
 from orchestrator.records import Run
 from orchestrator.spec import parse_spec
 from orchestrator.state.store import Store
 
-__all__ = ["GROUP", "PLURAL", "VERSION", "TrainingRunMirror", "run_status"]
-
-GROUP, VERSION, PLURAL = "orch.dev", "v1alpha1", "trainingruns"
-MERGE_PATCH = "application/merge-patch+json"
+__all__ = ["TrainingRunMirror", "run_status"]
 
 
 def _ref(obj: dict[str, Any]) -> str:
@@ -90,8 +89,8 @@ class TrainingRunMirror:
             status = {"phase": "Invalid", "message": str(error), "observedGeneration": meta.get("generation")}
             return self._patch_status(obj, status)
         owner = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "TrainingRun",
+            "apiVersion": API_VERSION,
+            "kind": KIND,
             "name": meta["name"],
             "uid": meta["uid"],
             "controller": True,

@@ -1,4 +1,4 @@
-"""A scripted trainer for the fake cluster: the trainer side of the mailbox in ``kube_executor``.
+"""A scripted trainer for the fake cluster: the trainer side of ``orchestrator.kube.mailbox``.
 
 Plugged into ``FakeKubelet.behaviors``: on every tick it reads each run's ``plan.json``; when the
 plan's attempt has its rank-0 trainer pod Running, it does the work with the simulated physics
@@ -12,11 +12,11 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from orchestrator.backends.kube_objects import RUN_LABEL, control_name, results_name
 from orchestrator.backends.sim_training import StepSimulator
 from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan
+from orchestrator.kube.objects import RUN_LABEL, control_name, results_name
 from orchestrator.spec import RunSpec
-from orchestrator.testing.kube_fake import FakeKubeServer
+from tests.kube_rig.api_server import FakeKubeServer
 
 __all__ = ["ScriptedTrainer"]
 

@@ -1,4 +1,4 @@
-"""A wire-level fake Kubernetes API server for tests (stdlib only).
+"""A wire-level fake Kubernetes API server for tests (stdlib only, plus orch's TrainingRun CRD names).
 
 It speaks the apiserver's HTTP+JSON protocol closely enough that the unmodified `kubernetes` client
 (CoreV1Api, CustomObjectsApi, kubernetes.watch.Watch) runs against it: list + watch with resourceVersion,
@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from orchestrator.kube import crd
+
 if TYPE_CHECKING:
     import kubernetes.client
 
@@ -46,7 +48,6 @@ __all__ = [
 ]
 
 Obj = dict[str, Any]
-TRAINING_RUN_GROUP = "orch.dev"
 _WATCH_DEFAULT_TIMEOUT_S = 1800.0
 _POLL_S = 0.1
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -1052,7 +1053,7 @@ _BUILTINS = (
     ResourceType(
         "coordination.k8s.io", "v1", "leases", "Lease", status_subresource=False, delete_returns_object=False
     ),
-    ResourceType(TRAINING_RUN_GROUP, "v1alpha1", "trainingruns", "TrainingRun"),
+    ResourceType(crd.GROUP, crd.VERSION, crd.PLURAL, crd.KIND),
 )
 
 

@@ -29,8 +29,11 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from orchestrator.backends.base import ClusterEvent, ExecutionInterrupted
-from orchestrator.backends.kube_informer import Changes, Informer
-from orchestrator.backends.kube_objects import (
+from orchestrator.core.placement import NodeView
+from orchestrator.core.snapshot import ObservedWorkload
+from orchestrator.errors import OrchError
+from orchestrator.kube.informer import Changes, Informer
+from orchestrator.kube.objects import (
     COLOCATED_ANNOTATION,
     RUN_LABEL,
     control_configmap,
@@ -42,9 +45,6 @@ from orchestrator.backends.kube_objects import (
     pod_manifest,
     rendezvous_service,
 )
-from orchestrator.core.placement import NodeView
-from orchestrator.core.snapshot import ObservedWorkload
-from orchestrator.errors import OrchError
 from orchestrator.records import Workload
 from orchestrator.spec import PoolSpec
 
