@@ -17,7 +17,8 @@ from aiohttp import web
 from orchestrator.core.dispatch import EngineState, make_dispatcher
 from orchestrator.rollout.balancer import Balancer, RolloutPrompt, Trajectory, parse_tool_call
 from orchestrator.rollout.http_engine import HttpEngine
-from orchestrator.rollout.tools import SimulatedTools, ToolCall, ToolResult
+from orchestrator.rollout.tools import ToolCall, ToolResult
+from orchestrator.sim.tools import SimulatedTools
 from orchestrator.testing.fake_engine import FakeEngine
 from tests.conftest import run_async as run
 

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 
 from orchestrator.records import GpuSample
+from orchestrator.rollout.engine import EngineLoad, EngineUnavailable
 from orchestrator.rollout.engine_gpu import EngineGpu, parse_engine_gpu
-from orchestrator.rollout.engines import EngineLoad
-from orchestrator.rollout.http_engine import EngineUnavailable, HttpEngine, parse_engine_metrics
+from orchestrator.rollout.http_engine import HttpEngine, parse_engine_metrics
 from orchestrator.rollout.router import Router, estimate_tokens, serve_router
 from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.testing.fake_engine import FakeEngine

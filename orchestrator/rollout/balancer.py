@@ -9,7 +9,7 @@ Once the dispatcher places the request, the engine gets ``POST /v1/completions``
 A turn cut at its chunk (``finish_reason="length"`` with budget left) continues at once in a new request
 whose prompt holds what was generated; the engine that served it has that prefix cached, and the
 dispatcher may keep it there. This is the asyncio twin of
-``orchestrator.rollout.balanced`` (the same loop on virtual time) and drives the dispatcher the way the
+``orchestrator.sim.rollout_phase`` (the same loop on virtual time) and drives the dispatcher the way the
 router does (``orchestrator.rollout.router``): a placement future per turn, engine loss → ``engine_lost``
 → every turn the engine held is resubmitted and retried elsewhere, and a ``finally`` that releases the turn
 exactly once whatever its ending (answer, engine error, timeout, cancellation of ``run_step``).
@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request
-from orchestrator.rollout.http_engine import EngineRejected, EngineUnavailable, HttpEngine
+from orchestrator.rollout.engine import EngineRejected, EngineUnavailable
+from orchestrator.rollout.http_engine import HttpEngine
 from orchestrator.rollout.router import COMPLETIONS, Flight, estimate_tokens
 from orchestrator.rollout.tools import ToolCall, ToolExecutor, ToolResult
 

@@ -36,8 +36,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request, make_dispatcher
 from orchestrator.errors import PortUnavailable
+from orchestrator.rollout.engine import EngineRejected, EngineUnavailable
 from orchestrator.rollout.engine_gpu import EngineGpu
-from orchestrator.rollout.http_engine import EngineKind, EngineRejected, EngineUnavailable, HttpEngine
+from orchestrator.rollout.http_engine import EngineKind, HttpEngine
 from orchestrator.telemetry.names import ROUTER_METRICS
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 

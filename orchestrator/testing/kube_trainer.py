@@ -13,8 +13,8 @@ from dataclasses import asdict
 from typing import Any
 
 from orchestrator.backends.kube_objects import RUN_LABEL, control_name, results_name
-from orchestrator.backends.sim_training import StepSimulator
 from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan
+from orchestrator.sim.trainer import StepSimulator
 from orchestrator.spec import RunSpec
 from orchestrator.testing.kube_fake import FakeKubeServer
 
