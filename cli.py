@@ -745,7 +745,7 @@ def agent(
 
     node = node or socket.gethostname()
     if simulate:
-        from orchestrator.telemetry.simulated import SimulatedGpuSource
+        from orchestrator.sim.gpu_source import SimulatedGpuSource
 
         source: Any = SimulatedGpuSource(node)
     elif dcgm_url:

@@ -2,7 +2,7 @@
 
 64 simulated H100-80GB engines serve a 14.8B bf16 model (Qwen3-14B shape). The step is 512 prompts ×
 16 samples (quick: 64 × 16 on 8 engines), long-tailed lognormal response lengths capped at the stage
-limit, 1–10 turns with lognormal tool calls (orchestrator/rollout/shapes.py states the distributions).
+limit, 1–10 turns with lognormal tool calls (orchestrator/sim/rollout_shapes.py states the distributions).
 For each policy: makespan, a lower bound, makespan ÷ bound, GPU busy fraction, preemptions and
 rollout latency percentiles; the headline compares KV-aware dispatch with the lower bound, with the
 static even split (the baseline RL frameworks use by default) and with rStar2-Agent's own rule (its peer).
@@ -11,10 +11,10 @@ the next request); ``kv_aware/whole`` reserves context + the whole remaining bud
 ``kv_aware/oracle`` is a reference no dispatcher can run: kv_aware whose queues know every rollout's
 length in advance and place the longest first. The other
 policies send the whole budget as ``max_tokens``, as RL frameworks do. A turn placed on the engine of the
-rollout's previous request finds its prefix cached (orchestrator/rollout/balanced.py).
+rollout's previous request finds its prefix cached (orchestrator/sim/rollout_phase.py).
 
-Lower bound (orchestrator/rollout/bound.py), valid for any schedule under the simulator's cost model
-(orchestrator/rollout/cost.py), in which:
+Lower bound (orchestrator/sim/makespan_bound.py), valid for any schedule under the simulator's cost model
+(orchestrator/sim/engine_cost.py), in which:
 
 - a decode step on an engine costs ``a + b·K``: ``a`` streams the weights (plus a fixed overhead), ``K`` is
   the KV tokens the step reads, the sum of the contexts of the sequences it advances; every sequence in
@@ -64,10 +64,10 @@ import time
 
 from orchestrator.core.dispatch import KV_BOUNDED, POLICIES, make_dispatcher
 from orchestrator.hardware import H100_80GB
-from orchestrator.rollout.balanced import simulate_balanced_phase
-from orchestrator.rollout.bound import makespan_lower_bound
-from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.shapes import (
+from orchestrator.sim.engine_cost import EngineCost
+from orchestrator.sim.makespan_bound import makespan_lower_bound
+from orchestrator.sim.rollout_phase import simulate_balanced_phase
+from orchestrator.sim.rollout_shapes import (
     PROBLEM_SIGMA,
     RESPONSE_MEDIAN_FRACTION,
     SAMPLE_SIGMA,

@@ -30,11 +30,16 @@ import time
 from collections.abc import Callable, Sequence
 
 from orchestrator.hardware import H100_80GB
-from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.engines import Engine, SimEngine, TokenStepEngine
-from orchestrator.rollout.shapes import RolloutShape, sample_rollouts
-from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
+from orchestrator.sim.engine import SimEngine, SimulatedEngine
+from orchestrator.sim.engine_cost import EngineCost
+from orchestrator.sim.rollout_phase import RolloutPhaseResult
+from orchestrator.sim.rollout_shapes import RolloutShape, sample_rollouts
 from orchestrator.spec import ModelSpec
+
+try:
+    from bench.token_step_reference import TokenStepEngine, simulate_rollout_phase
+except ModuleNotFoundError:  # run as a script, python bench/rollout_sim_speed.py: bench/ is on sys.path
+    from token_step_reference import TokenStepEngine, simulate_rollout_phase
 
 MODEL = ModelSpec(name="Qwen3-14B-Base", params_b=14.8, layers=40, kv_heads=8, head_dim=128)
 PROMPTS, SAMPLES, ENGINES = 512, 32, 64
@@ -45,7 +50,10 @@ REPEATS, QUICK_REPEATS = 2, 3
 
 
 def timed(
-    shapes: Sequence[RolloutShape], engines: int, cost: EngineCost, engine: Callable[[EngineCost], Engine]
+    shapes: Sequence[RolloutShape],
+    engines: int,
+    cost: EngineCost,
+    engine: Callable[[EngineCost], SimulatedEngine],
 ) -> tuple[RolloutPhaseResult, float]:
     start = time.perf_counter()
     result = simulate_rollout_phase(shapes, engines, cost, engine_factory=engine)

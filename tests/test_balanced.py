@@ -9,9 +9,9 @@ import pytest
 
 from orchestrator.core.dispatch import POLICIES, Dispatcher, make_dispatcher
 from orchestrator.hardware import H100_80GB
-from orchestrator.rollout.balanced import simulate_balanced_phase
-from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.shapes import sample_rollouts
+from orchestrator.sim.engine_cost import EngineCost
+from orchestrator.sim.rollout_phase import simulate_balanced_phase
+from orchestrator.sim.rollout_shapes import sample_rollouts
 from orchestrator.spec import ModelSpec
 
 MODEL = ModelSpec(name="m", params_b=14.8, layers=40, kv_heads=8, head_dim=128)

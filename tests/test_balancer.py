@@ -13,11 +13,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from orchestrator.core.dispatch import EngineState, make_dispatcher
 from orchestrator.rollout.balancer import Balancer, RolloutPrompt, Trajectory, parse_tool_call
 from orchestrator.rollout.http_engine import HttpEngine
-from orchestrator.rollout.tools import SimulatedTools, ToolCall, ToolResult
+from orchestrator.rollout.tools import ToolCall, ToolResult
+from orchestrator.sim.tools import SimulatedTools
+from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 from orchestrator.testing.fake_engine import FakeEngine
 from tests.conftest import run_async as run
 
@@ -206,6 +209,36 @@ def test_an_engine_that_dies_mid_step_has_its_turns_retried_elsewhere() -> None:
             trajectories = await r.balancer.run_step(prompts(6, tools=1))
             assert r.balancer.healthy == [True, True, True]
             assert all(t.verdict == "answer" for t in trajectories)
+            r.assert_released()
+
+    run(body)
+
+
+def test_when_every_engine_is_lost_every_waiting_turn_fails_at_once_naming_the_loss() -> None:
+    async def body() -> None:
+        fakes = engines(2, latency=0.2)
+        for fake in fakes:
+            fake.die_on_request(1, after=0.05)
+        # each engine fits one turn at a time: the other turns wait in the central queue when both die
+        async with rig(fakes, kv_total=1200, max_response_tokens=1000, request_timeout_s=30) as r:
+            trajectories = await asyncio.wait_for(r.balancer.run_step(prompts(6, tools=1)), timeout=10)
+            assert {t.verdict for t in trajectories} == {"error"}, trajectories
+            assert all("every engine is lost" in (t.error or "") for t in trajectories), trajectories
+            assert r.balancer.healthy == [False, False]
+            r.assert_released()
+
+    run(body)
+
+
+def test_every_placement_is_timed_as_a_dispatch_decision() -> None:
+    async def body() -> None:
+        metrics = RolloutMetrics(CollectorRegistry())
+        async with rig(engines(2), metrics=metrics) as r:
+            trajectories = await r.balancer.run_step(prompts(5, tools=1))
+            assert all(t.verdict == "answer" for t in trajectories)
+            timed = metrics.dispatch_seconds.collect()[0].samples
+            count = next(sample.value for sample in timed if sample.name.endswith("_count"))
+            assert count == r.balancer.flights.decisions == sum(t.turns for t in trajectories) == 10
             r.assert_released()
 
     run(body)

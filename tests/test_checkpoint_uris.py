@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator import service
-from orchestrator.backends.sim import Fault, SimCluster
-from orchestrator.backends.sim_training import SimTrainer
 from orchestrator.controller import Controller
 from orchestrator.records import Phase
+from orchestrator.sim.cluster import Fault, SimCluster
+from orchestrator.sim.trainer import SimTrainer
 from orchestrator.spec import load_spec
 from orchestrator.state.store import Store
 from tests.test_run_lifecycle import drive

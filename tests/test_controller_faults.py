@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from orchestrator import service
-from orchestrator.backends.sim import SimCluster
-from orchestrator.backends.sim_training import SimTrainer
 from orchestrator.controller import Controller
 from orchestrator.core.failures import count_failure, work_failed
 from orchestrator.core.reconcile import decide
 from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.errors import TransientError
 from orchestrator.records import Phase, RunPatch
+from orchestrator.sim.cluster import SimCluster
+from orchestrator.sim.trainer import SimTrainer
 from orchestrator.spec import RunSpec, parse_spec
 from orchestrator.state.store import Store
 from tests.conftest import ROOT, spec_data, write_spec

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from orchestrator.backends.sim import SimCluster
-from orchestrator.backends.sim_training import SimTrainer
 from orchestrator.controller import Controller, DatabaseOutage
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.records import Phase
+from orchestrator.sim.cluster import SimCluster
+from orchestrator.sim.trainer import SimTrainer
 from orchestrator.spec import load_spec
 from orchestrator.state.store import Store
 from tests.conftest import EXAMPLES, ROOT, _reset_postgres

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 
 from orchestrator import service
-from orchestrator.backends.sim import SimCluster
-from orchestrator.backends.sim_training import SimTrainer
 from orchestrator.controller import Controller
 from orchestrator.core.feasibility import ENGINE_MEMORY_UTILIZATION, engine_memory, run_problems
 from orchestrator.core.reconcile import decide
 from orchestrator.errors import SpecError
 from orchestrator.hardware import GPU_TYPES, H100_80GB
 from orchestrator.records import Phase
-from orchestrator.rollout.cost import EngineCost
+from orchestrator.sim.cluster import SimCluster
+from orchestrator.sim.engine_cost import EngineCost
+from orchestrator.sim.trainer import SimTrainer
 from orchestrator.spec import RunSpec, parse_spec
 from orchestrator.state.store import Store
 from tests.conftest import ROOT, spec_data, write_spec

@@ -17,11 +17,11 @@ from sqlalchemy import text as sql
 
 from cli import main
 from orchestrator import service
-from orchestrator.backends.sim import SimCluster
-from orchestrator.backends.sim_training import SimTrainer
 from orchestrator.controller import Controller
 from orchestrator.core.idle import IdleStretch, account_idle
 from orchestrator.records import GpuSample, Phase
+from orchestrator.sim.cluster import SimCluster
+from orchestrator.sim.trainer import SimTrainer
 from orchestrator.spec import IdlePolicySpec, load_spec
 from orchestrator.state.store import Store
 from orchestrator.telemetry.names import SCHEDULER_METRICS
@@ -276,9 +276,9 @@ def test_every_metric_the_dashboard_queries_is_really_exported(store: Store, tmp
 def test_the_controller_scrapes_agents_and_attributes_their_gpus_to_the_run_on_the_node(store: Store) -> None:
     from orchestrator.core.attribution import attribute_samples
     from orchestrator.records import Workload, WorkloadStatus
+    from orchestrator.sim.gpu_source import SimulatedGpuSource
     from orchestrator.telemetry.exporter import Agent
     from orchestrator.telemetry.scrape import AgentScrapeFeed
-    from orchestrator.telemetry.simulated import SimulatedGpuSource
 
     source = SimulatedGpuSource("gpu-node-7", gpus=8, seed=3)
     source.set_load(2, 0.9, 40 * 2**30)

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 
 from orchestrator import service
-from orchestrator.backends.sim import SimCluster
-from orchestrator.backends.sim_training import SimTrainer, StepSimulator
 from orchestrator.controller import Controller
 from orchestrator.core.feasibility import engine_memory
 from orchestrator.core.work import StepPlan
 from orchestrator.hardware import GPU_TYPE_ENV, GPU_TYPES, H100_80GB, MI300X
 from orchestrator.kube.objects import gpu_allocatable, gpu_request, pod_manifest
 from orchestrator.records import Workload, WorkloadStatus
+from orchestrator.sim.cluster import SimCluster
+from orchestrator.sim.gpu_source import SimulatedGpuSource
+from orchestrator.sim.trainer import SimTrainer, StepSimulator
 from orchestrator.spec import parse_spec
 from orchestrator.state.store import Store
-from orchestrator.telemetry.simulated import SimulatedGpuSource
 from tests.conftest import spec_data, write_spec
 
 OWNER = {"apiVersion": "v1", "kind": "ConfigMap", "name": "r-control", "uid": "u", "controller": True}

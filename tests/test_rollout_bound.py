@@ -1,4 +1,4 @@
-"""The rollout-phase lower bound (orchestrator/rollout/bound.py): never beaten, exact where it can be.
+"""The rollout-phase lower bound (orchestrator/sim/makespan_bound.py): never beaten, exact where it can be.
 
 Tiny instances use an engine with round numbers: a decode step costs ``a + b·K`` with ``a ≈ 1`` s and
 ``b`` of a few tenths, prefill a few tokens a second, so every term of the bound matters.
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.token_step_reference import simulate_rollout_phase
 from orchestrator.core.dispatch import KV_BOUNDED, POLICIES, make_dispatcher
-from orchestrator.rollout.balanced import simulate_balanced_phase
-from orchestrator.rollout.bound import makespan_lower_bound, rollout_demands, turn_context_weight
-from orchestrator.rollout.cost import BANDWIDTH_EFFICIENCY, EngineCost
-from orchestrator.rollout.shapes import RolloutShape, Turn
-from orchestrator.rollout.simulator import simulate_rollout_phase
+from orchestrator.sim.engine_cost import BANDWIDTH_EFFICIENCY, EngineCost
+from orchestrator.sim.makespan_bound import makespan_lower_bound, rollout_demands, turn_context_weight
+from orchestrator.sim.rollout_phase import simulate_balanced_phase
+from orchestrator.sim.rollout_shapes import RolloutShape, Turn
 
 
 def tiny_cost(kv_cost: float, prefill_rate: float, capacity: int) -> EngineCost:

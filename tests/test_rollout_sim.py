@@ -9,16 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.token_step_reference import TokenStepEngine, simulate_rollout_phase
 from orchestrator.hardware import GPU_TYPES, H100_80GB
-from orchestrator.rollout.cost import (
+from orchestrator.sim.engine import SimEngine, TurnRequest
+from orchestrator.sim.engine_cost import (
     ACTIVATION_MARGIN_BYTES_PER_GPU,
     BANDWIDTH_EFFICIENCY,
     DECODE_STEP_OVERHEAD_S,
     EngineCost,
 )
-from orchestrator.rollout.engines import SimEngine, TokenStepEngine, TurnRequest
-from orchestrator.rollout.shapes import RolloutShape, Turn, sample_rollouts
-from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
+from orchestrator.sim.rollout_phase import RolloutPhaseResult
+from orchestrator.sim.rollout_shapes import RolloutShape, Turn, sample_rollouts
 from orchestrator.spec import ModelSpec
 
 QWEN_14B = ModelSpec(name="Qwen3-14B-Base", params_b=14.8, layers=40, kv_heads=8, head_dim=128)

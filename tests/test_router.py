@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 
 from orchestrator.records import GpuSample
+from orchestrator.rollout.engine import EngineLoad, EngineUnavailable
 from orchestrator.rollout.engine_gpu import EngineGpu, parse_engine_gpu
-from orchestrator.rollout.engines import EngineLoad
-from orchestrator.rollout.http_engine import EngineUnavailable, HttpEngine, parse_engine_metrics
+from orchestrator.rollout.http_engine import HttpEngine, parse_engine_metrics
 from orchestrator.rollout.router import Router, estimate_tokens, serve_router
 from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.testing.fake_engine import FakeEngine
@@ -194,15 +194,60 @@ def test_an_engine_dying_mid_request_has_its_requests_retried_elsewhere(mode: st
     run(body)
 
 
-def test_a_request_no_engine_can_serve_times_out_and_is_released() -> None:
+def test_a_request_whose_every_engine_is_lost_fails_at_once_naming_the_loss_and_is_released() -> None:
     fakes = [FakeEngine("only", latency=0.01)]
     fakes[0].die_on_request(1, "500", after=0.0)
 
     async def body() -> None:
-        async with cluster(fakes, "kv_aware", request_timeout=0.4) as c:
+        async with cluster(fakes, "kv_aware", request_timeout=30) as c:
+            status, answer, _ = await asyncio.wait_for(c.complete("anyone there?"), timeout=5)
+            assert status == 503, answer
+            assert answer["error"]["message"].startswith("every engine is lost (last: "), answer
+            assert c.router.healthy == [False]
+            c.assert_released()
+
+    run(body)
+
+
+def test_every_waiting_request_fails_when_the_last_engine_is_lost() -> None:
+    fakes = [FakeEngine(f"e{i}", latency=0.2, kv_total_tokens=120) for i in range(2)]
+    for fake in fakes:
+        fake.die_on_request(1, "close", after=0.05)
+
+    async def body() -> None:
+        # one request at a time per engine: the others wait in the central queue when both die
+        async with cluster(fakes, "kv_aware", kv_total=120, request_timeout=30) as c:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(c.complete(f"prompt {i}", max_tokens=60) for i in range(6))), timeout=10
+            )
+            assert {status for status, *_ in results} == {503}, results
+            assert all("every engine is lost" in body["error"]["message"] for _, body, _ in results)
+            assert c.router.healthy == [False, False]
+            c.assert_released()
+
+    run(body)
+
+
+def test_a_request_no_engine_answers_in_time_gets_a_504_and_is_released() -> None:
+    fakes = [FakeEngine("slow", latency=5.0)]
+
+    async def body() -> None:
+        async with cluster(fakes, "kv_aware", request_timeout=0.3) as c:
             status, answer, _ = await c.complete("anyone there?")
             assert status == 504, answer
-            assert c.router.healthy == [False]
+            assert c.router.healthy == [True]
+            c.assert_released()
+
+    run(body)
+
+
+def test_every_placement_is_timed_as_a_dispatch_decision() -> None:
+    async def body() -> None:
+        async with cluster(three_engines(0.01), "kv_aware") as c:
+            results = await asyncio.gather(*(c.complete(f"prompt {i}") for i in range(12)))
+            assert all(status == 200 for status, *_ in results)
+            timed = c.router.registry.get_sample_value("orch_dispatch_decision_seconds_count")
+            assert timed == c.router.flights.decisions >= 12
             c.assert_released()
 
     run(body)

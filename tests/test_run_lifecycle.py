@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator import service
-from orchestrator.backends.sim import Fault, SimCluster
-from orchestrator.backends.sim_training import SimTrainer
 from orchestrator.controller import Controller
 from orchestrator.errors import ConflictError
 from orchestrator.records import Phase, RunPatch, WorkloadStatus
+from orchestrator.sim.cluster import Fault, SimCluster
+from orchestrator.sim.trainer import SimTrainer
 from orchestrator.spec import PoolSpec, load_spec
 from orchestrator.state.store import Store
 from tests.conftest import spec_data, write_spec

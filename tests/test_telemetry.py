@@ -23,12 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cli import main
 from orchestrator.errors import OrchError
+from orchestrator.sim.gpu_source import SimulatedGpuSource
 from orchestrator.telemetry.dcgm import DcgmSource, DcgmUnavailable, parse_dcgm
 from orchestrator.telemetry.exporter import THROTTLE_REASONS, Agent, GpuCollector, parse_interval
 from orchestrator.telemetry.names import GPU_LABELS, GPU_METRICS
 from orchestrator.telemetry.nvml import THROTTLE_BITS, NvmlSource, NvmlUnavailable
 from orchestrator.telemetry.sample import GpuSample
-from orchestrator.telemetry.simulated import SimulatedGpuSource
 from orchestrator.testing.fake_nvml import PUBLISHED_CALL_COSTS, FakeNvml, spend_cpu
 
 GIB = 2**30

@@ -18,10 +18,12 @@ from collections.abc import Callable
 import pytest
 
 from bench import rollout_sim_speed
-from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.engines import Engine, EngineLoad, EngineStats, TokenStepEngine, TurnRequest, _check
-from orchestrator.rollout.shapes import RolloutShape, sample_rollouts
-from orchestrator.rollout.simulator import RolloutPhaseResult, simulate_rollout_phase
+from bench.token_step_reference import TokenStepEngine, simulate_rollout_phase
+from orchestrator.rollout.engine import EngineLoad
+from orchestrator.sim.engine import EngineStats, SimulatedEngine, TurnRequest, check_request
+from orchestrator.sim.engine_cost import EngineCost
+from orchestrator.sim.rollout_phase import RolloutPhaseResult
+from orchestrator.sim.rollout_shapes import RolloutShape, sample_rollouts
 from tests.test_rollout_sim import H100_COST, SMALL
 
 
@@ -67,7 +69,7 @@ class OriginalTokenStepEngine:
         return sum(seq.kv for seq in self._running)
 
     def submit(self, request: TurnRequest, now: float) -> bool:
-        _check(request, self._capacity)
+        check_request(request, self._capacity)
         self._waiting.append(request)
         if self._running or self._next_time <= max(self._time, now):
             return False
@@ -144,7 +146,7 @@ Trace = list[tuple[object, ...]]
 class Recording:
     """An engine wrapper that logs every call's outcome: finishes with their times, loads, event ids."""
 
-    def __init__(self, engine: Engine, index: int, trace: Trace) -> None:
+    def __init__(self, engine: SimulatedEngine, index: int, trace: Trace) -> None:
         self._engine, self._index, self._trace = engine, index, trace
 
     @property
@@ -177,7 +179,7 @@ class Recording:
 
 
 def run(
-    engine: Callable[[EngineCost], Engine],
+    engine: Callable[[EngineCost], SimulatedEngine],
     shapes: list[RolloutShape],
     engines: int,
     cost: EngineCost,
@@ -187,7 +189,7 @@ def run(
     trace: Trace = []
     made = 0
 
-    def factory(cost: EngineCost) -> Engine:
+    def factory(cost: EngineCost) -> SimulatedEngine:
         nonlocal made
         made += 1
         return Recording(engine(cost), made - 1, trace)

@@ -51,8 +51,8 @@ def make_backend(
     """
     name = check_backend_name(name)
     if name == "sim":
-        from orchestrator.backends.sim import SimCluster
-        from orchestrator.backends.sim_training import SimTrainer, StepSimulator
+        from orchestrator.sim.cluster import SimCluster
+        from orchestrator.sim.trainer import SimTrainer, StepSimulator
 
         cluster = SimCluster.from_env()
         pace = sim_pace if sim_pace is not None else _pace_from_env()

@@ -3,7 +3,7 @@
 A rollout turn prefills its context and decodes up to the stage's max response tokens, so the most KV
 cache it can ever hold is ``prompt_tokens + max_new_tokens`` (its *reservation*, as in rStar2-Agent,
 arXiv 2508.20722). A caller may cap ``max_new_tokens`` below the response budget and continue a longer
-answer in a new request (see ``orchestrator.rollout.balanced``): the reservation bounds what the engine
+answer in a new request (see ``orchestrator.sim.rollout_phase``): the reservation bounds what the engine
 can be asked for either way. A dispatcher keeps one central queue, ordered by ``priority`` (higher first)
 and then by submission, and a ledger per engine (reserved tokens, in-flight requests);
 ``assignments()`` places queued requests in that order, and ``finished`` /

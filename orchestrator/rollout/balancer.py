@@ -9,10 +9,10 @@ Once the dispatcher places the request, the engine gets ``POST /v1/completions``
 A turn cut at its chunk (``finish_reason="length"`` with budget left) continues at once in a new request
 whose prompt holds what was generated; the engine that served it has that prefix cached, and the
 dispatcher may keep it there. This is the asyncio twin of
-``orchestrator.rollout.balanced`` (the same loop on virtual time) and drives the dispatcher the way the
-router does (``orchestrator.rollout.router``): a placement future per turn, engine loss → ``engine_lost``
-→ every turn the engine held is resubmitted and retried elsewhere, and a ``finally`` that releases the turn
-exactly once whatever its ending (answer, engine error, timeout, cancellation of ``run_step``).
+``orchestrator.sim.rollout_phase`` (the same loop on virtual time). Every engine request is a flight of the
+ledger it shares with the router (``orchestrator.rollout.flights``): placed by the dispatcher, retried
+elsewhere when its engine is lost, failed at once when every engine is, and released exactly once
+whatever its ending (answer, engine error, timeout, cancellation of ``run_step``).
 
 Tool-call convention: a completion whose text, trailing whitespace stripped, *ends* with a fenced block
 opened by ```` ```python ```` and closed by ```` ``` ```` asks to run the code inside that block. The rollout
@@ -31,17 +31,20 @@ The dispatcher must belong to this balancer alone: ``engine_lost`` hands back ev
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request
-from orchestrator.rollout.http_engine import EngineRejected, EngineUnavailable, HttpEngine
-from orchestrator.rollout.router import COMPLETIONS, Flight, estimate_tokens
+from orchestrator.rollout.engine import COMPLETIONS, EngineRejected, EngineUnavailable, InferenceEngine
+from orchestrator.rollout.flights import FlightLedger
+from orchestrator.rollout.router import estimate_tokens
 from orchestrator.rollout.tools import ToolCall, ToolExecutor, ToolResult
+
+if TYPE_CHECKING:
+    from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 
 __all__ = ["Balancer", "RolloutPrompt", "Trajectory", "TrajectoryVerdict", "parse_tool_call"]
 
@@ -114,6 +117,9 @@ class _Rollout:
     def previous_engine(self) -> int | None:
         return self.engines[-1] if self.engines else None
 
+    def count_retry(self) -> None:
+        self.retries += 1
+
     def trajectory(self, verdict: TrajectoryVerdict, error: str | None = None) -> Trajectory:
         return Trajectory(
             rollout_id=self.prompt.rollout_id,
@@ -160,7 +166,7 @@ class Balancer:
 
     def __init__(
         self,
-        engines: Sequence[HttpEngine],
+        engines: Sequence[InferenceEngine],
         dispatcher: Dispatcher,
         tools: ToolExecutor,
         *,
@@ -170,7 +176,9 @@ class Balancer:
         max_attempts: int | None = None,
         sampling: Mapping[str, Any] | None = None,
         chunk_tokens: int | None = None,
+        metrics: RolloutMetrics | None = None,
     ) -> None:
+        """``metrics``: where dispatch decisions are timed (``orch_dispatch_decision_seconds``)."""
         if not engines:
             raise ValueError("a balancer needs at least one engine")
         if max_response_tokens < 1 or max_turns < 1:
@@ -186,12 +194,23 @@ class Balancer:
         self.max_response_tokens = max_response_tokens
         self.max_turns = max_turns
         self.request_timeout_s = request_timeout_s
-        self.max_attempts = max_attempts or max(3, len(self.engines) + 1)
         self.sampling = dict(sampling or {})
-        self.healthy = [True] * len(self.engines)  # as this balancer last saw them
-        self.retries = 0
-        self._flights: dict[int, Flight] = {}
-        self._ids = itertools.count()
+        self.flights = FlightLedger(
+            dispatcher,
+            self.engines,
+            max_attempts=max_attempts,
+            observe_decision=None if metrics is None else metrics.dispatch_seconds.observe,
+        )
+
+    @property
+    def healthy(self) -> list[bool]:
+        """Per engine, whether it is healthy as this balancer last saw it."""
+        return self.flights.healthy
+
+    @property
+    def retries(self) -> int:
+        """Turns handed back by a lost engine and resubmitted, over this balancer's life."""
+        return self.flights.requeued
 
     # ---- a step ---------------------------------------------------------------------------------
 
@@ -282,7 +301,7 @@ class Balancer:
     async def _generate(self, rollout: _Rollout, limit: int) -> _Completion:
         """One engine request with at most ``limit`` new tokens; the rollout records its completion."""
         request = Request(
-            request_id=next(self._ids),
+            request_id=self.flights.next_id(),
             rollout_id=rollout.prompt.rollout_id,
             turn=rollout.turns,
             prompt_tokens=rollout.context_tokens,
@@ -298,90 +317,13 @@ class Balancer:
         rollout.context_tokens = (completion.prompt_tokens or rollout.context_tokens) + completion.tokens
         return completion
 
-    # ---- one turn in the dispatcher (the router's pattern) ----------------------------------------
-
     async def _place_and_send(
         self, rollout: _Rollout, request: Request, payload: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
-        flight = Flight(request, asyncio.get_running_loop().create_future())
-        self._flights[request.request_id] = flight
         try:
-            try:
-                self._submit(flight)
-            except ValueError as error:  # the turn fits no engine's KV cache
-                raise EngineRejected(400, str(error)) from error
-            self._pump()
-            return await asyncio.wait_for(self._send(rollout, flight, payload), self.request_timeout_s)
-        finally:
-            self._finish(flight)
-
-    async def _send(
-        self, rollout: _Rollout, flight: Flight, payload: dict[str, Any]
-    ) -> tuple[int, dict[str, Any]]:
-        """Send to the placed engine; when that engine is lost, wait for the next placement and retry."""
-        attempts = 0
-        while attempts < self.max_attempts:
-            placed = flight.placed
-            engine = await placed
-            if placed is not flight.placed:  # requeued (its engine lost) before this attempt began
-                continue
-            attempts += 1
-            attempt = asyncio.ensure_future(self.engines[engine].complete(payload))
-            flight.attempt = attempt
-            try:
-                await asyncio.wait({attempt})
-            finally:
-                if not attempt.done():  # cancelled: run_step was cancelled or the turn timed out
-                    attempt.cancel()
-                    await asyncio.wait({attempt})
-            if attempt.cancelled():  # its engine was lost under it; the flight is already requeued
-                rollout.retries += 1
-                continue
-            error = attempt.exception()
-            if error is None:
-                return engine, attempt.result()
-            if not isinstance(error, EngineUnavailable):
-                raise error
-            flight.errors.append(f"engine {engine}: {error}")
-            rollout.retries += 1
-            self._lose(engine, str(error))
-        raise EngineUnavailable(f"no engine answered after {self.max_attempts} attempts: {flight.errors}")
-
-    def _submit(self, flight: Flight) -> None:
-        self.dispatcher.submit(flight.request)
-        flight.known = True
-
-    def _pump(self) -> None:
-        """Hand every placement the dispatcher can make now to its waiting turn."""
-        for request, engine in self.dispatcher.assignments():
-            self._flights[request.request_id].place(engine)
-
-    def _lose(self, engine: int, reason: str) -> None:
-        """Mark ``engine`` lost and requeue every turn it held; fail waiting turns if no engine is left."""
-        if self.healthy[engine]:
-            log.warning("engine %d (%s) lost: %s", engine, self.engines[engine].base_url, reason)
-        self.healthy[engine] = False
-        for request in self.dispatcher.engine_lost(engine):
-            flight = self._flights[request.request_id]
-            flight.known = False
-            flight.requeue()
-            self.retries += 1
-            try:
-                self._submit(flight)
-            except ValueError as error:  # it no longer fits any engine: fail it rather than lose it
-                _fail(flight, EngineUnavailable(str(error)))
-        if not any(self.healthy):
-            for flight in self._flights.values():
-                _fail(flight, EngineUnavailable(f"every engine is lost (last: {reason})"))
-        self._pump()
-
-    def _finish(self, flight: Flight) -> None:
-        """Release ``flight`` in the dispatcher: called once, on every ending."""
-        self._flights.pop(flight.request.request_id, None)
-        flight.release(self.dispatcher)
-        self._pump()
-
-
-def _fail(flight: Flight, error: Exception) -> None:
-    if not flight.placed.done():
-        flight.placed.set_exception(error)
+            flight = self.flights.submit(request)
+        except ValueError as error:  # the turn fits no engine's KV cache
+            raise EngineRejected(400, str(error)) from error
+        return await self.flights.fly(
+            flight, payload, timeout_s=self.request_timeout_s, on_retry=rollout.count_retry
+        )

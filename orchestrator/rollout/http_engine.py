@@ -34,16 +34,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from orchestrator.errors import OrchError
-from orchestrator.rollout.engines import EngineLoad
+from orchestrator.rollout.engine import COMPLETIONS, EngineLoad, EngineRejected, EngineUnavailable
 
-__all__ = [
-    "EngineKind",
-    "EngineRejected",
-    "EngineUnavailable",
-    "HttpEngine",
-    "parse_engine_metrics",
-]
+__all__ = ["EngineKind", "HttpEngine", "parse_engine_metrics"]
 
 EngineKind = Literal["vllm", "sglang", "auto"]
 KINDS: tuple[str, ...] = ("vllm", "sglang", "auto")
@@ -60,19 +53,6 @@ SGLANG_USED = "sglang:num_used_tokens"
 SGLANG_USAGE = "sglang:token_usage"
 SGLANG_TOTAL = "sglang:max_total_num_tokens"
 SGLANG_THROUGHPUT = "sglang:gen_throughput"
-
-
-class EngineUnavailable(OrchError):
-    """The engine did not answer, dropped the connection or answered 5xx: retry elsewhere."""
-
-
-class EngineRejected(OrchError):
-    """The engine answered 4xx: the request itself is wrong, so no other engine would take it."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"engine rejected the request with HTTP {status}: {body}")
-        self.status = status
-        self.body = body
 
 
 @dataclass(frozen=True)
@@ -172,7 +152,8 @@ def parse_engine_metrics(text: str, kind: str, kv_total_tokens: int) -> EngineLo
 
 
 class HttpEngine:
-    """One OpenAI-compatible engine: ``complete`` forwards a request, ``load`` reads its ``/metrics``."""
+    """One OpenAI-compatible engine (an ``InferenceEngine``): ``complete`` forwards a request, ``load`` reads
+    its ``/metrics``."""
 
     def __init__(
         self,
@@ -193,7 +174,7 @@ class HttpEngine:
     def __repr__(self) -> str:
         return f"HttpEngine({self.base_url!r}, kind={self.kind!r})"
 
-    async def complete(self, payload: dict[str, Any], path: str = "/v1/completions") -> dict[str, Any]:
+    async def complete(self, payload: dict[str, Any], path: str = COMPLETIONS) -> dict[str, Any]:
         """POST ``payload``; the JSON answer, or ``EngineUnavailable`` / ``EngineRejected``."""
         try:
             async with self.session.post(self.base_url + path, json=payload) as response:

@@ -2,10 +2,9 @@
 
 Each request becomes a ``core.dispatch.Request`` (its prompt tokens estimated, its ``max_tokens`` the most it
 may generate) and waits in the dispatcher's central queue until the policy places it on an engine; then it
-is forwarded there. Whatever the ending (answer, engine error, timeout, client gone), ``finished`` releases
-it exactly once. An engine that drops a connection or answers 5xx is *lost*: the dispatcher hands back its
-in-flight requests, the router cancels their attempts there and resubmits them, so each is retried on
-another engine and every client gets exactly one answer. A background task scrapes each engine's
+is forwarded there. Placement, retries on another engine when one is lost, and the release of every
+request exactly once are the flight ledger's (``orchestrator.rollout.flights``), shared with the balancer;
+every client gets exactly one answer. A background task scrapes each engine's
 ``/metrics`` into ``dispatcher.update``. An engine whose scrape fails but whose ``/health`` answers reports
 nothing about its load: it keeps serving, placed by the dispatcher's own ledger and, where its GPU is
 given (``gpus``: an ``orch agent``'s /metrics and the GPU there), by that GPU's NVML utilization. An engine
@@ -20,14 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import signal
 import socket
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -36,17 +32,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request, make_dispatcher
 from orchestrator.errors import PortUnavailable
+from orchestrator.rollout.engine import COMPLETIONS, EngineRejected, EngineUnavailable
 from orchestrator.rollout.engine_gpu import EngineGpu
-from orchestrator.rollout.http_engine import EngineKind, EngineRejected, EngineUnavailable, HttpEngine
+from orchestrator.rollout.flights import AttemptsExhausted, FlightLedger
+from orchestrator.rollout.http_engine import EngineKind, HttpEngine
 from orchestrator.telemetry.names import ROUTER_METRICS
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 
-__all__ = ["ROUTER_METRICS", "BadRequest", "Flight", "Router", "estimate_tokens", "serve_router"]
+__all__ = ["ROUTER_METRICS", "BadRequest", "Router", "estimate_tokens", "serve_router"]
 
 
 log = logging.getLogger(__name__)
 
-COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
 CHARS_PER_TOKEN = 4  # a rough English average; the estimate only sizes KV reservations
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators a chat template adds per message
@@ -156,41 +153,6 @@ def _error(status: int, message: str, param: str | None = None) -> web.Response:
     )
 
 
-# ---- one request in the router ----------------------------------------------------------------
-
-
-@dataclass
-class Flight:
-    """A client request inside the router: its dispatcher request and where it is now."""
-
-    request: Request
-    placed: asyncio.Future[int]  # resolved with an engine index when the dispatcher places it
-    known: bool = False  # whether the dispatcher holds it (queued or in flight): then it must be finished
-    attempt: asyncio.Task[dict[str, Any]] | None = None
-    errors: list[str] = field(default_factory=list)
-
-    def place(self, engine: int) -> None:
-        if not self.placed.done():
-            self.placed.set_result(engine)
-
-    def release(self, dispatcher: Dispatcher) -> None:
-        """End this request everywhere: cancel its attempt and give its reservation back, exactly once."""
-        if self.attempt is not None and not self.attempt.done():
-            self.attempt.cancel()
-        if self.placed.done() and not self.placed.cancelled():
-            self.placed.exception()  # retrieved, so an unused failure is not logged as never retrieved
-        if self.known:
-            self.known = False
-            dispatcher.finished(self.request.request_id)
-
-    def requeue(self) -> None:
-        """Cancel the attempt in flight (its engine is lost) and wait for a new placement."""
-        if self.attempt is not None and not self.attempt.done():
-            self.attempt.cancel()
-        if self.placed.done():
-            self.placed = asyncio.get_running_loop().create_future()
-
-
 class _Metrics:
     def __init__(self, registry: CollectorRegistry, run: str) -> None:
         shared = RolloutMetrics(registry)
@@ -257,24 +219,33 @@ class Router:
         self.max_new_tokens_default = max_new_tokens_default
         self.poll_interval = poll_interval
         self.request_timeout = request_timeout
-        self.max_attempts = max_attempts or max(3, len(engines) + 1)
         states = [EngineState(engine=i, kv_total_tokens=kv_total_tokens) for i in range(len(engines))]
         self.dispatcher: Dispatcher = make_dispatcher(policy, states, seed=seed)
-        self.healthy = [True] * len(engines)
         self._kv_totals = [kv_total_tokens] * len(engines)  # as last reported, else as configured
         self.registry = registry if registry is not None else CollectorRegistry()
         self._metrics = _Metrics(self.registry, run)
+        self.flights = FlightLedger(
+            self.dispatcher,
+            engines,
+            max_attempts=max_attempts,
+            observe_decision=self._metrics.decision_seconds.observe,
+            on_lost=lambda engine: self._metrics.healthy.labels(str(engine)).set(0),
+            on_requeue=self._metrics.retries.inc,
+        )
         self._metrics.queued.set_function(self.dispatcher.queued)
         for index in range(len(engines)):
             self._metrics.healthy.labels(str(index)).set(1)
             self._metrics.outstanding.labels(str(index)).set_function(
                 lambda index=index: self.dispatcher.outstanding(index)
             )
-        self._flights: dict[int, Flight] = {}
-        self._ids = itertools.count()
         self._last_engine: OrderedDict[int, int] = OrderedDict()  # rollout -> engine of its last turn
         self._runner: web.AppRunner | None = None
         self.app = self._make_app()
+
+    @property
+    def healthy(self) -> list[bool]:
+        """Per engine, whether it is healthy as last seen (the flight ledger's view)."""
+        return self.flights.healthy
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -319,7 +290,7 @@ class Router:
     async def poll_once(self) -> None:
         """Scrape every engine's /metrics once and feed the dispatcher."""
         await asyncio.gather(*(self._poll(index) for index in range(len(self.engines))))
-        self._pump()
+        self.flights.pump()
 
     async def _poll_forever(self) -> None:
         while True:
@@ -371,47 +342,6 @@ class Router:
         self.healthy[index] = healthy
         self._metrics.healthy.labels(str(index)).set(1 if healthy else 0)
 
-    # ---- placement ----------------------------------------------------------------------------
-
-    def _pump(self) -> None:
-        """Hand every placement the dispatcher can make now to its waiting request."""
-        started = time.perf_counter()
-        placed = self.dispatcher.assignments()
-        if not placed:
-            return
-        each = (time.perf_counter() - started) / len(placed)
-        for request, engine in placed:
-            self._metrics.decision_seconds.observe(each)
-            self._flights[request.request_id].place(engine)
-
-    def _submit(self, flight: Flight) -> None:
-        self.dispatcher.submit(flight.request)
-        flight.known = True
-
-    def _lose(self, engine: int, reason: str) -> None:
-        """Mark ``engine`` lost; requeue every request it held (each retried elsewhere)."""
-        if self.healthy[engine]:
-            log.warning("engine %d (%s) lost: %s", engine, self.engines[engine].base_url, reason)
-        self.healthy[engine] = False
-        self._metrics.healthy.labels(str(engine)).set(0)
-        for request in self.dispatcher.engine_lost(engine):
-            flight = self._flights[request.request_id]
-            flight.known = False
-            flight.requeue()
-            try:
-                self._submit(flight)
-            except ValueError as error:  # it no longer fits any engine: fail it rather than lose it
-                if not flight.placed.done():
-                    flight.placed.set_exception(EngineUnavailable(str(error)))
-            self._metrics.retries.inc()
-        self._pump()
-
-    def _finish(self, flight: Flight) -> None:
-        """Release ``flight`` in the dispatcher: called once, on every ending."""
-        self._flights.pop(flight.request.request_id, None)
-        flight.release(self.dispatcher)
-        self._pump()
-
     # ---- HTTP handlers ------------------------------------------------------------------------
 
     async def _completions(self, request: web.Request) -> web.Response:
@@ -434,22 +364,23 @@ class Router:
             body, turn = await self._read(request, path)
         except BadRequest as error:
             return _error(400, str(error), error.param)
-        flight = Flight(turn, asyncio.get_running_loop().create_future())
-        self._flights[turn.request_id] = flight
         try:
-            try:
-                self._submit(flight)
-            except ValueError as error:  # larger than any engine's KV cache
-                name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-                return _error(400, f"{name}: {error}", name)
-            self._pump()
-            return await asyncio.wait_for(self._serve(flight, body, path), self.request_timeout)
+            flight = self.flights.submit(turn)
+        except ValueError as error:  # larger than any engine's KV cache
+            name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            return _error(400, f"{name}: {error}", name)
+        try:
+            engine, answer = await self.flights.fly(flight, body, path=path, timeout_s=self.request_timeout)
         except asyncio.TimeoutError:
             return _error(504, f"no answer within {self.request_timeout:g}s")
+        except AttemptsExhausted as error:
+            return _error(502, str(error))
         except EngineUnavailable as error:
             return _error(503, str(error))
-        finally:
-            self._finish(flight)
+        except EngineRejected as error:
+            return web.json_response(error.body, status=error.status)
+        self._remember(turn.rollout_id, engine)
+        return web.json_response(answer, headers={"X-Orch-Engine": str(engine)})
 
     async def _read(self, request: web.Request, path: str) -> tuple[dict[str, Any], Request]:
         try:
@@ -463,7 +394,7 @@ class Router:
         prompt_tokens = estimate_tokens(body, path)
         field_name, max_new = _max_new_tokens(body, path, self.max_new_tokens_default)
         n = body.get("n") or 1
-        rid = next(self._ids)
+        rid = self.flights.next_id()
         rollout = _header_int(request, "X-Rollout-Id")
         turn = _header_int(request, "X-Rollout-Turn") or 0
         previous = self._last_engine.get(rollout) if rollout is not None else None
@@ -475,38 +406,6 @@ class Router:
             prompt_tokens=prompt_tokens,
             max_new_tokens=max_new * n,
             previous_engine=previous,
-        )
-
-    async def _serve(self, flight: Flight, body: dict[str, Any], path: str) -> web.Response:
-        """Forward to the placed engine; on an engine failure, wait for the next placement and retry."""
-        attempts = 0
-        while attempts < self.max_attempts:
-            placed = flight.placed
-            engine = await placed
-            if placed is not flight.placed:  # requeued (its engine lost) before this attempt began
-                continue
-            attempts += 1
-            attempt = asyncio.get_running_loop().create_task(self.engines[engine].complete(body, path))
-            flight.attempt = attempt
-            try:
-                await asyncio.wait({attempt})
-            finally:
-                if not attempt.done():  # this handler was cancelled: the client left, or the timeout hit
-                    attempt.cancel()
-            if attempt.cancelled():  # the engine was lost under it; the flight is already requeued
-                continue
-            error = attempt.exception()
-            if error is None:
-                self._remember(flight.request.rollout_id, engine)
-                return web.json_response(attempt.result(), headers={"X-Orch-Engine": str(engine)})
-            if isinstance(error, EngineRejected):
-                return web.json_response(error.body, status=error.status)
-            if not isinstance(error, EngineUnavailable):
-                raise error
-            flight.errors.append(f"engine {engine}: {error}")
-            self._lose(engine, str(error))
-        return _error(
-            502, f"no engine answered after {self.max_attempts} attempts: {'; '.join(flight.errors)}"
         )
 
     def _remember(self, rollout: int, engine: int) -> None:

@@ -20,7 +20,7 @@ def _help(name: str) -> str:
 
 
 class RolloutMetrics:
-    """Owned by whatever drives rollouts (the simulated trainer today, the balancer later)."""
+    """Owned by whatever drives rollouts: the simulated trainer, the balancer, the router."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rollouts_in_flight = Gauge(

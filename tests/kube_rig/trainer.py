@@ -12,9 +12,9 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from orchestrator.backends.sim_training import StepSimulator
 from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan
 from orchestrator.kube.objects import RUN_LABEL, control_name, results_name
+from orchestrator.sim.trainer import StepSimulator
 from orchestrator.spec import RunSpec
 from tests.kube_rig.api_server import FakeKubeServer
 

@@ -13,11 +13,11 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.backends.base import ClusterEvent
-from orchestrator.backends.sim_telemetry import SimTelemetry
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
 from orchestrator.errors import SpecError
 from orchestrator.records import Workload
+from orchestrator.sim.pool_telemetry import SimTelemetry
 from orchestrator.spec import PoolSpec
 
 __all__ = ["FAULTS_ENV", "Fault", "SimCluster", "parse_faults"]

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.shapes import RolloutShape
+from orchestrator.sim.engine_cost import EngineCost
+from orchestrator.sim.rollout_shapes import RolloutShape
 
 __all__ = ["RolloutDemand", "makespan_lower_bound", "rollout_demands", "turn_context_weight"]
 

@@ -6,8 +6,8 @@ cache. Its scheduling mirrors vLLM's: first come first served; prefill stalls de
 sequence goes back to the head of the queue and must prefill its whole context again.
 
 ``SimEngine`` advances from event to event (finishes, admissions, KV exhaustion) in closed form.
-``TokenStepEngine`` follows the same rules one decode step at a time; it is the reference that
-``SimEngine`` is checked against, and the baseline that benchmarks measure it against.
+bench/token_step_reference.py's ``TokenStepEngine`` follows the same rules one decode step at a time; it
+is the reference that ``SimEngine`` is checked against, and the baseline that benchmarks measure it against.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.rollout.cost import EngineCost
+from orchestrator.rollout.engine import EngineLoad
+from orchestrator.sim.engine_cost import EngineCost
 
-__all__ = ["Engine", "EngineLoad", "EngineStats", "SimEngine", "TokenStepEngine", "TurnRequest"]
+__all__ = ["EngineStats", "SimEngine", "SimulatedEngine", "TurnRequest", "check_request"]
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,6 @@ class TurnRequest:
 
 
 @dataclass(frozen=True)
-class EngineLoad:
-    """What a dispatcher sees of an engine: the same figures vLLM and SGLang export on /metrics."""
-
-    running: int
-    waiting: int
-    kv_used_tokens: int
-    kv_total_tokens: int
-    tokens_per_s: float
-
-
-@dataclass(frozen=True)
 class EngineStats:
     """Totals over an engine's life; ``prefill_tokens`` includes contexts recomputed after preemption."""
 
@@ -60,7 +50,7 @@ class EngineStats:
     peak_kv_tokens: int
 
 
-class Engine(Protocol):
+class SimulatedEngine(Protocol):
     """A simulated engine driven by an event loop: it asks to be woken at ``next_event_time``."""
 
     @property
@@ -86,7 +76,8 @@ class Engine(Protocol):
     def stats(self) -> EngineStats: ...
 
 
-def _check(request: TurnRequest, capacity: int) -> None:
+def check_request(request: TurnRequest, capacity: int) -> None:
+    """Refuse a request an engine of ``capacity`` KV tokens could never hold, or that asks for nothing."""
     if request.new_tokens < 1 or request.context_tokens < 0:
         raise ValueError(f"request {request.key}: needs new_tokens >= 1 and context_tokens >= 0")
     if not 0 <= request.cached_tokens <= request.context_tokens:
@@ -162,7 +153,7 @@ class SimEngine:
         return self._context_sum + self._running * self._counter - self._admitted_sum
 
     def submit(self, request: TurnRequest, now: float) -> bool:
-        _check(request, self._capacity)
+        check_request(request, self._capacity)
         queued_before = bool(self._waiting)
         self._waiting.append(request)
         # Behind a queued request, or while paused, nothing is admitted before the next finish, which is
@@ -290,159 +281,6 @@ class SimEngine:
                 steps = self._cost.decode_steps_within(running, kv, now - self._time)
                 kv += running * min(steps, self._next_steps)
             tokens_per_s = running / self._cost.decode_step_seconds(running, kv)
-        return EngineLoad(running, len(self._waiting), kv, self._capacity, tokens_per_s)
-
-    def stats(self) -> EngineStats:
-        return EngineStats(
-            busy_seconds=self._busy,
-            last_finish_seconds=self._last_finish,
-            generated_tokens=self._generated,
-            prefill_tokens=self._prefilled,
-            preemptions=self._preemptions,
-            peak_kv_tokens=self._peak_kv,
-        )
-
-
-class _StepSequence:
-    """A running sequence of ``TokenStepEngine``: it holds ``context + steps − started`` KV tokens."""
-
-    __slots__ = ("admission", "context", "finish", "key", "live", "started")
-
-    def __init__(self, admission: int, key: int, context: int, started: int, finish: int) -> None:
-        self.admission = admission
-        self.key = key
-        self.context = context
-        self.started = started
-        self.finish = finish
-        self.live = True
-
-
-class TokenStepEngine:
-    """The same engine, one decode step per event: the straightforward simulation ``SimEngine`` must match.
-
-    It is also the baseline that bench/rollout_sim_speed.py measures ``SimEngine`` against, so it is as fast
-    as a step-by-step simulation can be: a step does constant work (the KV total grows by the batch size and
-    the sequences due at that step are looked up), plus constant work per sequence admitted, finished or
-    preempted. It never re-sums the batch.
-    """
-
-    def __init__(self, cost: EngineCost) -> None:
-        self._cost = cost
-        self._capacity = cost.kv_capacity_tokens
-        self._time = 0.0
-        self._steps = 0  # decode steps so far: a sequence holds ``context + steps − started`` KV tokens
-        self._kv = 0  # KV tokens held by the running sequences
-        self._running: dict[int, _StepSequence] = {}  # by admission number: the last one is preempted first
-        self._due: dict[int, list[_StepSequence]] = {}  # by the step count at which they finish
-        self._admissions = 0
-        self._waiting: deque[TurnRequest] = deque()
-        self._paused = False
-        self._stepping = False  # whether the pending event ends a decode step (else: a prefill or an arrival)
-        self._next_time = math.inf
-        self._event_id = 0
-        self._busy = 0.0
-        self._last_finish = 0.0
-        self._generated = 0
-        self._prefilled = 0
-        self._preemptions = 0
-        self._peak_kv = 0
-
-    @property
-    def next_event_time(self) -> float:
-        return self._next_time
-
-    @property
-    def event_id(self) -> int:
-        return self._event_id
-
-    def submit(self, request: TurnRequest, now: float) -> bool:
-        _check(request, self._capacity)
-        self._waiting.append(request)
-        if self._running or self._next_time <= max(self._time, now):
-            return False  # the pending step or prefill boundary will look at the queue
-        self._next_time = max(self._time, now)
-        self._stepping = False
-        self._event_id += 1
-        return True
-
-    def advance(self) -> list[int]:
-        now = self._next_time
-        running = self._running
-        if self._stepping:
-            self._busy += now - self._time
-            self._steps += 1
-            self._kv += len(running)
-        self._time = now
-        self._peak_kv = max(self._peak_kv, self._kv)
-        finished = self._finish()
-        while len(running) > 1 and self._kv + len(running) > self._capacity:
-            self._preempt()
-        tokens = self._admit() if not self._paused else 0
-        self._event_id += 1
-        if tokens:
-            seconds = self._cost.prefill_seconds(tokens)
-            self._busy += seconds
-            self._prefilled += tokens
-            self._peak_kv = max(self._peak_kv, self._kv)
-            self._next_time, self._stepping = now + seconds, False
-        elif running:
-            step = self._cost.decode_step_seconds(len(running), self._kv)
-            self._next_time, self._stepping = now + step, True
-        else:
-            self._next_time, self._stepping = math.inf, False
-        return finished
-
-    def _finish(self) -> list[int]:
-        """Retire the sequences whose last token was this step's, in admission order."""
-        due = self._due.pop(self._steps, None)
-        if not due:
-            return []
-        finished: list[int] = []
-        for seq in due:
-            if not seq.live:
-                continue  # preempted; its re-admission is another sequence
-            seq.live = False
-            del self._running[seq.admission]
-            self._kv -= seq.context + seq.finish - seq.started
-            self._generated += seq.finish - seq.started
-            finished.append(seq.key)
-        if finished:
-            self._paused = False
-            self._last_finish = self._time
-        return finished
-
-    def _preempt(self) -> None:
-        """Evict the most recently admitted sequence back to the head of the queue, to recompute later."""
-        seq = self._running.popitem()[1]
-        seq.live = False
-        done = self._steps - seq.started
-        self._kv -= seq.context + done
-        self._generated += done
-        self._waiting.appendleft(TurnRequest(seq.key, seq.context + done, seq.finish - self._steps))
-        self._preemptions += 1
-        self._paused = True
-
-    def _admit(self) -> int:
-        """Admit queued requests, first come first served, while they fit; return the tokens to prefill."""
-        waiting, running, capacity, steps = self._waiting, self._running, self._capacity, self._steps
-        tokens = 0
-        while waiting:
-            request = waiting[0]
-            context = request.context_tokens
-            if self._kv + context + len(running) + 1 > capacity:
-                break
-            waiting.popleft()
-            self._admissions += 1
-            seq = _StepSequence(self._admissions, request.key, context, steps, steps + request.new_tokens)
-            running[seq.admission] = seq
-            self._due.setdefault(seq.finish, []).append(seq)
-            self._kv += context
-            tokens += context - request.cached_tokens
-        return tokens
-
-    def load(self, now: float) -> EngineLoad:
-        running, kv = len(self._running), self._kv
-        tokens_per_s = running / self._cost.decode_step_seconds(running, kv) if running else 0.0
         return EngineLoad(running, len(self._waiting), kv, self._capacity, tokens_per_s)
 
     def stats(self) -> EngineStats:

@@ -12,7 +12,7 @@ rollouts that fell behind early: 316.7 vs 357.4 s at 12,288 tokens on bench/roll
 request placed on the engine that served the rollout's last
 request finds its context, up to the end of that request, in the engine's prefix cache (assumed
 retained: vLLM and SGLang evict cached prefixes only under memory pressure, least recently used first).
-Engines are the same event-granular simulated engines as ``simulator``.
+Engines are the event-granular simulated engines of ``orchestrator.sim.engine``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,33 @@ from dataclasses import dataclass
 from time import perf_counter
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request
-from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.engines import SimEngine, TurnRequest
-from orchestrator.rollout.shapes import RolloutShape
-from orchestrator.rollout.simulator import RolloutPhaseResult, phase_result
+from orchestrator.sim.engine import SimEngine, SimulatedEngine, TurnRequest
+from orchestrator.sim.engine_cost import EngineCost
+from orchestrator.sim.rollout_shapes import RolloutShape
 
-__all__ = ["BalancedPhase", "simulate_balanced_phase"]
+__all__ = ["BalancedPhase", "RolloutPhaseResult", "phase_result", "simulate_balanced_phase"]
 
 _TOOL_RETURN = -1
 
 DispatcherFactory = Callable[[Sequence[EngineState]], Dispatcher]
+
+
+@dataclass(frozen=True)
+class RolloutPhaseResult:
+    """Totals of one rollout phase; the per-engine tuples are indexed by engine."""
+
+    seconds: float
+    rollouts: int
+    turns: int
+    tool_calls: int
+    generated_tokens: int
+    prefill_tokens: int
+    preemptions: int
+    correct: int
+    engine_busy_seconds: tuple[float, ...]
+    engine_finish_seconds: tuple[float, ...]
+    peak_kv_tokens: tuple[int, ...]
+    events: int = 0  # engine wake-ups and tool returns processed: the simulator's unit of work
 
 
 @dataclass(frozen=True)
@@ -167,3 +184,29 @@ def simulate_balanced_phase(
 
     result = phase_result(pool, rollouts, seconds, turns, tool_calls, events)
     return BalancedPhase(result, tuple(finished_at), queued_peak)
+
+
+def phase_result(
+    pool: Sequence[SimulatedEngine],
+    rollouts: Sequence[RolloutShape],
+    seconds: float,
+    turns: int,
+    tool_calls: int,
+    events: int,
+) -> RolloutPhaseResult:
+    """Totals of a finished phase from its engines' statistics."""
+    stats = [engine.stats() for engine in pool]
+    return RolloutPhaseResult(
+        seconds=seconds,
+        rollouts=len(rollouts),
+        turns=turns,
+        tool_calls=tool_calls,
+        generated_tokens=sum(s.generated_tokens for s in stats),
+        prefill_tokens=sum(s.prefill_tokens for s in stats),
+        preemptions=sum(s.preemptions for s in stats),
+        correct=sum(shape.correct for shape in rollouts),
+        engine_busy_seconds=tuple(s.busy_seconds for s in stats),
+        engine_finish_seconds=tuple(s.last_finish_seconds for s in stats),
+        peak_kv_tokens=tuple(s.peak_kv_tokens for s in stats),
+        events=events,
+    )

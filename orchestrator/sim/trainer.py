@@ -14,17 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orchestrator.backends.base import ExecutionInterrupted, WorkInProgress
-from orchestrator.backends.sim import SimCluster
-from orchestrator.backends.sim_telemetry import GpuLoad
 from orchestrator.core.dispatch import KV_BOUNDED, make_dispatcher
 from orchestrator.core.feasibility import ACTIVATION_BYTES_PER_TRAINER_GPU, trainer_bytes_per_gpu
 from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.errors import OrchError
 from orchestrator.hardware import GPU_TYPES
-from orchestrator.rollout.balanced import simulate_balanced_phase
-from orchestrator.rollout.cost import EngineCost
-from orchestrator.rollout.shapes import sample_rollouts
-from orchestrator.rollout.simulator import RolloutPhaseResult
+from orchestrator.sim.cluster import SimCluster
+from orchestrator.sim.engine_cost import EngineCost
+from orchestrator.sim.pool_telemetry import GpuLoad
+from orchestrator.sim.rollout_phase import RolloutPhaseResult, simulate_balanced_phase
+from orchestrator.sim.rollout_shapes import sample_rollouts
 from orchestrator.spec import RunSpec
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 
