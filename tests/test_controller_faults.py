@@ -59,7 +59,7 @@ def submit(store: Store, tmp_path: Path, name: str, **scheduling: object) -> str
     data = spec_data()
     data["name"] = name
     data.setdefault("scheduling", {}).update(scheduling)
-    return service.submit(store, write_spec(tmp_path, data, f"{name}.yaml")).id
+    return service.submit(store, service.validate(write_spec(tmp_path, data, f"{name}.yaml"))).id
 
 
 @contextmanager
