@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from orchestrator.core.placement import NodeView
-from orchestrator.core.reconcile import cluster_diff, decide, record_step
+from orchestrator.core.reconcile import cluster_diff, decide
+from orchestrator.core.results import record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import StepOutcome, StepPlan
 from orchestrator.records import Phase, Run, Stage, Workload, WorkloadStatus

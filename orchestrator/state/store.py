@@ -25,6 +25,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.core.idle import IdleStretch, IdleUpdate
+from orchestrator.core.lifecycle import initial_run
 from orchestrator.errors import ConflictError, DatabaseUnavailable, NotFound, OrchError
 from orchestrator.records import (
     Checkpoint,
@@ -245,63 +246,18 @@ class Store:
     # ---- runs -------------------------------------------------------------------------------
 
     def create_run(self, spec: RunSpec, *, external_ref: str | None = None) -> Run:
-        """Store a validated spec as a Pending run with its stages, in one transaction.
+        """Store a validated spec as a Pending run with its stages (``initial_run``), in one transaction.
 
         ``external_ref`` names the object the run mirrors (a TrainingRun's namespace/name/uid); it is
         unique, so mirroring the same object twice fails instead of starting a second run.
         """
-        now = time.time()
-        run_id = f"{spec.name}-{secrets.token_hex(3)}"
-        first = spec.curriculum[0]
+        new = initial_run(spec, f"{spec.name}-{secrets.token_hex(3)}", time.time(), external_ref=external_ref)
         with self._transaction() as session:
-            row = RunRow(
-                id=run_id,
-                name=spec.name,
-                spec=spec.model_dump(mode="json"),
-                phase=Phase.PENDING.value,
-                stage_index=0,
-                steps_done=0,
-                attempt=0,
-                resume_step=0,
-                advance_requested=False,
-                sim_seconds=0.0,
-                gpu_busy_seconds=0.0,
-                gpu_held_seconds=0.0,
-                message="waiting for a controller",
-                queue=spec.scheduling.queue,
-                priority=spec.scheduling.priority,
-                lease_owner=None,
-                lease_expires_at=0.0,
-                version=1,
-                external_ref=external_ref,
-                created_at=now,
-                updated_at=now,
-            )
+            row = RunRow(**{**asdict(new.run), "phase": new.run.phase.value})
             session.add(row)
-            for index, stage in enumerate(spec.curriculum):
-                session.add(
-                    StageRow(
-                        run_id=run_id,
-                        index=index,
-                        name=stage.name or f"stage-{index + 1}",
-                        max_response_tokens=stage.max_response_tokens,
-                        max_turns=stage.max_turns,
-                        planned_steps=stage.steps,
-                        start_after_step=0 if index == 0 else None,
-                        end_step=None,
-                    )
-                )
-            self._add_events(
-                session,
-                run_id,
-                [
-                    NewEvent(
-                        "Submitted",
-                        f"run {run_id} submitted: {len(spec.curriculum)} stages, {spec.total_steps} steps, "
-                        f"stage 1 at {first.max_response_tokens} response tokens",
-                    )
-                ],
-            )
+            for stage in new.stages:
+                session.add(StageRow(**asdict(stage)))
+            self._add_events(session, new.run.id, [new.event])
             try:
                 session.flush()
             except IntegrityError as error:
@@ -336,64 +292,68 @@ class Store:
 
     def apply(self, patch: RunPatch) -> Run:
         """Apply one decision atomically. Raises ``ConflictError`` if the run changed meanwhile."""
-        now = time.time()
         with self._transaction() as session:
-            values = dict(patch.run, version=RunRow.version + 1, updated_at=now)
-            result = session.execute(
-                update(RunRow)
-                .where(RunRow.id == patch.run_id, RunRow.version == patch.expected_version)
-                .values(**values)
+            return self._apply(session, patch, time.time())
+
+    def _apply(self, session: Session, patch: RunPatch, now: float) -> Run:
+        """``patch`` inside the caller's transaction; ``ConflictError`` (which rolls it back) if the run
+        changed since ``patch.expected_version``."""
+        values = dict(patch.run, version=RunRow.version + 1, updated_at=now)
+        result = session.execute(
+            update(RunRow)
+            .where(RunRow.id == patch.run_id, RunRow.version == patch.expected_version)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            if session.get(RunRow, patch.run_id) is None:
+                raise NotFound(f"run {patch.run_id!r} not found; `orch list` shows the runs")
+            raise ConflictError(
+                f"run {patch.run_id}: changed by another writer since version {patch.expected_version}; "
+                "read it again and retry"
             )
-            if result.rowcount != 1:
-                if session.get(RunRow, patch.run_id) is None:
-                    raise NotFound(f"run {patch.run_id!r} not found; `orch list` shows the runs")
-                raise ConflictError(
-                    f"run {patch.run_id}: changed by another writer since version {patch.expected_version}; "
-                    "read it again and retry"
+        for stage in patch.stages:
+            session.execute(
+                update(StageRow)
+                .where(StageRow.run_id == patch.run_id, StageRow.index == stage.index)
+                .values(**stage.fields)
+            )
+        for workload in patch.workloads:
+            self._upsert_workload(session, workload, now)
+        if patch.supersede_steps_after is not None:
+            session.execute(
+                update(StepRow)
+                .where(
+                    StepRow.run_id == patch.run_id,
+                    StepRow.step > patch.supersede_steps_after,
+                    StepRow.superseded.is_(False),
                 )
-            for stage in patch.stages:
-                session.execute(
-                    update(StageRow)
-                    .where(StageRow.run_id == patch.run_id, StageRow.index == stage.index)
-                    .values(**stage.fields)
+                .values(superseded=True)
+            )
+        if patch.step is not None:
+            session.add(
+                StepRow(
+                    **{**asdict(patch.step), "engines": list(patch.step.engines)},
+                    finished_sim_seconds=patch.run.get("sim_seconds", 0.0),
                 )
-            for workload in patch.workloads:
-                self._upsert_workload(session, workload, now)
-            if patch.supersede_steps_after is not None:
-                session.execute(
-                    update(StepRow)
-                    .where(
-                        StepRow.run_id == patch.run_id,
-                        StepRow.step > patch.supersede_steps_after,
-                        StepRow.superseded.is_(False),
-                    )
-                    .values(superseded=True)
-                )
-            if patch.step is not None:
-                session.add(
-                    StepRow(
-                        **{**asdict(patch.step), "engines": list(patch.step.engines)},
-                        finished_sim_seconds=patch.run.get("sim_seconds", 0.0),
-                    )
-                )
-            if patch.checkpoint is not None:
-                session.add(CheckpointRow(**asdict(patch.checkpoint), created_at=now))
-            if patch.problems:
-                session.execute(
-                    insert(ProblemRow),
-                    [dict(asdict(problem), run_id=patch.run_id) for problem in patch.problems],
-                )
-            self._add_events(session, patch.run_id, patch.events)
-            try:
-                session.flush()
-            except IntegrityError as error:
-                raise ConflictError(
-                    f"run {patch.run_id}: write collides with a row another writer made ({error.orig}); "
-                    "read it again and retry"
-                ) from error
-            row = session.get(RunRow, patch.run_id)
-            session.refresh(row)
-            return _run(row)
+            )
+        if patch.checkpoint is not None:
+            session.add(CheckpointRow(**asdict(patch.checkpoint), created_at=now))
+        if patch.problems:
+            session.execute(
+                insert(ProblemRow),
+                [dict(asdict(problem), run_id=patch.run_id) for problem in patch.problems],
+            )
+        self._add_events(session, patch.run_id, patch.events)
+        try:
+            session.flush()
+        except IntegrityError as error:
+            raise ConflictError(
+                f"run {patch.run_id}: write collides with a row another writer made ({error.orig}); "
+                "read it again and retry"
+            ) from error
+        row = session.get(RunRow, patch.run_id)
+        session.refresh(row)
+        return _run(row)
 
     @staticmethod
     def _upsert_workload(session: Session, workload: Workload, now: float) -> None:
@@ -414,11 +374,12 @@ class Store:
         samples: Sequence[GpuSample],
         idle: IdleUpdate,
         events: Mapping[str, Sequence[NewEvent]],
-        suspend: Collection[str] = (),
+        suspend: Sequence[RunPatch] = (),
         bucket_seconds: float = UTILIZATION_BUCKET_SECONDS,
     ) -> None:
         """Ingest samples in one transaction: latest per GPU, idle stretches and seconds, the
-        per-run utilization history (downsampled into time buckets), events, suspend requests."""
+        per-run utilization history (downsampled into time buckets), events, and the suspend requests
+        (``commands.request_suspend`` patches; a run changed meanwhile raises ``ConflictError``)."""
         now = time.time()
         with self._transaction() as session:
             latest = {(s.node, s.index): s for s in samples}
@@ -469,12 +430,8 @@ class Store:
             for run_id, new in events.items():
                 if run_id in known:
                     self._add_events(session, run_id, new)
-            if suspend:
-                session.execute(
-                    update(RunRow)
-                    .where(RunRow.id.in_(list(suspend)), RunRow.phase.not_in(TERMINAL))
-                    .values(suspend_requested=True, version=RunRow.version + 1, updated_at=now)
-                )
+            for patch in suspend:
+                self._apply(session, patch, now)
 
     def latest_gpu_samples(self) -> list[GpuSample]:
         """The newest sample of every GPU, by pool, node and index (see ``latest_gpu_readings``)."""
