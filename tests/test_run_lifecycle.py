@@ -231,3 +231,43 @@ def test_a_stale_write_is_rejected_not_silently_applied(store: Store, quickstart
     with pytest.raises(ConflictError, match="changed by another writer"):
         store.apply(RunPatch(run_id=run.id, expected_version=run.version, run={"message": "stale"}))
     assert store.get_run(run.id).phase is Phase.CANCELLED
+
+
+def test_a_submitted_run_is_stored_as_the_core_builds_it(store: Store, quickstart: Path) -> None:
+    from dataclasses import replace
+
+    from orchestrator.core.lifecycle import initial_run
+
+    spec = service.validate(quickstart)
+    run = store.create_run(spec, external_ref="orch/quickstart/uid-1")
+    built = initial_run(spec, run.id, run.created_at, external_ref="orch/quickstart/uid-1")
+    assert run == replace(built.run, updated_at=run.updated_at)
+    assert tuple(store.stages(run.id)) == built.stages
+    [event] = store.events(run.id)
+    assert (event.reason, event.message) == (built.event.reason, built.event.message)
+    with pytest.raises(ConflictError, match="already mirrored"):
+        store.create_run(spec, external_ref="orch/quickstart/uid-1")
+
+
+def test_the_idle_suspend_request_is_a_versioned_patch_written_with_the_samples(
+    store: Store, quickstart: Path
+) -> None:
+    from orchestrator.core import commands
+    from orchestrator.core.idle import IdleUpdate
+    from orchestrator.records import GpuSample
+
+    run = service.submit(store, service.validate(quickstart))
+    sample = GpuSample(node="n0", index=0, uuid="GPU-n0-0", utilization_ratio=0.0, run=run.id, role="trainer")
+    request = commands.request_suspend(run)
+    assert request is not None
+    store.record_telemetry([sample], IdleUpdate(stretches={}), {}, [request])
+    requested = store.get_run(run.id)
+    assert requested.suspend_requested and requested.version == run.version + 1
+    assert [r.sample.node for r in store.latest_gpu_readings()] == ["n0"]
+
+    stale = commands.request_suspend(run)  # read before the first request: rejected with its samples
+    later = GpuSample(node="n1", index=0, uuid="GPU-n1-0", utilization_ratio=0.0, run=run.id, role="trainer")
+    with pytest.raises(ConflictError, match="changed by another writer"):
+        store.record_telemetry([later], IdleUpdate(stretches={}), {}, [stale])
+    assert [r.sample.node for r in store.latest_gpu_readings()] == ["n0"]
+    assert store.get_run(run.id).version == requested.version
