@@ -262,3 +262,13 @@ def test_a_suspend_after_a_checkpoint_is_recorded_with_the_step_in_one_patch() -
     assert patch.run["phase"] == "Suspended" and patch.run["steps_done"] == 1
     assert {w.status for w in patch.workloads} == {WorkloadStatus.DELETED}
     assert [e.reason for e in patch.events] == ["StepCompleted", "CheckpointSaved", "Suspended"]
+
+
+def test_a_step_ends_with_a_checkpoint_every_n_steps_and_at_the_end_of_its_stage() -> None:
+    from orchestrator.core.after_step import checkpoint_after
+
+    stage = replace(make_stages()[0], planned_steps=5, start_after_step=0)
+    assert [step for step in range(1, 6) if checkpoint_after(stage, step, 2)] == [2, 4, 5]
+    assert [
+        step for step in range(1, 6) if checkpoint_after(replace(stage, planned_steps=None), step, 2)
+    ] == [2, 4]

@@ -1,16 +1,16 @@
-"""The after-step rule: what a finished step leads to. The one home of when a stage ends after a step,
-when the run advances early, and when it suspends at a checkpoint."""
+"""The after-step rule: what a finished step leads to. The one home of when a stage ends after a step
+(and so which steps end with a checkpoint), when the run advances early, and when it suspends."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from orchestrator.core.commands import SuspendReason
-from orchestrator.core.curriculum import advance_rule_met, stage_ends_at, steps_in_stage
+from orchestrator.core.curriculum import advance_rule_met, checkpoint_due, stage_ends_at, steps_in_stage
 from orchestrator.records import Run, Stage
 from orchestrator.spec import AdvanceRuleSpec
 
-__all__ = ["PLANNED_STEPS_DONE", "AfterStep", "after_step"]
+__all__ = ["PLANNED_STEPS_DONE", "AfterStep", "after_step", "checkpoint_after"]
 
 PLANNED_STEPS_DONE = "planned steps done"
 
@@ -23,6 +23,12 @@ class AfterStep:
     last_stage: bool = False  # the stage that ends is the run's last: the run succeeds
     suspend: SuspendReason | None = None  # suspend at this step's checkpoint
     request_advance: str | None = None  # the advance rule is met but no checkpoint was saved: save one first
+
+
+def checkpoint_after(stage: Stage, step: int, every_steps: int) -> bool:
+    """Whether ``step`` ends with a checkpoint: every ``every_steps`` and at the step that ends ``stage``,
+    so a stage never starts from lost work and a pending suspend finds one."""
+    return checkpoint_due(step, every_steps, stage_ends_at(stage, step))
 
 
 def after_step(

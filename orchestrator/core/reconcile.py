@@ -11,10 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from orchestrator.core.curriculum import (
-    checkpoint_due,
-    stage_ends_at,
-)
+from orchestrator.core.after_step import checkpoint_after
 from orchestrator.core.failures import count_failure, give_up
 from orchestrator.core.feasibility import run_problems
 from orchestrator.core.lifecycle import check_transition
@@ -304,7 +301,6 @@ def _next_work(snapshot: RunSnapshot) -> Decision:
             )
         )
     step = run.steps_done + 1
-    ends = stage_ends_at(stage, step)
     return Decision(
         work=StepPlan(
             run_id=run.id,
@@ -313,7 +309,7 @@ def _next_work(snapshot: RunSnapshot) -> Decision:
             attempt=run.attempt,
             max_response_tokens=stage.max_response_tokens,
             max_turns=stage.max_turns,
-            checkpoint_after=checkpoint_due(step, spec.checkpoint.every_steps, ends),
+            checkpoint_after=checkpoint_after(stage, step, spec.checkpoint.every_steps),
             checkpoint_uri=checkpoint_uri(spec, run.id, step),
             dropped_problems=snapshot.dropped_problems,
         )
