@@ -26,15 +26,17 @@ from orchestrator.backends.base import (
     WorkInProgress,
     never_transient,
 )
+from orchestrator.core import commands
 from orchestrator.core.attribution import attribute_samples
 from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.core.failures import allowed_attempts, one_line, work_failed
 from orchestrator.core.idle import account_idle, idle_consequences
-from orchestrator.core.reconcile import cluster_diff, decide, record_checkpoint, record_filter, record_step
+from orchestrator.core.reconcile import cluster_diff, decide
+from orchestrator.core.results import record_checkpoint, record_filter, record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan, Work
 from orchestrator.errors import ConflictError, DatabaseUnavailable, NotFound, TransientError
-from orchestrator.records import GpuSample, Phase, RunPatch
+from orchestrator.records import GpuSample, Phase, Run, RunPatch
 from orchestrator.spec import IdlePolicySpec, RunSpec
 from orchestrator.state.store import Store
 
@@ -52,6 +54,7 @@ __all__ = [
 log = logging.getLogger("orch.controller")
 
 DB_OUTAGE_SECONDS = 120.0  # how long the loop outlives an unreachable database by default
+TELEMETRY_TRIES = 3  # ingests of one batch of samples, should runs change under the suspend requests
 T = TypeVar("T")
 
 
@@ -241,24 +244,42 @@ class Controller:
         if not samples:
             return
         samples = attribute_samples(samples, self.store.workloads(live_only=True))
-        policies: dict[str, IdlePolicySpec | None] = {}
+        for tries_left in reversed(range(TELEMETRY_TRIES)):
+            try:
+                return self._record_telemetry(samples)
+            except ConflictError:  # a run changed between its read and the suspend request: read again
+                if not tries_left:
+                    raise
+
+    def _record_telemetry(self, samples: list[GpuSample]) -> None:
+        runs: dict[str, Run | None] = {}
+
+        def run_of(run_id: str) -> Run | None:
+            if run_id not in runs:
+                try:
+                    runs[run_id] = self.store.get_run(run_id)
+                except NotFound:
+                    runs[run_id] = None
+            return runs[run_id]
 
         def policy_of(run_id: str) -> IdlePolicySpec | None:
-            if run_id not in policies:
-                try:
-                    policies[run_id] = RunSpec.model_validate(self.store.get_run(run_id).spec).idle
-                except NotFound:
-                    policies[run_id] = None
-            return policies[run_id]
+            run = run_of(run_id)
+            return RunSpec.model_validate(run.spec).idle if run is not None else None
 
         update = account_idle(self.store.idle_stretches(), samples, policy_of)
         events, suspend = idle_consequences(update, policy_of)
-        self.store.record_telemetry(samples, update, events, suspend)
+        requests = [commands.request_suspend(run) for run_id in sorted(suspend) if (run := run_of(run_id))]
+        self.store.record_telemetry(samples, update, events, [patch for patch in requests if patch])
+
+    def _prepare_pools(self, run_id: str) -> None:
+        """Act before observing: make the run's pools exist (the simulator creates them on demand), so
+        the snapshot that follows sees their nodes."""
+        self.cluster.prepare_pools(RunSpec.model_validate(self.store.get_run(run_id).spec).pools)
 
     def _snapshot(self, run_id: str) -> RunSnapshot:
+        """Observe one run: SQL and the cluster, read only."""
         run = self.store.get_run(run_id)
         spec = RunSpec.model_validate(run.spec)
-        self.cluster.prepare_pools(spec.pools)
         live = self.store.workloads(live_only=True)
         used: dict[str, int] = defaultdict(int)
         for workload in live:
@@ -280,6 +301,7 @@ class Controller:
         )
 
     def _reconcile_run(self, run_id: str) -> int:
+        self._prepare_pools(run_id)
         snapshot = self._snapshot(run_id)
         decision = decide(snapshot)
         changed = 0

@@ -15,7 +15,7 @@ from tests.test_run_lifecycle import drive
 
 
 def _run_to_completion(store: Store, spec_file: Path, cluster: SimCluster) -> str:
-    run = service.submit(store, spec_file)
+    run = service.submit(store, service.validate(spec_file))
     drive(Controller(store, cluster, SimTrainer(cluster), identity="ctl-a"), run.id)
     assert store.get_run(run.id).phase is Phase.SUCCEEDED
     return run.id

@@ -25,10 +25,10 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 import orchestrator
-from cli import _summary_table as cli_summary_table
 from cli import main, package_version
 from orchestrator.errors import IllegalTransition, NotFound, OrchError, SpecError
 from orchestrator.records import RunPatch
+from orchestrator.render.runs import summary_table as cli_summary_table
 from orchestrator.state.migrations_runner import head_revision
 from orchestrator.state.store import Store
 

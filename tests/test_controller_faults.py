@@ -59,7 +59,7 @@ def submit(store: Store, tmp_path: Path, name: str, **scheduling: object) -> str
     data = spec_data()
     data["name"] = name
     data.setdefault("scheduling", {}).update(scheduling)
-    return service.submit(store, write_spec(tmp_path, data, f"{name}.yaml")).id
+    return service.submit(store, service.validate(write_spec(tmp_path, data, f"{name}.yaml"))).id
 
 
 @contextmanager
@@ -205,7 +205,7 @@ def test_gang_failures_at_the_same_step_fail_the_run_after_max_attempts() -> Non
 
 
 def test_a_step_beyond_the_failing_one_clears_the_count() -> None:
-    from orchestrator.core.reconcile import record_step
+    from orchestrator.core.results import record_step
 
     gang = running(placed(make_run()))
     run = make_run(phase=Phase.RUNNING, attempt=1, steps_done=3, failures=2, failed_step=4)

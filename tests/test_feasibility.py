@@ -154,7 +154,7 @@ def test_orch_validate_refuses_the_oversized_model_with_exit_2_and_a_line_per_pr
 
 def test_submit_refuses_it_and_stores_nothing(store: Store, tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
-        service.submit(store, write_spec(tmp_path, seventy_b()))
+        service.submit(store, service.validate(write_spec(tmp_path, seventy_b())))
     assert len(caught.value.problems) == 2
     assert store.list_runs() == []
 
@@ -175,7 +175,7 @@ def test_a_forced_oversized_run_fails_while_a_good_run_in_the_same_store_succeed
     store: Store, tmp_path: Path
 ) -> None:
     bad = store.create_run(RunSpec.model_validate(seventy_b(name="too-big")))  # as a TrainingRun could
-    good = service.submit(store, write_spec(tmp_path, quickstart()))
+    good = service.submit(store, service.validate(write_spec(tmp_path, quickstart())))
     cluster = SimCluster()
     controller = Controller(store, cluster, SimTrainer(cluster), identity="ctl")
     for _ in range(500):

@@ -20,6 +20,7 @@ from orchestrator import service
 from orchestrator.controller import Controller
 from orchestrator.core.idle import IdleStretch, account_idle
 from orchestrator.records import GpuSample, Phase
+from orchestrator.render.runs import report_record
 from orchestrator.sim.cluster import SimCluster
 from orchestrator.sim.trainer import SimTrainer
 from orchestrator.spec import IdlePolicySpec, load_spec
@@ -98,7 +99,7 @@ def test_idle_gpus_of_a_split_run_raise_events_and_count_idle_gpu_hours(store: S
     assert idle.get("trainer", 0) > 9 * 60, "the trainer idles through every rollout phase"
     events = [e for e in store.events(run.id) if e.reason == "GpuIdle"]
     assert events and all("below 5% utilization" in e.message for e in events)
-    report = service.report(store, run.id).as_dict()
+    report = report_record(service.report(store, run.id), time.time())
     assert report["idle_gpu_hours"] == pytest.approx(sum(idle.values()) / 3600, abs=1e-3)
     history = store.run_utilization(run.id)
     assert history and all(held > 0 and 0 <= busy <= held for _, held, busy in history)
@@ -109,7 +110,7 @@ def test_idle_gpus_of_a_split_run_raise_events_and_count_idle_gpu_hours(store: S
 
 
 def test_a_colocated_run_keeps_its_gpus_busy_and_raises_no_idle_event(store: Store, quickstart: Path) -> None:
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     controller = paced_controller(store, pace=0)
     while not store.get_run(run.id).phase.terminal:
         controller.reconcile_once()
@@ -176,8 +177,8 @@ def test_idle_stretches_carry_over_between_batches_and_reset_on_a_new_role_or_un
 
 
 def test_scheduler_metrics_come_from_sql_and_parse(store: Store, quickstart: Path) -> None:
-    service.submit(store, quickstart)
-    running = service.submit(store, quickstart)
+    service.submit(store, service.validate(quickstart))
+    running = service.submit(store, service.validate(quickstart))
     controller = paced_controller(store, pace=0)
     for _ in range(6):
         controller.reconcile_once()
@@ -203,7 +204,7 @@ def test_the_controller_endpoint_serves_scheduler_and_gpu_series_that_promtool_a
     from orchestrator.telemetry.exporter import GpuCollector
     from orchestrator.telemetry.names import GPU_METRICS
 
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     controller = paced_controller(store, pace=0)
     for _ in range(12):
         controller.reconcile_once()
@@ -246,10 +247,10 @@ def test_every_metric_the_dashboard_queries_is_really_exported(store: Store, tmp
     parts = make_backend("sim", sim_pace=0, rollout_metrics=metrics)
     controller = Controller(store, parts.cluster, parts.executor, identity="ctl", telemetry=parts.telemetry)
     spec = split_pools(tmp_path)
-    run = service.submit(store, spec)
+    run = service.submit(store, service.validate(spec))
     while not store.get_run(run.id).phase.terminal:
         controller.reconcile_once()
-    live = service.submit(store, spec)  # a live run, so per-run series exist at scrape time
+    live = service.submit(store, service.validate(spec))  # a live run, so per-run series exist at scrape time
     while store.get_run(live.id).steps_done < 3:
         controller.reconcile_once()
     registry.register(SchedulerCollector(store))
@@ -307,7 +308,7 @@ def test_orch_top_shows_every_gpu_of_the_example_run_and_roles_alternate_on_shar
     store: Store, quickstart: Path
 ) -> None:
     db_url = store.url
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     controller = paced_controller(store)
     roles_busy: set[str] = set()
     while not store.get_run(run.id).phase.terminal:
@@ -335,7 +336,7 @@ def test_orch_top_shows_every_gpu_of_the_example_run_and_roles_alternate_on_shar
 
 
 def test_a_run_snapshot_carries_the_latest_telemetry_of_its_gpus(store: Store, quickstart: Path) -> None:
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     controller = paced_controller(store, pace=0)
     while store.get_run(run.id).steps_done < 2:
         controller.reconcile_once()
@@ -354,7 +355,7 @@ def test_status_shows_each_engines_busy_share_and_kv_headroom_of_the_last_step(
     controller = paced_controller(store, pace=0)
     while not store.get_run(run.id).phase.terminal:
         controller.reconcile_once()
-    report = service.report(store, run.id).as_dict()
+    report = report_record(service.report(store, run.id), time.time())
     engines = report["last_step_engines"]
     assert [e["engine"] for e in engines] == list(range(8))
     assert all(0 < e["busy_ratio"] <= 1 and 0 <= e["kv_free_ratio"] <= 1 for e in engines)
@@ -392,7 +393,7 @@ def age_node(store: Store, node: str, seconds: float) -> None:
 
 
 def test_the_gpus_of_a_cancelled_run_are_unassigned_at_once(store: Store, quickstart: Path) -> None:
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     ingest(store, node_samples("node-a", run.id, "trainer"))
     assert {(r.sample.run, r.sample.role) for r in store.latest_gpu_readings()} == {(run.id, "trainer")}
     service.cancel_run(store, run.id)  # no new sample arrives after the cancel

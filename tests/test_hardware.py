@@ -58,7 +58,7 @@ def test_a_node_s_capacity_counts_amd_gpus_too() -> None:
 
 
 def test_every_member_of_a_run_is_told_its_pool_s_gpu_type(store: Store, tmp_path: Path) -> None:
-    run = service.submit(store, write_spec(tmp_path, quickstart_on("MI300X")))
+    run = service.submit(store, service.validate(write_spec(tmp_path, quickstart_on("MI300X"))))
     cluster = SimCluster()
     Controller(store, cluster, SimTrainer(cluster), identity="ctl").reconcile_once()
     workloads = store.workloads(run.id)
@@ -79,7 +79,7 @@ def test_the_simulated_engines_use_the_pool_s_gpu_type() -> None:
 
 
 def test_the_simulated_telemetry_reports_the_pool_s_gpu_type(store: Store, tmp_path: Path) -> None:
-    run = service.submit(store, write_spec(tmp_path, quickstart_on("MI300X")))
+    run = service.submit(store, service.validate(write_spec(tmp_path, quickstart_on("MI300X"))))
     cluster = SimCluster()
     controller = Controller(store, cluster, SimTrainer(cluster), identity="ctl", telemetry=cluster.telemetry)
     while store.get_run(run.id).steps_done < 1:

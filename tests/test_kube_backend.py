@@ -137,7 +137,7 @@ def split_pools_spec(tmp_path: Path) -> Path:
 def test_the_quickstart_completes_on_kubernetes(store: Store, cluster: FakeCluster, quickstart: Path) -> None:
     cluster.node("gpu-0")
     controller, _ = cluster.controller(store)
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     done = drive(controller, store, run.id)
 
     assert done.phase is Phase.SUCCEEDED
@@ -174,7 +174,7 @@ def test_a_gang_across_nodes_and_separate_engines_get_the_right_pods(
 ) -> None:
     cluster.split_pool_nodes()
     controller, _ = cluster.controller(store)
-    run = service.submit(store, split_pools_spec(tmp_path))
+    run = service.submit(store, service.validate(split_pools_spec(tmp_path)))
     assert drive(controller, store, run.id).phase is Phase.SUCCEEDED
 
     pods = {name: pod for name, pod in cluster.pods_seen.items() if name.startswith(run.id)}
@@ -221,7 +221,7 @@ def test_a_pool_one_gpu_short_keeps_the_run_waiting_and_creates_no_pod(
             }
         )
     controller, _ = cluster.controller(store)
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     for _ in range(5):
         controller.reconcile_once()
         time.sleep(0.05)
@@ -238,7 +238,7 @@ def test_a_failed_member_tears_down_the_gang_and_recreates_it_from_the_last_chec
 ) -> None:
     cluster.split_pool_nodes()
     controller, _ = cluster.controller(store)
-    run = service.submit(store, split_pools_spec(tmp_path))
+    run = service.submit(store, service.validate(split_pools_spec(tmp_path)))
     drive(controller, store, run.id, until=lambda r: r.steps_done >= 3)
     cluster.kubelet.fail_pod(NAMESPACE, f"{run.id}-trainer-1-a1", reason="OOMKilled", exit_code=137)
     done = drive(controller, store, run.id)
@@ -264,7 +264,7 @@ def test_a_restarted_controller_relists_and_creates_nothing_twice(
 ) -> None:
     cluster.node("gpu-0")
     first, first_backend = cluster.controller(store, identity="ctl-1")
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     drive(first, store, run.id, until=lambda r: r.steps_done >= 4)
     first_backend.close()  # the controller process is gone; its pods keep running in the cluster
     time.sleep(0.6)  # its run leases expire
@@ -284,7 +284,7 @@ def test_a_stale_watch_gets_410_and_recovers_by_listing_again(
 ) -> None:
     cluster.node("gpu-0")
     controller, backend = cluster.controller(store)
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     drive(controller, store, run.id, until=lambda r: r.steps_done >= 2)
     cluster.server.compact()
     informer = backend.cluster.pods
@@ -416,7 +416,7 @@ def test_pod_failures_become_run_events_with_their_reason(
     cluster.node("gpu-0")
     cluster.node("gpu-1")
     controller, _ = cluster.controller(store)
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     drive(controller, store, run.id, until=lambda r: r.steps_done >= 1)
     FAILURES[reason](cluster.kubelet, f"{run.id}-trainer-0-a1")
     done = drive(controller, store, run.id)

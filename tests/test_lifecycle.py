@@ -218,3 +218,104 @@ def test_request_advance_twice_raises() -> None:
 def test_request_advance_of_a_finished_run_raises_naming_its_phase(phase: Phase) -> None:
     with pytest.raises(IllegalTransition, match=phase.value):
         commands.request_advance(make_run(phase=phase), make_stages("a", "b"))
+
+
+# ---- the initial state ----------------------------------------------------------------------------
+
+
+def test_a_submitted_run_starts_pending_in_stage_one_with_nothing_done() -> None:
+    from orchestrator.core.lifecycle import initial_run
+    from orchestrator.spec import parse_spec
+    from tests.conftest import spec_data
+
+    spec = parse_spec(spec_data())
+    new = initial_run(spec, "quickstart-abc123", 1000.0, external_ref="orch/qs/uid-1")
+    run = new.run
+    assert (run.id, run.name, run.phase, run.version) == ("quickstart-abc123", spec.name, Phase.PENDING, 1)
+    assert (run.stage_index, run.steps_done, run.attempt, run.resume_step) == (0, 0, 0, 0)
+    assert (run.sim_seconds, run.gpu_busy_seconds, run.gpu_held_seconds) == (0.0, 0.0, 0.0)
+    assert not run.advance_requested and not run.suspend_requested and run.lease_owner is None
+    assert (run.queue, run.priority) == (spec.scheduling.queue, spec.scheduling.priority)
+    assert (run.created_at, run.updated_at, run.external_ref) == (1000.0, 1000.0, "orch/qs/uid-1")
+    assert run.message == "waiting for a controller" and run.spec == spec.model_dump(mode="json")
+    assert [s.index for s in new.stages] == list(range(len(spec.curriculum)))
+    assert [s.start_after_step for s in new.stages] == [0] + [None] * (len(spec.curriculum) - 1)
+    assert all(s.end_step is None and s.run_id == run.id for s in new.stages)
+    assert [s.planned_steps for s in new.stages] == [s.steps for s in spec.curriculum]
+    assert new.event.reason == "Submitted"
+    assert new.event.message == (
+        f"run quickstart-abc123 submitted: {len(spec.curriculum)} stages, {spec.total_steps} steps, "
+        f"stage 1 at {spec.curriculum[0].max_response_tokens} response tokens"
+    )
+
+
+def test_an_unnamed_stage_is_named_by_its_number() -> None:
+    from orchestrator.core.lifecycle import initial_run
+    from orchestrator.spec import parse_spec
+    from tests.conftest import spec_data
+
+    data = spec_data()
+    for stage in data["curriculum"]:
+        stage.pop("name", None)
+    new = initial_run(parse_spec(data), "r-1", 0.0)
+    assert [s.name for s in new.stages] == [f"stage-{i + 1}" for i in range(len(data["curriculum"]))]
+
+
+# ---- suspend ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "why"),
+    [
+        (commands.SuspendReason.IDLE, "its GPUs sat idle (idle.action = suspend)"),
+        (commands.SuspendReason.USER, "suspended by user"),
+        (commands.SuspendReason.PREEMPTED, "preempted by a run of higher priority"),
+    ],
+)
+def test_suspend_releases_every_live_workload_and_says_why(reason: commands.SuspendReason, why: str) -> None:
+    run = make_run(suspend_requested=True)
+    workloads = [
+        make_workload(0),
+        make_workload(1, WorkloadStatus.PENDING),
+        make_workload(2, WorkloadStatus.FAILED),
+    ]
+    patch = commands.suspend(run, workloads, reason, 8)
+    message = f"suspended at the checkpoint of step 8: {why}"
+    assert (patch.run_id, patch.expected_version) == (run.id, run.version)
+    assert patch.run == {"phase": "Suspended", "suspend_requested": False, "message": message}
+    assert [(w.name, w.status) for w in patch.workloads] == [
+        (workloads[0].name, WorkloadStatus.DELETED),
+        (workloads[1].name, WorkloadStatus.DELETED),
+    ]
+    assert [w.reason for w in patch.workloads] == [workloads[0].reason, workloads[1].reason]
+    [event] = patch.events
+    assert (event.reason, event.message, event.data) == (
+        "Suspended",
+        message,
+        {"step": 8, "reason": reason.value},
+    )
+
+
+def test_suspend_completes_the_patch_it_is_given_in_the_same_transaction() -> None:
+    from orchestrator.records import NewEvent
+
+    run = make_run()
+    base = RunPatch(run.id, run.version, run={"steps_done": 8}, events=(NewEvent("StepCompleted", "step 8"),))
+    patch = commands.suspend(run, [make_workload(0)], commands.SuspendReason.IDLE, 8, base=base)
+    assert patch.run["steps_done"] == 8 and patch.run["phase"] == "Suspended"
+    assert [e.reason for e in patch.events] == ["StepCompleted", "Suspended"]
+
+
+@pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.CANCELLED, Phase.FAILED, Phase.SUSPENDED])
+def test_suspend_is_refused_where_the_lifecycle_forbids_it(phase: Phase) -> None:
+    with pytest.raises(IllegalTransition):
+        commands.suspend(make_run(phase=phase), [], commands.SuspendReason.USER, 7)
+
+
+def test_a_suspend_request_sets_the_flag_once_and_only_on_a_run_that_can_suspend() -> None:
+    run = make_run()
+    patch = commands.request_suspend(run)
+    assert patch == RunPatch(run.id, run.version, run={"suspend_requested": True})
+    assert commands.request_suspend(make_run(suspend_requested=True)) is None
+    for phase in (Phase.SUSPENDED, Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED):
+        assert commands.request_suspend(make_run(phase=phase)) is None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from orchestrator.core.commands import SuspendReason
 from orchestrator.core.placement import NodeView
-from orchestrator.core.reconcile import cluster_diff, decide, record_step
+from orchestrator.core.reconcile import cluster_diff, decide
+from orchestrator.core.results import record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import StepOutcome, StepPlan
 from orchestrator.records import Phase, Run, Stage, Workload, WorkloadStatus
@@ -164,3 +166,109 @@ def test_the_cluster_gets_recorded_workloads_it_lacks_and_loses_released_ones() 
     assert cluster_diff(lost_running, [])[0] == [], (
         "a Running workload that vanished is a failure, not a create"
     )
+
+
+# ---- the after-step rule ----------------------------------------------------------------------------
+
+
+def verdict(
+    run: Run, step: int, *, checkpointed: bool = False, correct: int = 0, rollouts: int = 8, rule=None
+):
+    from orchestrator.core.after_step import after_step
+
+    stages = make_stages()
+    stage = stages[run.stage_index]
+    return after_step(
+        run,
+        stage,
+        len(stages),
+        rule,
+        step=step,
+        checkpointed=checkpointed,
+        correct=correct,
+        rollouts=rollouts,
+    )
+
+
+def test_after_step_goes_on_inside_a_stage() -> None:
+    from orchestrator.core.after_step import AfterStep
+
+    assert verdict(make_run(phase=Phase.RUNNING), 1) == AfterStep()
+
+
+def test_after_step_ends_the_stage_once_its_planned_steps_are_done() -> None:
+    from orchestrator.core.after_step import PLANNED_STEPS_DONE, AfterStep
+
+    planned = make_stages()[0].planned_steps
+    run = make_run(phase=Phase.RUNNING, suspend_requested=True)
+    assert verdict(run, planned, checkpointed=True) == AfterStep(
+        end_stage=PLANNED_STEPS_DONE, suspend=SuspendReason.IDLE
+    )
+
+
+def test_after_the_last_stage_the_run_succeeds_and_never_suspends() -> None:
+    from orchestrator.core.after_step import PLANNED_STEPS_DONE, AfterStep
+
+    stages = make_stages()
+    last = stages[-1]
+    run = make_run(phase=Phase.RUNNING, stage_index=last.index, suspend_requested=True)
+    with_start = replace(last, start_after_step=40)
+    from orchestrator.core.after_step import after_step
+
+    got = after_step(
+        run,
+        with_start,
+        len(stages),
+        None,
+        step=40 + last.planned_steps,
+        checkpointed=True,
+        correct=0,
+        rollouts=8,
+    )
+    assert got == AfterStep(end_stage=PLANNED_STEPS_DONE, last_stage=True)
+
+
+def test_a_pending_suspend_waits_for_a_checkpoint() -> None:
+    from orchestrator.core.after_step import AfterStep
+
+    run = make_run(phase=Phase.RUNNING, suspend_requested=True)
+    assert verdict(run, 1) == AfterStep()
+    assert verdict(run, 1, checkpointed=True) == AfterStep(suspend=SuspendReason.IDLE)
+
+
+def test_the_advance_rule_ends_a_stage_at_a_checkpoint_or_asks_for_one() -> None:
+    from orchestrator.core.after_step import AfterStep
+    from orchestrator.spec import AdvanceRuleSpec
+
+    rule = AdvanceRuleSpec(solve_rate_at_least=0.5)
+    run = make_run(phase=Phase.RUNNING)
+    reason = "solve rate 0.75 reached advance_when.solve_rate_at_least 0.5"
+    assert verdict(run, 1, correct=6, rule=rule, checkpointed=True) == AfterStep(end_stage=reason)
+    assert verdict(run, 1, correct=6, rule=rule) == AfterStep(request_advance=reason)
+    assert verdict(run, 1, correct=3, rule=rule) == AfterStep()
+    assert verdict(replace(run, advance_requested=True), 1, correct=6, rule=rule) == AfterStep()
+    assert verdict(
+        run, 1, correct=6, rollouts=8, rule=AdvanceRuleSpec(solve_rate_at_least=0.5, min_steps=2)
+    ) == (AfterStep())
+
+
+def test_a_suspend_after_a_checkpoint_is_recorded_with_the_step_in_one_patch() -> None:
+    run = make_run(phase=Phase.RUNNING, attempt=1, steps_done=0, suspend_requested=True)
+    workloads = running(placed(make_run()))
+    snapshot = make_snapshot(run, workloads=workloads)
+    plan = StepPlan(run.id, 1, 0, 1, 100, 1, True, "file:///ckpt/qs-1/step-000001")
+    patch = record_step(snapshot, plan, StepOutcome(8, 100, 1.0, 1.0, 0.0, 0, 0, 1.0, 1.0))
+    assert patch is not None and patch.step is not None and patch.checkpoint is not None
+    assert patch.run["phase"] == "Suspended" and patch.run["steps_done"] == 1
+    assert {w.status for w in patch.workloads} == {WorkloadStatus.DELETED}
+    assert [e.reason for e in patch.events] == ["StepCompleted", "CheckpointSaved", "Suspended"]
+
+
+def test_a_step_ends_with_a_checkpoint_every_n_steps_and_at_the_end_of_its_stage() -> None:
+    from orchestrator.core.after_step import checkpoint_after
+
+    stage = replace(make_stages()[0], planned_steps=5, start_after_step=0)
+    assert [step for step in range(1, 6) if checkpoint_after(stage, step, 2)] == [2, 4, 5]
+    assert [
+        step for step in range(1, 6) if checkpoint_after(replace(stage, planned_steps=None), step, 2)
+    ] == [2, 4]

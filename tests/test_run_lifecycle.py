@@ -45,7 +45,7 @@ def expected_checkpoints(every: int, stage_steps: list[int]) -> list[int]:
 
 def test_the_quickstart_run_completes_exactly_as_its_spec_says(store: Store, quickstart: Path) -> None:
     spec = load_spec(quickstart)
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     cluster = SimCluster()
     drive(make_controller(store, cluster), run.id)
 
@@ -86,7 +86,7 @@ def test_the_quickstart_run_completes_exactly_as_its_spec_says(store: Store, qui
 def test_stage_advance_mid_run_changes_the_token_limit_from_the_next_step(
     store: Store, quickstart: Path
 ) -> None:
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     controller = make_controller(store)
     drive(controller, run.id, until=lambda r: r.steps_done == 3)
 
@@ -133,7 +133,7 @@ def test_an_advance_rule_ends_a_stage_early_at_a_checkpointed_boundary(store: St
 def test_a_failed_gang_member_recreates_the_whole_gang_from_the_last_checkpoint(
     store: Store, quickstart: Path, fault: str
 ) -> None:
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     cluster = SimCluster(faults=[Fault(fault, at_step=4)])
     trainer = SimTrainer(cluster)
     controller = Controller(store, cluster, trainer, identity="ctl-a")
@@ -180,7 +180,7 @@ def test_a_gang_one_gpu_short_waits_with_an_event_and_places_nothing(db_url: str
 
 def test_two_controllers_never_act_on_the_same_run(db_url: str, quickstart: Path) -> None:
     first_store, second_store = Store(db_url), Store(db_url)
-    runs = [service.submit(first_store, quickstart).id for _ in range(2)]
+    runs = [service.submit(first_store, service.validate(quickstart)).id for _ in range(2)]
     first_cluster, second_cluster = SimCluster(), SimCluster()
     first = make_controller(first_store, first_cluster, "ctl-a")
     second = make_controller(second_store, second_cluster, "ctl-b")
@@ -202,7 +202,7 @@ def test_two_controllers_never_act_on_the_same_run(db_url: str, quickstart: Path
 
 def test_racing_controllers_split_runs_but_each_run_has_one_owner(db_url: str, quickstart: Path) -> None:
     stores = [Store(db_url) for _ in range(2)]
-    runs = [service.submit(stores[0], quickstart).id for _ in range(4)]
+    runs = [service.submit(stores[0], service.validate(quickstart)).id for _ in range(4)]
     clusters = [SimCluster(), SimCluster()]
     controllers = [make_controller(stores[i], clusters[i], f"ctl-{i}") for i in range(2)]
     finished = lambda: all(stores[0].get_run(r).phase.terminal for r in runs)  # noqa: E731
@@ -226,8 +226,48 @@ def test_racing_controllers_split_runs_but_each_run_has_one_owner(db_url: str, q
 
 
 def test_a_stale_write_is_rejected_not_silently_applied(store: Store, quickstart: Path) -> None:
-    run = service.submit(store, quickstart)
+    run = service.submit(store, service.validate(quickstart))
     service.cancel_run(store, run.id)
     with pytest.raises(ConflictError, match="changed by another writer"):
         store.apply(RunPatch(run_id=run.id, expected_version=run.version, run={"message": "stale"}))
     assert store.get_run(run.id).phase is Phase.CANCELLED
+
+
+def test_a_submitted_run_is_stored_as_the_core_builds_it(store: Store, quickstart: Path) -> None:
+    from dataclasses import replace
+
+    from orchestrator.core.lifecycle import initial_run
+
+    spec = service.validate(quickstart)
+    run = store.create_run(spec, external_ref="orch/quickstart/uid-1")
+    built = initial_run(spec, run.id, run.created_at, external_ref="orch/quickstart/uid-1")
+    assert run == replace(built.run, updated_at=run.updated_at)
+    assert tuple(store.stages(run.id)) == built.stages
+    [event] = store.events(run.id)
+    assert (event.reason, event.message) == (built.event.reason, built.event.message)
+    with pytest.raises(ConflictError, match="already mirrored"):
+        store.create_run(spec, external_ref="orch/quickstart/uid-1")
+
+
+def test_the_idle_suspend_request_is_a_versioned_patch_written_with_the_samples(
+    store: Store, quickstart: Path
+) -> None:
+    from orchestrator.core import commands
+    from orchestrator.core.idle import IdleUpdate
+    from orchestrator.records import GpuSample
+
+    run = service.submit(store, service.validate(quickstart))
+    sample = GpuSample(node="n0", index=0, uuid="GPU-n0-0", utilization_ratio=0.0, run=run.id, role="trainer")
+    request = commands.request_suspend(run)
+    assert request is not None
+    store.record_telemetry([sample], IdleUpdate(stretches={}), {}, [request])
+    requested = store.get_run(run.id)
+    assert requested.suspend_requested and requested.version == run.version + 1
+    assert [r.sample.node for r in store.latest_gpu_readings()] == ["n0"]
+
+    stale = commands.request_suspend(run)  # read before the first request: rejected with its samples
+    later = GpuSample(node="n1", index=0, uuid="GPU-n1-0", utilization_ratio=0.0, run=run.id, role="trainer")
+    with pytest.raises(ConflictError, match="changed by another writer"):
+        store.record_telemetry([later], IdleUpdate(stretches={}), {}, [stale])
+    assert [r.sample.node for r in store.latest_gpu_readings()] == ["n0"]
+    assert store.get_run(run.id).version == requested.version

@@ -18,11 +18,12 @@ from click.testing import CliRunner
 from rich.console import Console
 from sqlalchemy import create_engine, text
 
-from cli import _progress, main
+from cli import main
 from orchestrator import service
 from orchestrator.controller import Controller
 from orchestrator.errors import EXIT_INTERRUPTED, EXIT_RUN_CANCELLED, EXIT_RUN_SUSPENDED
 from orchestrator.records import Phase
+from orchestrator.render.wait import progress_bar as _progress
 from orchestrator.sim.cluster import SimCluster
 from orchestrator.sim.trainer import SimTrainer
 from orchestrator.spec import load_spec

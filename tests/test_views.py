@@ -23,8 +23,11 @@ from click.testing import CliRunner
 from rich.console import Console
 
 import cli
-from orchestrator import views
 from orchestrator.records import GpuReading
+from orchestrator.render import gpus as gpu_view
+from orchestrator.render import live
+from orchestrator.render import text as text_view
+from orchestrator.render import top as top_view
 from orchestrator.telemetry import names
 from orchestrator.telemetry.latest import LatestGpuReadings, LatestGpuSamples, latest_readings, latest_samples
 from orchestrator.telemetry.sample import GpuSample, ProcessMemory
@@ -80,8 +83,8 @@ def fresh(samples: list[GpuSample], age: float = 1.0) -> list[GpuReading]:
     return [GpuReading(sample, NOW - age) for sample in samples]
 
 
-def shown(samples: list[GpuSample], age: float = 1.0) -> list[views.GpuView]:
-    return views.gpu_views(fresh(samples, age), NOW)[0]
+def shown(samples: list[GpuSample], age: float = 1.0) -> list[gpu_view.GpuView]:
+    return gpu_view.gpu_views(fresh(samples, age), NOW)[0]
 
 
 class StubStore:
@@ -118,7 +121,7 @@ def test_latest_samples_is_empty_for_a_store_without_telemetry() -> None:
 
 
 def test_gpu_rows_are_sorted_by_pool_node_index_and_show_dashes_for_unknowns() -> None:
-    rows = views.gpu_rows(shown(SAMPLES, age=75))
+    rows = gpu_view.gpu_rows(shown(SAMPLES, age=75))
     assert [(r["pool"], r["node"], r["gpu"]) for r in rows] == [
         ("a100", "node-c", "0"),
         ("h100", "node-a", "0"),
@@ -153,7 +156,7 @@ def render(renderable: Any, width: int = 200) -> str:
 
 
 def test_gpu_table_groups_by_pool_and_node() -> None:
-    text = render(views.gpu_table(shown(SAMPLES)))
+    text = render(gpu_view.gpu_table(shown(SAMPLES)))
     assert "4 GPUs" in text
     lines = [line for line in text.splitlines() if "GPU-" in line]
     assert [re.search(r"GPU-\S+", line)[0] for line in lines] == [  # type: ignore[index]
@@ -169,14 +172,14 @@ def test_gpu_table_groups_by_pool_and_node() -> None:
 
 
 def test_gpu_table_without_samples() -> None:
-    assert "0 GPUs" in render(views.gpu_table([]))
+    assert "0 GPUs" in render(gpu_view.gpu_table([]))
 
 
 TIMES = {"sampled_at", "sim_time_s", "received_at", "age_s", "stale"}
 
 
 def test_gpu_records_hold_every_field_as_plain_data_and_times_as_iso_8601_wall_time() -> None:
-    records = views.gpu_records(shown(SAMPLES))
+    records = gpu_view.gpu_records(shown(SAMPLES))
     fields = set(GpuSample.__dataclass_fields__) - {"at", "virtual_clock"}
     assert all(set(record) == fields | TIMES for record in records)
     full = records[3]
@@ -191,7 +194,7 @@ def test_gpu_records_hold_every_field_as_plain_data_and_times_as_iso_8601_wall_t
 def test_gpu_records_name_a_simulated_clock_apart_from_wall_time() -> None:
     wall = gpu("node-a", 0, at=NOW - 2.5)
     virtual = gpu("sim-node-0", 0, at=4433.7, virtual_clock=True)
-    by_node = {r["node"]: r for r in views.gpu_records(shown([wall, virtual]))}
+    by_node = {r["node"]: r for r in gpu_view.gpu_records(shown([wall, virtual]))}
     assert (by_node["node-a"]["sampled_at"], by_node["node-a"]["sim_time_s"]) == (
         "2027-01-15T07:59:57+00:00",
         None,
@@ -211,23 +214,23 @@ def test_a_node_past_the_window_is_stale_and_past_ten_windows_is_dropped() -> No
         GpuReading(gpu("quiet", 1), NOW - 40),
         GpuReading(gpu("gone", 0), NOW - 301),
     ]
-    kept, dropped = views.gpu_views(readings, NOW, stale_after_s=30)
+    kept, dropped = gpu_view.gpu_views(readings, NOW, stale_after_s=30)
     assert [(v.sample.node, v.sample.index, v.age_s, v.stale) for v in kept] == [
         ("fresh", 0, 5.0, False),
         ("quiet", 0, 31.0, True),
         ("quiet", 1, 40.0, True),
     ]
     assert dropped == ["gone"]
-    assert views.DEFAULT_STALE_SECONDS == 30 and views.DROP_AFTER_STALE_WINDOWS == 10
-    wider, none_dropped = views.gpu_views(readings, NOW, stale_after_s=60)
+    assert gpu_view.DEFAULT_STALE_SECONDS == 30 and gpu_view.DROP_AFTER_STALE_WINDOWS == 10
+    wider, none_dropped = gpu_view.gpu_views(readings, NOW, stale_after_s=60)
     assert [v.stale for v in wider] == [False, True, False, False] and none_dropped == []  # gone, 301 s
-    table = render(views.gpu_table(kept, dropped, 30), width=200)
+    table = render(gpu_view.gpu_table(kept, dropped, 30), width=200)
     assert "2 stale (no sample for over 30s)" in table and "silent for over 300s: gone" in table
     assert "31s stale" in table and "5s " in table
 
 
 def test_a_node_filter_keeps_matching_nodes_only() -> None:
-    kept, _ = views.gpu_views(fresh(SAMPLES), NOW, nodes=["node-a", "node-c*"])
+    kept, _ = gpu_view.gpu_views(fresh(SAMPLES), NOW, nodes=["node-a", "node-c*"])
     assert sorted({v.sample.node for v in kept}) == ["node-a", "node-c"]
 
 
@@ -236,7 +239,7 @@ def test_a_node_filter_keeps_matching_nodes_only() -> None:
     [(0.4, "0s"), (59.9, "59s"), (75, "1m15s"), (3 * 3600 + 600, "3h10m"), (2 * 86400 + 7200, "2d02h")],
 )
 def test_age_text(seconds: float, text: str) -> None:
-    assert views.age_text(seconds) == text
+    assert text_view.age_text(seconds) == text
 
 
 # ---- sparklines and bars ------------------------------------------------------------------------
@@ -253,7 +256,7 @@ def test_age_text(seconds: float, text: str) -> None:
         ([0.0, 0.5, 1.0, 0.25], 2, "█▃"),
         ([-1.0, 2.0], 2, "▁█"),
         ([None, float("nan"), 1.0], 3, "  █"),
-        ([i / 7 for i in range(8)], 8, views.BLOCKS),
+        ([i / 7 for i in range(8)], 8, top_view.BLOCKS),
     ],
     ids=[
         "empty pads to width",
@@ -268,13 +271,13 @@ def test_age_text(seconds: float, text: str) -> None:
     ],
 )
 def test_sparkline(values: list[float | None], width: int, expected: str) -> None:
-    assert views.sparkline(values, width) == expected
+    assert top_view.sparkline(values, width) == expected
 
 
 def test_utilization_bar() -> None:
-    assert views.utilization_bar(0.5, 10).plain == "█████·····"
-    assert views.utilization_bar(1.7, 4).plain == "████"
-    assert views.utilization_bar(None, 4).plain == "    "
+    assert top_view.utilization_bar(0.5, 10).plain == "█████·····"
+    assert top_view.utilization_bar(1.7, 4).plain == "████"
+    assert top_view.utilization_bar(None, 4).plain == "    "
 
 
 # ---- orch top -----------------------------------------------------------------------------------
@@ -293,8 +296,8 @@ def gpu_lines(text: str, samples: list[GpuSample]) -> dict[tuple[str, int], str]
 
 
 def test_top_view_shows_a_header_a_summary_line_per_node_and_one_line_per_gpu() -> None:
-    history = {views.sample_key(s): [0.0, 1.0] for s in SAMPLES}
-    text = render(views.top_view(shown(SAMPLES), history, width=200), width=200)
+    history = {gpu_view.sample_key(s): [0.0, 1.0] for s in SAMPLES}
+    text = render(top_view.top_view(shown(SAMPLES), history, width=200), width=200)
     assert "4 GPUs on 3 nodes" in text
     assert "utilization 39%" in text  # (0.91 + 0.25 + 0.0) / 3: the unknown GPU is left out
     lines = gpu_lines(text, SAMPLES)
@@ -305,7 +308,7 @@ def test_top_view_shows_a_header_a_summary_line_per_node_and_one_line_per_gpu() 
 
 
 def test_top_view_without_samples() -> None:
-    text = render(views.top_view([], {}))
+    text = render(top_view.top_view([], {}))
     assert "0 GPUs" in text and "utilization -" in text and "no GPU samples yet" in text
 
 
@@ -332,7 +335,7 @@ HEADERS_80 = ("node / gpu", "utilization", "mem GiB", "W", "°C", "age", "runs /
 
 def test_top_view_fits_80_columns_with_whole_headers_and_node_totals() -> None:
     samples = rack(2)
-    text = render(views.top_view(shown(samples), {}, width=80), width=80)
+    text = render(top_view.top_view(shown(samples), {}, width=80), width=80)
     lines = text.splitlines()
     assert max(map(len, lines)) <= 80
     header = lines[1]
@@ -345,13 +348,16 @@ def test_top_view_fits_80_columns_with_whole_headers_and_node_totals() -> None:
 
 def test_top_view_shows_whole_nodes_per_screen_and_says_how_many_follow() -> None:
     samples = rack(5)  # 5 nodes of 9 lines each
-    first = render(views.top_view(shown(samples), {}, width=100, height=24), width=100)
+    first = render(top_view.top_view(shown(samples), {}, width=100, height=24), width=100)
     assert "node-00" in first and "node-01" in first and "node-02" not in first
     assert len(first.splitlines()) <= 24
     assert "page 1/3 · … 3 more nodes (↓/PgDn)" in first
-    last = render(views.top_view(shown(samples), {}, width=100, height=24, page=9), width=100)
+    last = render(top_view.top_view(shown(samples), {}, width=100, height=24, page=9), width=100)
     assert "node-04" in last and "node-03" not in last and "page 3/3 · ↑/PgUp back" in last
-    assert views.top_page_count(shown(samples), 24) == 3 and views.top_page_count(shown(samples), None) == 1
+    assert (
+        top_view.top_page_count(shown(samples), 24) == 3
+        and top_view.top_page_count(shown(samples), None) == 1
+    )
 
 
 def test_watch_top_keeps_history_and_stops_after_the_iterations() -> None:
@@ -364,7 +370,7 @@ def test_watch_top_keeps_history_and_stops_after_the_iterations() -> None:
         waits.append(seconds)
         return ""
 
-    refreshes = cli.watch_top(store, out, wait, interval=0.5, iterations=2, clock=lambda: NOW)
+    refreshes = live.watch_top(store, out, wait, interval=0.5, iterations=2, clock=lambda: NOW)
     assert (refreshes, store.calls, waits) == (2, 2, [0.5])
     lines = gpu_lines(out.export_text(), SAMPLES)
     assert "▃█" in lines[("node-a", 0)]  # 0.25 then 1.0
@@ -374,21 +380,21 @@ def test_watch_top_keeps_history_and_stops_after_the_iterations() -> None:
 def test_watch_top_stops_when_a_quit_key_arrives() -> None:
     store = StubStore(SAMPLES)
     out = Console(file=io.StringIO(), width=200)
-    answers = iter(["", "", cli.QUIT])
-    assert cli.watch_top(store, out, lambda _: next(answers), interval=0.0) == 3
+    answers = iter(["", "", live.QUIT])
+    assert live.watch_top(store, out, lambda _: next(answers), interval=0.0) == 3
 
 
 def test_watch_top_pages_on_the_page_keys_and_fits_the_terminal() -> None:
     store = StubStore(rack(5))
     out = Console(file=io.StringIO(), width=80, height=24, record=True, force_terminal=True)
-    answers = iter([cli.NEXT_PAGE, cli.NEXT_PAGE, cli.NEXT_PAGE, cli.PREVIOUS_PAGE, cli.QUIT])
+    answers = iter([live.NEXT_PAGE, live.NEXT_PAGE, live.NEXT_PAGE, live.PREVIOUS_PAGE, live.QUIT])
     frames: list[str] = []
 
     def wait(_: float) -> str:
         frames.append(out.export_text(styles=False))
         return next(answers)
 
-    assert cli.watch_top(store, out, wait, interval=0.0, clock=lambda: NOW) == 5
+    assert live.watch_top(store, out, wait, interval=0.0, clock=lambda: NOW) == 5
     pages = [re.search(r"page (\d)/3", frame)[1] for frame in frames]  # type: ignore[index]
     assert pages == ["1", "2", "3", "3", "2"]  # paging past the last screen stays on it
     assert all(len(line) <= 80 for frame in frames for line in frame.splitlines())
@@ -397,20 +403,20 @@ def test_watch_top_pages_on_the_page_keys_and_fits_the_terminal() -> None:
 @pytest.mark.parametrize(
     ("data", "command"),
     [
-        (b"q", cli.QUIT),
-        (b"Q", cli.QUIT),
-        (b"", cli.QUIT),
-        (b"\x1b[B", cli.NEXT_PAGE),
-        (b"\x1b[6~", cli.NEXT_PAGE),
-        (b" ", cli.NEXT_PAGE),
-        (b"\x1b[A", cli.PREVIOUS_PAGE),
-        (b"\x1b[5~", cli.PREVIOUS_PAGE),
+        (b"q", live.QUIT),
+        (b"Q", live.QUIT),
+        (b"", live.QUIT),
+        (b"\x1b[B", live.NEXT_PAGE),
+        (b"\x1b[6~", live.NEXT_PAGE),
+        (b" ", live.NEXT_PAGE),
+        (b"\x1b[A", live.PREVIOUS_PAGE),
+        (b"\x1b[5~", live.PREVIOUS_PAGE),
         (b"x", ""),
     ],
     ids=["q", "Q", "end of input", "down", "PgDn", "space", "up", "PgUp", "other"],
 )
 def test_key_command(data: bytes, command: str) -> None:
-    assert cli.key_command(data) == command
+    assert live.key_command(data) == command
 
 
 def test_orch_top_iterations_on_the_real_store(tmp_path: Path) -> None:
@@ -439,21 +445,21 @@ def pty_pair() -> Iterator[tuple[int, int]]:
 def test_quit_keys_reads_q_in_cbreak_mode_and_restores_the_terminal(pty_pair: tuple[int, int]) -> None:
     master, slave = pty_pair
     before = termios.tcgetattr(slave)
-    with open(slave, "rb", buffering=0, closefd=False) as stream, cli._keys(stream) as wait:
+    with open(slave, "rb", buffering=0, closefd=False) as stream, live.keys(stream) as wait:
         lflag = termios.tcgetattr(slave)[3]
         assert not lflag & termios.ICANON and not lflag & termios.ECHO
         assert wait(0.01) == ""  # nothing typed
         os.write(master, b"x")
         assert wait(1.0) == ""  # another key: consumed, not a quit
         os.write(master, b"\x1b[6~")
-        assert wait(1.0) == cli.NEXT_PAGE
+        assert wait(1.0) == live.NEXT_PAGE
         os.write(master, b"q")
-        assert wait(1.0) == cli.QUIT
+        assert wait(1.0) == live.QUIT
     assert termios.tcgetattr(slave) == before
 
 
 def test_quit_keys_sleeps_when_stdin_is_not_a_terminal() -> None:
-    with cli._keys(io.StringIO()) as wait:
+    with live.keys(io.StringIO()) as wait:
         started = time.monotonic()
         assert wait(0.02) == ""
         assert time.monotonic() - started >= 0.02
@@ -524,7 +530,7 @@ def test_orch_gpus_on_the_real_store_without_telemetry(tmp_path: Path) -> None:
 
 
 def test_orch_gpus_json_is_the_records_of_what_the_seam_returns() -> None:
-    records = views.gpu_records(views.gpu_views(latest_readings(StubStore(SAMPLES)), NOW)[0])
+    records = gpu_view.gpu_records(gpu_view.gpu_views(latest_readings(StubStore(SAMPLES)), NOW)[0])
     assert [r["uuid"] for r in records] == ["GPU-node-c-0", "GPU-node-a-0", "GPU-node-a-1", "GPU-node-b-1"]
     assert records[2]["utilization_ratio"] is None
 

@@ -1,15 +1,17 @@
-"""What a user's command changes, as pure functions returning one ``RunPatch`` each."""
+"""What a command changes (a user's, or a rule's: the idle policy, later preemption), as pure functions
+returning one ``RunPatch`` each."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from enum import Enum
 
 from orchestrator.core.lifecycle import check_transition
 from orchestrator.errors import IllegalTransition
 from orchestrator.records import NewEvent, Phase, Run, RunPatch, Stage, Workload, WorkloadStatus
 
-__all__ = ["cancel", "request_advance", "resume"]
+__all__ = ["SuspendReason", "cancel", "request_advance", "request_suspend", "resume", "suspend"]
 
 
 def _released(workloads: Sequence[Workload], reason: str) -> tuple[Workload, ...]:
@@ -75,4 +77,51 @@ def request_advance(run: Run, stages: Sequence[Stage]) -> RunPatch:
         expected_version=run.version,
         run={"advance_requested": True, "message": message},
         events=(NewEvent("AdvanceRequested", message, {"from": current.index, "to": following.index}),),
+    )
+
+
+class SuspendReason(str, Enum):
+    """Why a run is suspended: each says so in the run's message and its ``Suspended`` event."""
+
+    IDLE = "idle"  # its GPUs sat idle and the idle policy says suspend
+    USER = "user"
+    PREEMPTED = "preempted"  # a run of higher priority needs its GPUs
+
+
+SUSPEND_WHY = {
+    SuspendReason.IDLE: "its GPUs sat idle (idle.action = suspend)",
+    SuspendReason.USER: "suspended by user",
+    SuspendReason.PREEMPTED: "preempted by a run of higher priority",
+}
+
+
+def request_suspend(run: Run) -> RunPatch | None:
+    """Ask for a suspend at the run's next checkpoint (the idle policy's ask); None if nothing to ask:
+    the run has finished, is Suspended already, or the ask is pending.
+
+    The schema keeps the ask as one flag, without a reason: the after-step rule suspends it as ``IDLE``."""
+    if run.phase.terminal or run.phase is Phase.SUSPENDED or run.suspend_requested:
+        return None
+    return RunPatch(run_id=run.id, expected_version=run.version, run={"suspend_requested": True})
+
+
+def suspend(
+    run: Run,
+    workloads: Sequence[Workload],
+    reason: SuspendReason,
+    step: int,
+    *,
+    base: RunPatch | None = None,
+) -> RunPatch:
+    """Suspend a run at the checkpoint of ``step`` and release every workload it holds (each keeps its
+    reason). ``base``: the patch this suspend completes in the same transaction (the step's own record)."""
+    check_transition(run.phase, Phase.SUSPENDED)
+    base = base or RunPatch(run_id=run.id, expected_version=run.version)
+    message = f"suspended at the checkpoint of step {step}: {SUSPEND_WHY[reason]}"
+    released = tuple(replace(w, status=WorkloadStatus.DELETED) for w in workloads if w.status.live)
+    return replace(
+        base,
+        run={**base.run, "phase": Phase.SUSPENDED.value, "suspend_requested": False, "message": message},
+        workloads=base.workloads + released,
+        events=(*base.events, NewEvent("Suspended", message, {"step": step, "reason": reason.value})),
     )

@@ -2,7 +2,7 @@
 
 ``decide`` reads the snapshot and returns a ``Decision``: a patch to apply (one SQL
 transaction) or a piece of work for the executor, never both. After the work is done,
-``record_step`` / ``record_checkpoint`` / ``record_filter`` turn its outcome into the patch.
+``orchestrator.core.results`` turns its outcome into the patch.
 Nothing here reads a clock or performs I/O.
 """
 
@@ -11,36 +11,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from orchestrator.core.curriculum import (
-    advance_rule_met,
-    checkpoint_due,
-    split_by_filter,
-    stage_ends_at,
-    steps_in_stage,
-)
-from orchestrator.core.failures import cleared_by_step, count_failure, give_up
+from orchestrator.core.after_step import checkpoint_after
+from orchestrator.core.failures import count_failure, give_up
 from orchestrator.core.feasibility import run_problems
 from orchestrator.core.lifecycle import check_transition
 from orchestrator.core.members import TRAINER, desired_members, workload_name
 from orchestrator.core.placement import place_all
+from orchestrator.core.results import advance, release_workloads, run_patch, with_status
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import (
     CheckpointPlan,
-    FilterOutcome,
     FilterPlan,
-    StepOutcome,
     StepPlan,
     Work,
 )
 from orchestrator.hardware import GPU_TYPE_ENV
 from orchestrator.records import (
-    Checkpoint,
     NewEvent,
     Phase,
-    ProblemResult,
     RunPatch,
-    StageUpdate,
-    Step,
     Workload,
     WorkloadStatus,
 )
@@ -51,9 +40,6 @@ __all__ = [
     "cluster_diff",
     "decide",
     "desired_members",
-    "record_checkpoint",
-    "record_filter",
-    "record_step",
     "workload_name",
 ]
 
@@ -96,23 +82,6 @@ def _env(snapshot: RunSnapshot, role: str, index: int, attempt: int, world: int)
     return env
 
 
-def _release(snapshot: RunSnapshot, only_stale: bool) -> tuple[Workload, ...]:
-    run = snapshot.run
-    return tuple(
-        _with_status(w, WorkloadStatus.DELETED, w.reason)
-        for w in snapshot.workloads
-        if w.status.live and not (only_stale and w.attempt == run.attempt)
-    )
-
-
-def _with_status(workload: Workload, status: WorkloadStatus, reason: str) -> Workload:
-    return replace(workload, status=status, reason=reason)
-
-
-def _patch(snapshot: RunSnapshot, **fields: object) -> RunPatch:
-    return RunPatch(run_id=snapshot.run.id, expected_version=snapshot.run.version, **fields)  # type: ignore[arg-type]
-
-
 def _failures(snapshot: RunSnapshot) -> list[tuple[Workload, str]]:
     """Members of the current attempt that failed or vanished after they were seen running."""
     failed = []
@@ -129,10 +98,10 @@ def decide(snapshot: RunSnapshot) -> Decision:
     """One level-triggered step for one run: what to change, or what work to do next."""
     run = snapshot.run
     if run.phase.terminal or run.phase is Phase.SUSPENDED:
-        released = _release(snapshot, only_stale=False)
+        released = release_workloads(snapshot, only_stale=False)
         if released:
             return Decision(
-                _patch(
+                run_patch(
                     snapshot,
                     workloads=released,
                     events=(
@@ -148,14 +117,14 @@ def decide(snapshot: RunSnapshot) -> Decision:
         if problems:
             return Decision(_refuse(snapshot, problems))
 
-    stale = _release(snapshot, only_stale=True)
+    stale = release_workloads(snapshot, only_stale=True)
     failures = _failures(snapshot)
     if failures:
         return Decision(_gang_failure(snapshot, failures, stale))
     if not snapshot.current_workloads:
         return Decision(_place(snapshot, stale))
     if stale:
-        return Decision(_patch(snapshot, workloads=stale))
+        return Decision(run_patch(snapshot, workloads=stale))
 
     starting = [
         w
@@ -173,14 +142,14 @@ def decide(snapshot: RunSnapshot) -> Decision:
         running = tuple(
             replace(w, status=WorkloadStatus.RUNNING, node=snapshot.observed[w.name].node) for w in starting
         )
-        return Decision(_patch(snapshot, workloads=running) if running else None)
+        return Decision(run_patch(snapshot, workloads=running) if running else None)
 
     if run.phase in (Phase.ADMITTED, Phase.RESUMING):
         check_transition(run.phase, Phase.RUNNING)
         how = "started" if run.phase is Phase.ADMITTED else f"resumed from step {snapshot.last_checkpoint}"
         message = f"attempt {run.attempt}: {how}, stage {run.stage_index + 1}"
         return Decision(
-            _patch(
+            run_patch(
                 snapshot,
                 run={"phase": Phase.RUNNING.value, "message": message},
                 events=(
@@ -196,10 +165,10 @@ def decide(snapshot: RunSnapshot) -> Decision:
 def _refuse(snapshot: RunSnapshot, problems: Sequence[str]) -> RunPatch:
     """A run that can never run fails at once, naming every reason, and is never placed."""
     message = "the spec can never run: " + "; ".join(problems)
-    return _patch(
+    return run_patch(
         snapshot,
         run={"phase": check_transition(snapshot.run.phase, Phase.FAILED).value, "message": message},
-        workloads=_release(snapshot, only_stale=False),
+        workloads=release_workloads(snapshot, only_stale=False),
         events=(NewEvent("Failed", message, {"problems": list(problems)}),),
     )
 
@@ -215,7 +184,7 @@ def _gang_failure(
     reasons_by_name = {w.name: reason for w, reason in failures}
     failed_names = set(reasons_by_name)
     torn_down = tuple(
-        _with_status(
+        with_status(
             w,
             WorkloadStatus.FAILED if w.name in failed_names else WorkloadStatus.DELETED,
             reasons_by_name.get(w.name, "gang torn down"),
@@ -228,13 +197,13 @@ def _gang_failure(
     if count.failures >= max_attempts:
         fields, failed = give_up(run, count, f"gang failed at attempt {run.attempt}: {reasons}", max_attempts)
         gang_failed = NewEvent("GangFailed", str(fields["message"]), {"failed": sorted(failed_names)})
-        return _patch(snapshot, run=fields, workloads=stale + torn_down, events=(gang_failed, failed))
+        return run_patch(snapshot, run=fields, workloads=stale + torn_down, events=(gang_failed, failed))
     message = (
         f"gang failed at attempt {run.attempt} ({reasons}); recreating it at attempt {run.attempt + 1} "
         f"from the checkpoint at step {resume} ({lost} step(s) to redo; failure {count.failures} of "
         f"{max_attempts} at step {count.step})"
     )
-    return _patch(
+    return run_patch(
         snapshot,
         run={
             "phase": target.value,
@@ -266,7 +235,7 @@ def _place(snapshot: RunSnapshot, stale: tuple[Workload, ...]) -> RunPatch | Non
         if message == run.message and not stale:
             return None
         events = () if message == run.message else (NewEvent("Unschedulable", message),)
-        return _patch(snapshot, run={"message": message}, workloads=stale, events=events)
+        return run_patch(snapshot, run={"message": message}, workloads=stale, events=events)
     trainers = sum(1 for m in members if m.role == TRAINER)
     hosted: dict[str, list[str]] = {}
     for member in members:
@@ -300,7 +269,7 @@ def _place(snapshot: RunSnapshot, stale: tuple[Workload, ...]) -> RunPatch | Non
         fields["phase"] = check_transition(run.phase, Phase.ADMITTED).value
     nodes = sorted(set(placement.nodes.values()))
     message = f"attempt {attempt}: placed {len(members)} workload(s) on {', '.join(nodes)}"
-    return _patch(
+    return run_patch(
         snapshot,
         run=fields,
         workloads=stale + tuple(workloads),
@@ -317,7 +286,7 @@ def _next_work(snapshot: RunSnapshot) -> Decision:
                     run.id, run.steps_done, run.attempt, checkpoint_uri(spec, run.id, run.steps_done)
                 )
             )
-        return Decision(_advance(snapshot, reason="advance requested"))
+        return Decision(advance(snapshot, reason="advance requested"))
     entry_filter = spec.curriculum[stage.index].entry_filter
     if entry_filter is not None and stage.problems_kept is None:
         return Decision(
@@ -332,7 +301,6 @@ def _next_work(snapshot: RunSnapshot) -> Decision:
             )
         )
     step = run.steps_done + 1
-    ends = stage_ends_at(stage, step)
     return Decision(
         work=StepPlan(
             run_id=run.id,
@@ -341,193 +309,10 @@ def _next_work(snapshot: RunSnapshot) -> Decision:
             attempt=run.attempt,
             max_response_tokens=stage.max_response_tokens,
             max_turns=stage.max_turns,
-            checkpoint_after=checkpoint_due(step, spec.checkpoint.every_steps, ends),
+            checkpoint_after=checkpoint_after(stage, step, spec.checkpoint.every_steps),
             checkpoint_uri=checkpoint_uri(spec, run.id, step),
             dropped_problems=snapshot.dropped_problems,
         )
-    )
-
-
-def _advance(
-    snapshot: RunSnapshot,
-    reason: str,
-    fields: dict[str, object] | None = None,
-    events: tuple[NewEvent, ...] = (),
-) -> RunPatch:
-    """End the current stage after ``steps_done`` and start the next one, or finish the run."""
-    run, stage = snapshot.run, snapshot.stage
-    at = int(fields["steps_done"]) if fields and "steps_done" in fields else run.steps_done
-    fields = dict(fields or {}, advance_requested=False)
-    updates = [StageUpdate(stage.index, {"end_step": at})]
-    if stage.index + 1 >= len(snapshot.stages):
-        fields |= {
-            "phase": check_transition(run.phase, Phase.SUCCEEDED).value,
-            "message": f"finished all {len(snapshot.stages)} stages after {at} steps",
-        }
-        new = NewEvent("Succeeded", str(fields["message"]), {"steps": at})
-        released = _release(snapshot, only_stale=False)
-    else:
-        released = ()
-        following = snapshot.stages[stage.index + 1]
-        updates.append(StageUpdate(following.index, {"start_after_step": at}))
-        fields |= {
-            "stage_index": following.index,
-            "message": f"stage {following.index + 1} ({following.name}) from step {at + 1}",
-        }
-        new = NewEvent(
-            "StageChanged",
-            f"{stage.name} → {following.name} after step {at} ({reason}): max_response_tokens "
-            f"{stage.max_response_tokens} → {following.max_response_tokens}, max_turns "
-            f"{stage.max_turns} → {following.max_turns}",
-            {"from": stage.index, "to": following.index, "after_step": at, "reason": reason},
-        )
-    return _patch(snapshot, run=fields, stages=tuple(updates), workloads=released, events=(*events, new))
-
-
-def _stale(snapshot: RunSnapshot, attempt: int, step: int) -> bool:
-    run = snapshot.run
-    return run.phase is not Phase.RUNNING or run.attempt != attempt or run.steps_done != step
-
-
-def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> RunPatch | None:
-    """The patch for a finished step, or None if the run moved on while the step ran."""
-    run = snapshot.run
-    if _stale(snapshot, plan.attempt, plan.step - 1):
-        return None
-    sim_seconds = run.sim_seconds + outcome.seconds
-    fields: dict[str, object] = {
-        "steps_done": plan.step,
-        "sim_seconds": sim_seconds,
-        "gpu_busy_seconds": run.gpu_busy_seconds + outcome.gpu_busy_seconds,
-        "gpu_held_seconds": run.gpu_held_seconds + outcome.gpu_held_seconds,
-        "message": f"step {plan.step} done in stage {plan.stage_index + 1}",
-        **cleared_by_step(run, plan.step),
-    }
-    step = Step(
-        run_id=run.id,
-        step=plan.step,
-        stage_index=plan.stage_index,
-        attempt=plan.attempt,
-        max_response_tokens=plan.max_response_tokens,
-        max_turns=plan.max_turns,
-        rollouts=outcome.rollouts,
-        generated_tokens=outcome.generated_tokens,
-        rollout_seconds=outcome.rollout_seconds,
-        train_seconds=outcome.train_seconds,
-        preemptions=outcome.preemptions,
-        correct=outcome.correct,
-        superseded=False,
-        engines=tuple(
-            {"busy_ratio": round(busy, 4), "kv_free_ratio": round(free, 4)}
-            for busy, free in zip(outcome.engine_busy_ratio, outcome.engine_kv_free_ratio, strict=False)
-        ),
-        queue_peak=outcome.queue_peak,
-    )
-    events = [
-        NewEvent(
-            "StepCompleted",
-            f"step {plan.step}: {outcome.rollouts} rollouts, {outcome.generated_tokens} tokens at "
-            f"{plan.max_response_tokens} max, rollout {outcome.rollout_seconds:.1f}s + train "
-            f"{outcome.train_seconds:.1f}s simulated, {outcome.preemptions} preemption(s)",
-            {"step": plan.step, "attempt": plan.attempt},
-        )
-    ]
-    checkpoint = None
-    if plan.checkpoint_after:
-        checkpoint = Checkpoint(run.id, plan.step, plan.checkpoint_uri, sim_seconds)
-        events.append(
-            NewEvent(
-                "CheckpointSaved",
-                f"checkpoint at step {plan.step}: {plan.checkpoint_uri}",
-                {"step": plan.step},
-            )
-        )
-    if stage_ends_at(snapshot.stage, plan.step):
-        patch = _advance(snapshot, "planned steps done", fields, tuple(events))
-        if run.suspend_requested and patch.run.get("phase") != Phase.SUCCEEDED.value:
-            patch = _suspend(replace(patch, step=step, checkpoint=checkpoint), snapshot, plan.step)
-            return patch
-        return replace(patch, step=step, checkpoint=checkpoint)
-    if run.suspend_requested and plan.checkpoint_after:
-        return _suspend(
-            _patch(snapshot, run=fields, step=step, checkpoint=checkpoint, events=tuple(events)),
-            snapshot,
-            plan.step,
-        )
-    rule = snapshot.spec.curriculum[plan.stage_index].advance_when
-    if not run.advance_requested and advance_rule_met(
-        rule, steps_in_stage(snapshot.stage, plan.step), outcome.correct, outcome.rollouts
-    ):
-        assert rule is not None
-        reason = (
-            f"solve rate {outcome.correct / outcome.rollouts:.2f} reached "
-            f"advance_when.solve_rate_at_least {rule.solve_rate_at_least}"
-        )
-        if plan.checkpoint_after:
-            patch = _advance(snapshot, reason, fields, tuple(events))
-            return replace(patch, step=step, checkpoint=checkpoint)
-        # The boundary must be checkpointed first: the next pass saves one, then advances.
-        fields["advance_requested"] = True
-        events.append(NewEvent("AdvanceRuleMet", f"step {plan.step}: {reason}", {"step": plan.step}))
-    return _patch(snapshot, run=fields, step=step, checkpoint=checkpoint, events=tuple(events))
-
-
-def _suspend(patch: RunPatch, snapshot: RunSnapshot, step: int) -> RunPatch:
-    """Suspend at the checkpoint this patch records (the idle policy asked for it); GPUs are released."""
-    check_transition(snapshot.run.phase, Phase.SUSPENDED)
-    message = f"suspended at the checkpoint of step {step}: its GPUs sat idle (idle.action = suspend)"
-    return replace(
-        patch,
-        run={**patch.run, "phase": Phase.SUSPENDED.value, "suspend_requested": False, "message": message},
-        workloads=patch.workloads + _release(snapshot, only_stale=False),
-        events=(*patch.events, NewEvent("Suspended", message, {"step": step})),
-    )
-
-
-def record_checkpoint(snapshot: RunSnapshot, plan: CheckpointPlan, seconds: float) -> RunPatch | None:
-    """A stage-boundary checkpoint, then the stage advance it was taken for."""
-    run = snapshot.run
-    if _stale(snapshot, plan.attempt, plan.step):
-        return None
-    sim_seconds = run.sim_seconds + seconds
-    event = NewEvent(
-        "CheckpointSaved", f"checkpoint at step {plan.step}: {plan.checkpoint_uri}", {"step": plan.step}
-    )
-    patch = _advance(snapshot, "advance requested", {"sim_seconds": sim_seconds}, (event,))
-    checkpoint = Checkpoint(run.id, plan.step, plan.checkpoint_uri, sim_seconds)
-    return replace(patch, checkpoint=checkpoint)
-
-
-def record_filter(snapshot: RunSnapshot, plan: FilterPlan, outcome: FilterOutcome) -> RunPatch | None:
-    """Record every problem's pass rate and drop those solved ``threshold`` of ``samples`` times."""
-    run = snapshot.run
-    if _stale(snapshot, plan.attempt, plan.step) or run.stage_index != plan.stage_index:
-        return None
-    active = [p for p in range(snapshot.spec.dataset.problems) if p not in plan.dropped_problems]
-    kept, dropped = split_by_filter(outcome.correct, plan.threshold, active)
-    dropped_set = set(dropped)
-    problems = tuple(
-        ProblemResult(
-            plan.stage_index, problem, plan.samples, outcome.correct.get(problem, 0), problem in dropped_set
-        )
-        for problem in active
-    )
-    stage = snapshot.stage
-    message = (
-        f"{stage.name} entry filter: {len(active)} → {len(kept)} problems "
-        f"({len(dropped)} solved {plan.threshold} of {plan.samples} samples)"
-    )
-    return _patch(
-        snapshot,
-        run={
-            "sim_seconds": run.sim_seconds + outcome.seconds,
-            "gpu_busy_seconds": run.gpu_busy_seconds + outcome.gpu_busy_seconds,
-            "gpu_held_seconds": run.gpu_held_seconds + outcome.gpu_held_seconds,
-            "message": message,
-        },
-        stages=(StageUpdate(stage.index, {"problems_in": len(active), "problems_kept": len(kept)}),),
-        problems=problems,
-        events=(NewEvent("ProblemsFiltered", message, {"in": len(active), "kept": len(kept)}),),
     )
 
 

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import re
 import secrets
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, fields, replace
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import asdict, replace
 
-import platformdirs
-from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, make_url, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import (
-    ArgumentError,
     DBAPIError,
     IntegrityError,
-    InterfaceError,
-    NoSuchModuleError,
-    OperationalError,
 )
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from orchestrator.core.idle import IdleStretch, IdleUpdate
-from orchestrator.errors import ConflictError, DatabaseUnavailable, NotFound, OrchError
+from orchestrator.core.lifecycle import initial_run
+from orchestrator.errors import ConflictError, NotFound
 from orchestrator.records import (
     Checkpoint,
     Event,
@@ -33,7 +25,6 @@ from orchestrator.records import (
     GpuSample,
     NewEvent,
     Phase,
-    ProcessMemory,
     Run,
     RunPatch,
     Stage,
@@ -42,6 +33,7 @@ from orchestrator.records import (
     WorkloadStatus,
 )
 from orchestrator.spec import RunSpec
+from orchestrator.state.engine import Sessions, default_database_url, lost, make_engine, unavailable
 from orchestrator.state.migrations_runner import upgrade_to_head
 from orchestrator.state.models import (
     CheckpointRow,
@@ -55,151 +47,20 @@ from orchestrator.state.models import (
     StepRow,
     WorkloadRow,
 )
+from orchestrator.state.rows import (
+    run_record,
+    sample_from_json,
+    sample_json,
+    stage_record,
+    step_record,
+    unassigned,
+    workload_record,
+)
 
-__all__ = ["Store", "default_database_url"]
+__all__ = ["Store"]
 
-DATABASE_URL_ENV = "ORCH_DATABASE_URL"
 UTILIZATION_BUCKET_SECONDS = 60.0
 TERMINAL = [phase.value for phase in Phase if phase.terminal]
-DATABASE_URL_SETTING = "ORCH_DATABASE_URL / --database-url"
-URL_FORM = "sqlite:////path/to/orch.db or postgresql://user:password@host:5432/database"
-# The pip package of each DB-API module SQLAlchemy may import for a URL's dialect+driver.
-DRIVER_PACKAGES = {
-    "psycopg": "psycopg[binary]",
-    "psycopg2": "psycopg2-binary",
-    "asyncpg": "asyncpg",
-    "pg8000": "pg8000",
-    "MySQLdb": "mysqlclient",
-    "pymysql": "pymysql",
-}
-
-
-def default_database_url() -> str:
-    """``ORCH_DATABASE_URL`` if set, else a SQLite file in the user's data directory."""
-    url = os.environ.get(DATABASE_URL_ENV)
-    if url:
-        return url
-    directory = Path(platformdirs.user_data_dir("orch"))
-    directory.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{directory / 'orch.db'}"
-
-
-def _unavailable(url: str, error: DBAPIError) -> DatabaseUnavailable:
-    where = make_url(url).render_as_string(hide_password=True)
-    reason = " ".join(str(error.orig or error).split())
-    return DatabaseUnavailable(where, reason)
-
-
-def _lost(error: DBAPIError) -> bool:
-    """A lost, refused, terminated or locked connection: the database, not the request, failed."""
-    return isinstance(error, OperationalError | InterfaceError) or error.connection_invalidated
-
-
-class _Sessions:
-    """Opens sessions like a ``sessionmaker``; a database that cannot answer raises DatabaseUnavailable."""
-
-    def __init__(self, engine: Engine, url: str) -> None:
-        self._maker = sessionmaker(engine, expire_on_commit=False)
-        self._url = url
-
-    @contextmanager
-    def __call__(self) -> Iterator[Session]:
-        try:
-            with self._maker() as session:
-                yield session
-        except DBAPIError as error:
-            if _lost(error):
-                raise _unavailable(self._url, error) from error
-            raise
-
-
-def _make_engine(url: str) -> Engine:
-    """The engine for ``url``, or one line naming the setting and what to fix."""
-    try:
-        return _create_engine(url)
-    except NoSuchModuleError as error:
-        kind = url.partition("://")[0]
-        message = f"unknown database kind {kind!r}; expected {URL_FORM}"
-        raise OrchError(f"{DATABASE_URL_SETTING}: {message}") from error
-    except ArgumentError as error:
-        shown = re.sub(r":[^:/@]*@", ":***@", url)  # a password, should the text hold one
-        message = f"{shown!r} is not a database URL; expected {URL_FORM}"
-        raise OrchError(f"{DATABASE_URL_SETTING}: {message}") from error
-    except ImportError as error:
-        module = error.name or str(error)
-        raise OrchError(
-            f"{DATABASE_URL_SETTING}: {url.partition('://')[0]}:// needs the driver {module!r}, which is not "
-            f"installed; pip install '{DRIVER_PACKAGES.get(module, module)}', "
-            "or use postgresql:// (psycopg, installed with orch) or sqlite://"
-        ) from error
-
-
-def _create_engine(url: str) -> Engine:
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    if url.startswith("sqlite"):
-        # A busy timeout given in the URL (?timeout=seconds) wins over the default.
-        engine = create_engine(url, connect_args={} if "timeout" in make_url(url).query else {"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            # Let pysqlite leave transactions to us, so BEGIN IMMEDIATE takes the write lock up front.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    # A host that never answers fails a connect after 10 s (unless the URL says otherwise), not minutes.
-    timeout = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": 10}
-    return create_engine(url, pool_pre_ping=True, connect_args=timeout)
-
-
-R = TypeVar("R")
-
-
-def _record(record_type: type[R], row: object, **converted: object) -> R:
-    """Copy a row's columns into the frozen record of the same field names."""
-    values = {f.name: getattr(row, f.name) for f in fields(record_type) if f.name not in converted}  # type: ignore[arg-type]
-    return record_type(**values, **converted)
-
-
-def _sample_json(sample: GpuSample) -> dict[str, Any]:
-    return asdict(sample)
-
-
-def _sample_from_json(data: dict[str, Any]) -> GpuSample:
-    values = dict(data)
-    values["processes"] = tuple(ProcessMemory(**p) for p in values.get("processes") or ())
-    values["throttle_reasons"] = tuple(values.get("throttle_reasons") or ())
-    known = {f.name for f in fields(GpuSample)}
-    return GpuSample(**{k: v for k, v in values.items() if k in known})
-
-
-def _unassigned(sample: GpuSample) -> GpuSample:
-    return replace(sample, run="", role="")
-
-
-def _run(row: RunRow) -> Run:
-    return _record(Run, row, phase=Phase(row.phase))
-
-
-def _stage(row: StageRow) -> Stage:
-    return _record(Stage, row)
-
-
-def _workload(row: WorkloadRow) -> Workload:
-    return _record(Workload, row, status=WorkloadStatus(row.status), env=dict(row.env))
-
-
-def _step(row: StepRow) -> Step:
-    return _record(Step, row, engines=tuple(row.engines or ()))
 
 
 class Store:
@@ -207,8 +68,8 @@ class Store:
 
     def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
         self.url = url or default_database_url()
-        self.engine = _make_engine(self.url)
-        self._sessions = _Sessions(self.engine, self.url)
+        self.engine = make_engine(self.url)
+        self._sessions = Sessions(self.engine, self.url)
         if migrate:
             self.upgrade()
 
@@ -217,8 +78,8 @@ class Store:
         try:
             return upgrade_to_head(self.engine)
         except DBAPIError as error:
-            if _lost(error):
-                raise _unavailable(self.url, error) from error
+            if lost(error):
+                raise unavailable(self.url, error) from error
             raise
 
     def close(self) -> None:
@@ -245,68 +106,23 @@ class Store:
     # ---- runs -------------------------------------------------------------------------------
 
     def create_run(self, spec: RunSpec, *, external_ref: str | None = None) -> Run:
-        """Store a validated spec as a Pending run with its stages, in one transaction.
+        """Store a validated spec as a Pending run with its stages (``initial_run``), in one transaction.
 
         ``external_ref`` names the object the run mirrors (a TrainingRun's namespace/name/uid); it is
         unique, so mirroring the same object twice fails instead of starting a second run.
         """
-        now = time.time()
-        run_id = f"{spec.name}-{secrets.token_hex(3)}"
-        first = spec.curriculum[0]
+        new = initial_run(spec, f"{spec.name}-{secrets.token_hex(3)}", time.time(), external_ref=external_ref)
         with self._transaction() as session:
-            row = RunRow(
-                id=run_id,
-                name=spec.name,
-                spec=spec.model_dump(mode="json"),
-                phase=Phase.PENDING.value,
-                stage_index=0,
-                steps_done=0,
-                attempt=0,
-                resume_step=0,
-                advance_requested=False,
-                sim_seconds=0.0,
-                gpu_busy_seconds=0.0,
-                gpu_held_seconds=0.0,
-                message="waiting for a controller",
-                queue=spec.scheduling.queue,
-                priority=spec.scheduling.priority,
-                lease_owner=None,
-                lease_expires_at=0.0,
-                version=1,
-                external_ref=external_ref,
-                created_at=now,
-                updated_at=now,
-            )
+            row = RunRow(**{**asdict(new.run), "phase": new.run.phase.value})
             session.add(row)
-            for index, stage in enumerate(spec.curriculum):
-                session.add(
-                    StageRow(
-                        run_id=run_id,
-                        index=index,
-                        name=stage.name or f"stage-{index + 1}",
-                        max_response_tokens=stage.max_response_tokens,
-                        max_turns=stage.max_turns,
-                        planned_steps=stage.steps,
-                        start_after_step=0 if index == 0 else None,
-                        end_step=None,
-                    )
-                )
-            self._add_events(
-                session,
-                run_id,
-                [
-                    NewEvent(
-                        "Submitted",
-                        f"run {run_id} submitted: {len(spec.curriculum)} stages, {spec.total_steps} steps, "
-                        f"stage 1 at {first.max_response_tokens} response tokens",
-                    )
-                ],
-            )
+            for stage in new.stages:
+                session.add(StageRow(**asdict(stage)))
+            self._add_events(session, new.run.id, [new.event])
             try:
                 session.flush()
             except IntegrityError as error:
                 raise ConflictError(f"{external_ref} is already mirrored by another run") from error
-            return _run(row)
+            return run_record(row)
 
     def get_run(self, ref: str) -> Run:
         """A run by id, or by name when exactly one run has that name."""
@@ -320,80 +136,84 @@ class Store:
                 row = rows[0] if rows else None
             if row is None:
                 raise NotFound(f"run {ref!r} not found; `orch list` shows the runs")
-            return _run(row)
+            return run_record(row)
 
     def find_run_by_ref(self, external_ref: str) -> Run | None:
         with self._sessions() as session:
             row = session.scalar(select(RunRow).where(RunRow.external_ref == external_ref))
-            return _run(row) if row is not None else None
+            return run_record(row) if row is not None else None
 
     def list_runs(self, *, active_only: bool = False) -> list[Run]:
         with self._sessions() as session:
             query = select(RunRow).order_by(RunRow.created_at)
             if active_only:
                 query = query.where(RunRow.phase.not_in(TERMINAL))
-            return [_run(row) for row in session.scalars(query)]
+            return [run_record(row) for row in session.scalars(query)]
 
     def apply(self, patch: RunPatch) -> Run:
         """Apply one decision atomically. Raises ``ConflictError`` if the run changed meanwhile."""
-        now = time.time()
         with self._transaction() as session:
-            values = dict(patch.run, version=RunRow.version + 1, updated_at=now)
-            result = session.execute(
-                update(RunRow)
-                .where(RunRow.id == patch.run_id, RunRow.version == patch.expected_version)
-                .values(**values)
+            return self._apply(session, patch, time.time())
+
+    def _apply(self, session: Session, patch: RunPatch, now: float) -> Run:
+        """``patch`` inside the caller's transaction; ``ConflictError`` (which rolls it back) if the run
+        changed since ``patch.expected_version``."""
+        values = dict(patch.run, version=RunRow.version + 1, updated_at=now)
+        result = session.execute(
+            update(RunRow)
+            .where(RunRow.id == patch.run_id, RunRow.version == patch.expected_version)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            if session.get(RunRow, patch.run_id) is None:
+                raise NotFound(f"run {patch.run_id!r} not found; `orch list` shows the runs")
+            raise ConflictError(
+                f"run {patch.run_id}: changed by another writer since version {patch.expected_version}; "
+                "read it again and retry"
             )
-            if result.rowcount != 1:
-                if session.get(RunRow, patch.run_id) is None:
-                    raise NotFound(f"run {patch.run_id!r} not found; `orch list` shows the runs")
-                raise ConflictError(
-                    f"run {patch.run_id}: changed by another writer since version {patch.expected_version}; "
-                    "read it again and retry"
+        for stage in patch.stages:
+            session.execute(
+                update(StageRow)
+                .where(StageRow.run_id == patch.run_id, StageRow.index == stage.index)
+                .values(**stage.fields)
+            )
+        for workload in patch.workloads:
+            self._upsert_workload(session, workload, now)
+        if patch.supersede_steps_after is not None:
+            session.execute(
+                update(StepRow)
+                .where(
+                    StepRow.run_id == patch.run_id,
+                    StepRow.step > patch.supersede_steps_after,
+                    StepRow.superseded.is_(False),
                 )
-            for stage in patch.stages:
-                session.execute(
-                    update(StageRow)
-                    .where(StageRow.run_id == patch.run_id, StageRow.index == stage.index)
-                    .values(**stage.fields)
+                .values(superseded=True)
+            )
+        if patch.step is not None:
+            session.add(
+                StepRow(
+                    **{**asdict(patch.step), "engines": list(patch.step.engines)},
+                    finished_sim_seconds=patch.run.get("sim_seconds", 0.0),
                 )
-            for workload in patch.workloads:
-                self._upsert_workload(session, workload, now)
-            if patch.supersede_steps_after is not None:
-                session.execute(
-                    update(StepRow)
-                    .where(
-                        StepRow.run_id == patch.run_id,
-                        StepRow.step > patch.supersede_steps_after,
-                        StepRow.superseded.is_(False),
-                    )
-                    .values(superseded=True)
-                )
-            if patch.step is not None:
-                session.add(
-                    StepRow(
-                        **{**asdict(patch.step), "engines": list(patch.step.engines)},
-                        finished_sim_seconds=patch.run.get("sim_seconds", 0.0),
-                    )
-                )
-            if patch.checkpoint is not None:
-                session.add(CheckpointRow(**asdict(patch.checkpoint), created_at=now))
-            if patch.problems:
-                session.execute(
-                    insert(ProblemRow),
-                    [dict(asdict(problem), run_id=patch.run_id) for problem in patch.problems],
-                )
-            self._add_events(session, patch.run_id, patch.events)
-            try:
-                session.flush()
-            except IntegrityError as error:
-                raise ConflictError(
-                    f"run {patch.run_id}: write collides with a row another writer made ({error.orig}); "
-                    "read it again and retry"
-                ) from error
-            row = session.get(RunRow, patch.run_id)
-            session.refresh(row)
-            return _run(row)
+            )
+        if patch.checkpoint is not None:
+            session.add(CheckpointRow(**asdict(patch.checkpoint), created_at=now))
+        if patch.problems:
+            session.execute(
+                insert(ProblemRow),
+                [dict(asdict(problem), run_id=patch.run_id) for problem in patch.problems],
+            )
+        self._add_events(session, patch.run_id, patch.events)
+        try:
+            session.flush()
+        except IntegrityError as error:
+            raise ConflictError(
+                f"run {patch.run_id}: write collides with a row another writer made ({error.orig}); "
+                "read it again and retry"
+            ) from error
+        row = session.get(RunRow, patch.run_id)
+        session.refresh(row)
+        return run_record(row)
 
     @staticmethod
     def _upsert_workload(session: Session, workload: Workload, now: float) -> None:
@@ -414,11 +234,12 @@ class Store:
         samples: Sequence[GpuSample],
         idle: IdleUpdate,
         events: Mapping[str, Sequence[NewEvent]],
-        suspend: Collection[str] = (),
+        suspend: Sequence[RunPatch] = (),
         bucket_seconds: float = UTILIZATION_BUCKET_SECONDS,
     ) -> None:
         """Ingest samples in one transaction: latest per GPU, idle stretches and seconds, the
-        per-run utilization history (downsampled into time buckets), events, suspend requests."""
+        per-run utilization history (downsampled into time buckets), events, and the suspend requests
+        (``commands.request_suspend`` patches; a run changed meanwhile raises ``ConflictError``)."""
         now = time.time()
         with self._transaction() as session:
             latest = {(s.node, s.index): s for s in samples}
@@ -430,7 +251,7 @@ class Store:
                     row = GpuLatestRow(node=key[0], gpu=key[1], idle_reported=False)
                     session.add(row)
                 if key in latest:
-                    row.sample = _sample_json(latest[key])
+                    row.sample = sample_json(latest[key])
                     row.updated_at = now  # when a sample arrived: the age `orch gpus` shows
                 stretch = idle.stretches.get(key)
                 row.idle_run = stretch.run if stretch else None
@@ -469,12 +290,8 @@ class Store:
             for run_id, new in events.items():
                 if run_id in known:
                     self._add_events(session, run_id, new)
-            if suspend:
-                session.execute(
-                    update(RunRow)
-                    .where(RunRow.id.in_(list(suspend)), RunRow.phase.not_in(TERMINAL))
-                    .values(suspend_requested=True, version=RunRow.version + 1, updated_at=now)
-                )
+            for patch in suspend:
+                self._apply(session, patch, now)
 
     def latest_gpu_samples(self) -> list[GpuSample]:
         """The newest sample of every GPU, by pool, node and index (see ``latest_gpu_readings``)."""
@@ -492,13 +309,13 @@ class Store:
                     GpuLatestRow.node, GpuLatestRow.gpu
                 )
             ).all()
-            readings = [GpuReading(_sample_from_json(sample), received) for sample, received in rows]
+            readings = [GpuReading(sample_from_json(sample), received) for sample, received in rows]
             named = {r.sample.run for r in readings if r.sample.run}
             active = set(
                 session.scalars(select(RunRow.id).where(RunRow.id.in_(named), RunRow.phase.not_in(TERMINAL)))
             )
         readings = [
-            r if not r.sample.run or r.sample.run in active else replace(r, sample=_unassigned(r.sample))
+            r if not r.sample.run or r.sample.run in active else replace(r, sample=unassigned(r.sample))
             for r in readings
         ]
         return sorted(readings, key=lambda r: (r.sample.pool, r.sample.node, r.sample.index))
@@ -596,7 +413,7 @@ class Store:
     def stages(self, run_id: str) -> list[Stage]:
         with self._sessions() as session:
             rows = session.scalars(select(StageRow).where(StageRow.run_id == run_id).order_by(StageRow.index))
-            return [_stage(row) for row in rows]
+            return [stage_record(row) for row in rows]
 
     def workloads(self, run_id: str | None = None, *, live_only: bool = False) -> list[Workload]:
         with self._sessions() as session:
@@ -605,14 +422,14 @@ class Store:
                 query = query.where(WorkloadRow.run_id == run_id)
             if live_only:
                 query = query.where(WorkloadRow.status.in_([s.value for s in WorkloadStatus if s.live]))
-            return [_workload(row) for row in session.scalars(query)]
+            return [workload_record(row) for row in session.scalars(query)]
 
     def steps(self, run_id: str, *, include_superseded: bool = False) -> list[Step]:
         with self._sessions() as session:
             query = select(StepRow).where(StepRow.run_id == run_id).order_by(StepRow.step, StepRow.id)
             if not include_superseded:
                 query = query.where(StepRow.superseded.is_(False))
-            return [_step(row) for row in session.scalars(query)]
+            return [step_record(row) for row in session.scalars(query)]
 
     def checkpoints(self, run_id: str) -> list[Checkpoint]:
         with self._sessions() as session:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from orchestrator.backends.base import Backend
-from orchestrator.controller import Controller
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.records import Phase, Run
+from orchestrator.service.control import build_controller
 from orchestrator.state.store import Store
 
 __all__ = ["run_to_completion", "settled"]
@@ -33,15 +33,7 @@ def run_to_completion(
 
     Ctrl-C stops the controller cleanly (its lease is released) and propagates.
     """
-    controller = Controller(
-        store,
-        backend.cluster,
-        backend.executor,
-        sources=backend.sources,
-        telemetry=backend.telemetry,
-        transient=backend.transient,
-        only=frozenset({run_id}),
-    )
+    controller = build_controller(store, backend, only=frozenset({run_id}))
     stop, finished = threading.Event(), threading.Event()
     failed: list[BaseException] = []
 

@@ -1,8 +1,7 @@
-"""The SDK behind ``orch``: every command as one function over a ``Store``; ``cli.py`` only prints."""
+"""Runs: every ``orch`` command on runs, one function over a ``Store``; ``orchestrator.render`` shows them."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +9,10 @@ from orchestrator.core import commands
 from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.core.feasibility import run_problems
 from orchestrator.errors import SpecError
-from orchestrator.records import Checkpoint, Event, Run, Stage, Step, Workload
+from orchestrator.records import Checkpoint, Event, GpuReading, Run, Stage, Step, Workload
 from orchestrator.spec import RunSpec, load_spec
 from orchestrator.state.store import Store
-from orchestrator.views import iso_time, lease_holder
+from orchestrator.telemetry.latest import latest_readings
 
 __all__ = [
     "OtherRun",
@@ -21,10 +20,14 @@ __all__ = [
     "advance_stage",
     "cancel_run",
     "events",
+    "gpu_readings",
+    "list_runs",
     "other_runs",
+    "planned_steps",
     "report",
     "resume_run",
     "submit",
+    "upgrade_database",
     "validate",
 ]
 
@@ -46,62 +49,6 @@ class RunReport:
     def stage_changes(self) -> int:
         return sum(1 for stage in self.stages if stage.started) - 1
 
-    def as_dict(self, now: float | None = None) -> dict[str, object]:
-        """Plain data for ``-o json|yaml``; ``controller`` is the lease holder at ``now`` (default: now)."""
-        run = self.run
-        return {
-            "id": run.id,
-            "name": run.name,
-            "phase": run.phase.value,
-            "stage": run.stage_index + 1,
-            "stage_name": self.stages[run.stage_index].name,
-            "steps_done": run.steps_done,
-            "steps_planned": sum(s.planned_steps or 0 for s in self.stages),
-            "attempt": run.attempt,
-            "checkpoints": [c.step for c in self.checkpoints],
-            "last_checkpoint": self.checkpoints[-1].uri if self.checkpoints else None,
-            "stage_changes": self.stage_changes,
-            "superseded_steps": self.superseded_steps,
-            "gpu_busy_fraction": round(run.gpu_busy_fraction, 4),
-            "idle_gpu_hours": round(sum(self.idle_gpu_seconds.values()) / 3600, 3),
-            "idle_gpu_hours_by_role": {
-                role: round(s / 3600, 3) for role, s in sorted(self.idle_gpu_seconds.items())
-            },
-            "utilization_history": [
-                {"at": start, "busy_ratio": round(busy / held, 4) if held else None}
-                for start, held, busy in self.utilization
-            ],
-            "simulated_seconds": round(run.sim_seconds, 1),
-            "message": run.message,
-            "controller": lease_holder(run, time.time() if now is None else now),
-            "lease_owner": run.lease_owner,
-            "lease_expires_at": iso_time(run.lease_expires_at) if run.lease_owner else None,
-            "last_step_engines": [
-                {"engine": index, **stats} for index, stats in enumerate(self.steps[-1].engines)
-            ]
-            if self.steps
-            else [],
-            "last_step_queue_peak": self.steps[-1].queue_peak if self.steps else 0,
-            "stages": [
-                {
-                    "name": s.name,
-                    "max_response_tokens": s.max_response_tokens,
-                    "max_turns": s.max_turns,
-                    "planned_steps": s.planned_steps,
-                    "start_after_step": s.start_after_step,
-                    "end_step": s.end_step,
-                    "problems_in": s.problems_in,
-                    "problems_kept": s.problems_kept,
-                }
-                for s in self.stages
-            ],
-            "workloads": [
-                {"name": w.name, "role": w.role, "node": w.node, "gpus": w.gpus, "status": w.status.value}
-                for w in self.workloads
-                if w.status.live
-            ],
-        }
-
 
 def validate(path: str | Path) -> RunSpec:
     """Parse and check a spec without storing anything: refuses what the controller would refuse."""
@@ -112,8 +59,33 @@ def validate(path: str | Path) -> RunSpec:
     return spec
 
 
-def submit(store: Store, path: str | Path) -> Run:
-    return store.create_run(validate(path))
+def submit(store: Store, spec: RunSpec) -> Run:
+    """Store a spec that ``validate`` accepted as a new Pending run."""
+    return store.create_run(spec)
+
+
+def list_runs(store: Store) -> list[Run]:
+    """Every run, oldest first."""
+    return store.list_runs()
+
+
+def planned_steps(store: Store, run_id: str) -> int:
+    """The steps a run's stages plan in all."""
+    return sum(s.planned_steps or 0 for s in store.stages(run_id))
+
+
+def gpu_readings(store: object) -> list[GpuReading]:
+    """The newest sample of every GPU with the time it was received (``[]`` for a store without telemetry)."""
+    return latest_readings(store)
+
+
+def upgrade_database(url: str | None) -> str:
+    """Apply the migrations up to the newest schema; the revision now in force."""
+    store = Store(url, migrate=False)
+    try:
+        return store.upgrade()
+    finally:
+        store.close()
 
 
 def report(store: Store, ref: str) -> RunReport:

@@ -1,0 +1,1 @@
+"""The ``orch`` commands beside ``cli.py``: each parses, calls the service layer, shows with ``render``."""

@@ -1,0 +1,1 @@
+"""The one rendering package of ``orch``: tables, JSON and YAML output, the live ``top``."""

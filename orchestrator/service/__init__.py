@@ -1,0 +1,49 @@
+"""The one service layer every front end (``orch``, the HTTP API) calls: runs, the controller, the agent.
+
+They take a ``Store`` (or what a process needs) and return records; ``orchestrator.render`` shows them."""
+
+from __future__ import annotations
+
+from orchestrator.service.agent import gpu_agent, scrape_once, serve_agent
+from orchestrator.service.control import build_controller, run_controller
+from orchestrator.service.embedded import run_to_completion, settled
+from orchestrator.service.runs import (
+    OtherRun,
+    RunReport,
+    advance_stage,
+    cancel_run,
+    events,
+    gpu_readings,
+    list_runs,
+    other_runs,
+    planned_steps,
+    report,
+    resume_run,
+    submit,
+    upgrade_database,
+    validate,
+)
+
+__all__ = [
+    "OtherRun",
+    "RunReport",
+    "advance_stage",
+    "build_controller",
+    "cancel_run",
+    "events",
+    "gpu_agent",
+    "gpu_readings",
+    "list_runs",
+    "other_runs",
+    "planned_steps",
+    "report",
+    "resume_run",
+    "run_controller",
+    "run_to_completion",
+    "scrape_once",
+    "serve_agent",
+    "settled",
+    "submit",
+    "upgrade_database",
+    "validate",
+]
