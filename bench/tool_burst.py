@@ -20,6 +20,20 @@ Measured in the same run, on the same worker count:
   way orch's zygotes do (no site, so no .pth imports or editable-install finders). The ratio to the latter
   is the fair one; both are reported, neither is a goal.
 
+Where orch's time goes that the ceiling does not spend (profiled 2026-12-02 on this 2-core VM, one zygote
+pinned to one CPU, ``print(3*3+17)`` 1,500 times; medians, µs of that CPU per call; orch before the zygote
+planned each call before its fork): the fork 367 vs 320 (orch's zygote has more mappings: ctypes, its
+frames), the child's fd set-up 54 vs 17, a private mount and IPC namespace with its own tmpfs as /tmp,
+/var/tmp and /dev/shm 180 (none in the ceiling), rlimits 56 and dropping to the worker's uid 53 (none),
+the snippet 308 vs 216 (a fresh ``__main__``, sys.path and std streams, each Python object touched a
+copy-on-write fault), exit and reap 248 vs 172 (the namespaces and tmpfs torn down); the zygote's own part
+(sealed output files, pidfd, reaping the uid) ~0.3 core-ms, and the service process (admission, the pool's
+queue, JSON frames) 0.21-0.26 core-ms. Planning mounts and rlimits in the zygote before the fork (so the
+child touches fewer objects) took the zygote and child from 1.50 to 1.31 core-ms a call (3 runs each,
+interleaved). The ceiling costs 0.74 core-ms a call; 0.8 of its throughput leaves orch ~0.19 core-ms for
+everything it adds, less than its isolation steps alone cost, so the goal cannot be met without dropping
+isolation the README promises.
+
     python bench/tool_burst.py [--quick] [--workers N] [--baseline N]
 """
 
