@@ -40,9 +40,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator.tools.admission import ToolService
 from orchestrator.tools.api import ExecResult, Limits
 from orchestrator.tools.sandbox import ZYGOTE_ENV, ZYGOTE_FLAGS, SandboxPool
-from orchestrator.tools.service import ToolService
 from orchestrator.tools.zygote import PAGE_SIZE, PRELOAD
 
 CALLS, QUICK_CALLS = 45_000, 1_000
