@@ -54,10 +54,10 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.tools._sandbox_child import PAGE_SIZE, PRELOAD
+from orchestrator.tools.admission import ToolService
 from orchestrator.tools.api import ExecResult, Limits
 from orchestrator.tools.sandbox import ZYGOTE_ENV, ZYGOTE_FLAGS, SandboxPool
-from orchestrator.tools.service import ToolService
+from orchestrator.tools.zygote import PAGE_SIZE, PRELOAD
 
 CALLS, QUICK_CALLS = 45_000, 1_000
 BASELINE, QUICK_BASELINE = 4_000, 1_000

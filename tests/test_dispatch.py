@@ -27,6 +27,8 @@ from orchestrator.core.dispatch import (
     Request,
     make_dispatcher,
 )
+from orchestrator.core.dispatch.dispatcher import _dispatcher
+from orchestrator.core.dispatch.ledger import SCAN_MAX_ENGINES
 
 
 def engines(*totals: int, unhealthy: Sequence[int] = ()) -> list[EngineState]:
@@ -293,7 +295,7 @@ def test_a_shrunken_engine_takes_nothing_until_its_reservations_fit_again() -> N
 
 
 def test_the_lazy_heap_stays_bounded_over_a_long_stream() -> None:
-    d = dispatch._dispatcher("kv_aware", engines(*[10_000] * 4), 0, None, scan=False)
+    d = _dispatcher("kv_aware", engines(*[10_000] * 4), 0, None, scan=False)
     for i in range(5_000):
         place(d, req(i))
         d.finished(i)
@@ -539,7 +541,7 @@ class DispatchMachine(RuleBasedStateMachine):
         """The same calls give the same answers again, on the scan path and on the heap path alike."""
         states, seed, expected = self.config
         for scan in (True, False):
-            again = dispatch._dispatcher(self.policy, states, seed, expected, scan=scan)
+            again = _dispatcher(self.policy, states, seed, expected, scan=scan)
             for (method, arg), output in zip(self.calls, self.outputs, strict=True):
                 result = getattr(again, method)() if arg is None else getattr(again, method)(arg)
                 assert result == output, f"replay (scan={scan}) diverged at {method}({arg})"
@@ -601,14 +603,12 @@ def test_the_scan_and_the_heap_make_identical_decisions_on_long_random_sequences
 ) -> None:
     states = [EngineState(e, [1_000, 2_000, 3_000][e % 3]) for e in range(size)]
     for seed in range(3):
-        fast = drive_randomly(dispatch._dispatcher(policy, states, seed, None, scan=True), size, seed, 1_500)
-        general = drive_randomly(
-            dispatch._dispatcher(policy, states, seed, None, scan=False), size, seed, 1_500
-        )
+        fast = drive_randomly(_dispatcher(policy, states, seed, None, scan=True), size, seed, 1_500)
+        general = drive_randomly(_dispatcher(policy, states, seed, None, scan=False), size, seed, 1_500)
         assert fast == general
 
 
 def test_make_dispatcher_scans_for_few_engines_and_uses_heaps_for_many() -> None:
-    few = make_dispatcher("kv_aware", engines(*[1000] * dispatch.SCAN_MAX_ENGINES))
-    many = make_dispatcher("kv_aware", engines(*[1000] * (dispatch.SCAN_MAX_ENGINES + 1)))
+    few = make_dispatcher("kv_aware", engines(*[1000] * SCAN_MAX_ENGINES))
+    many = make_dispatcher("kv_aware", engines(*[1000] * (SCAN_MAX_ENGINES + 1)))
     assert few._ledger.scan and not many._ledger.scan  # type: ignore[attr-defined]

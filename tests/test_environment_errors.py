@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from orchestrator.testing.fake_engine import FakeEngine
-from orchestrator.tools.service import ToolService
+from orchestrator.tools.admission import ToolService
 from tests.conftest import ROOT
 from tests.conftest import run_async as run
 from tests.test_router import cluster
@@ -116,7 +116,7 @@ def test_a_ray_tools_service_without_ray_installed_names_the_extra(tmp_path) -> 
 import asyncio
 from orchestrator.errors import OrchError
 from orchestrator.spec import ToolsSpec
-from orchestrator.tools.serve import open_executor
+from orchestrator.tools.executors import open_executor
 
 async def main():
     async with open_executor(ToolsSpec(service="ray:auto")):
@@ -135,8 +135,8 @@ except OrchError as error:
 
 
 def test_with_ray_installed_ray_pool_class_is_the_ray_pool() -> None:
+    from orchestrator.tools.executors import ray_pool_class
     from orchestrator.tools.ray_pool import RayPool
-    from orchestrator.tools.serve import ray_pool_class
 
     assert ray_pool_class("--ray") is RayPool
 

@@ -26,7 +26,7 @@ from orchestrator.sim.trainer import SimTrainer
 from orchestrator.spec import IdlePolicySpec, load_spec
 from orchestrator.state.store import Store
 from orchestrator.telemetry.names import SCHEDULER_METRICS
-from orchestrator.telemetry.scheduler import SchedulerCollector
+from orchestrator.telemetry.scheduler_metrics import SchedulerCollector
 from tests.conftest import spec_data, write_spec
 
 

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 
 from orchestrator import service
-from orchestrator.backends.base import Backend
+from orchestrator.backends.base import BackendParts
 from orchestrator.controller import Controller
 from orchestrator.kube.backend import make_kube_backend
 from orchestrator.kube.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -38,7 +38,7 @@ class FakeCluster:
     services_seen: dict[str, dict[str, Any]] = field(default_factory=dict)
     configmaps_seen: dict[str, dict[str, Any]] = field(default_factory=dict)
     configmaps_seen: dict[str, dict[str, Any]] = field(default_factory=dict)
-    backends: list[Backend] = field(default_factory=list)
+    backends: list[BackendParts] = field(default_factory=list)
 
     def node(self, name: str, pool: str = "node", gpus: int = 8) -> None:
         self.kubelet.add_node(name, gpus=gpus, labels={POOL: pool}, taints=[GPU_TAINT])
@@ -49,14 +49,14 @@ class FakeCluster:
             self.node(name, pool="train")
         self.node("gen-0", pool="gen")
 
-    def backend(self) -> Backend:
+    def backend(self) -> BackendParts:
         backend = make_kube_backend(
             self.server.api_client(), namespace=NAMESPACE, pool_label=POOL, watch_timeout_s=1
         )
         self.backends.append(backend)
         return backend
 
-    def controller(self, store: Store, identity: str = "ctl-a") -> tuple[Controller, Backend]:
+    def controller(self, store: Store, identity: str = "ctl-a") -> tuple[Controller, BackendParts]:
         backend = self.backend()
         controller = Controller(
             store,

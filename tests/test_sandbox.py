@@ -92,7 +92,7 @@ def test_an_exception_is_an_error_with_its_traceback() -> None:
         assert (result.verdict, result.exit_status) == ("error", 1)
         assert 'File "<snippet>", line 2' in result.stderr and "1 / 0" in result.stderr
         assert result.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
-        assert "_sandbox_child" not in result.stderr
+        assert "zygote.py" not in result.stderr
         syntax = await pool.execute("def (:\n")
         assert syntax.verdict == "error" and "SyntaxError" in syntax.stderr
 
@@ -798,7 +798,7 @@ def test_a_stuck_worker_is_replaced_after_the_grace() -> None:
 
 
 def test_scratch_removal_never_follows_symlinks(tmp_path: Path) -> None:
-    from orchestrator.tools._sandbox_child import remove_tree
+    from orchestrator.tools.zygote import remove_tree
 
     outside = tmp_path / "outside"
     (outside / "kept").mkdir(parents=True)

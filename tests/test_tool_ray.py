@@ -16,9 +16,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from orchestrator.tools.admission import ToolService
 from orchestrator.tools.api import ExecResult, Limits
 from orchestrator.tools.ray_pool import RayPool, RayPoolError, _check_reachable
-from orchestrator.tools.service import ToolService
 from tests.conftest import run_async as run
 
 

@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.tools.admission import Busy, ToolService
 from orchestrator.tools.api import MAX_CODE_BYTES, ExecResult, Limits
 from orchestrator.tools.client import ToolClient, ToolServiceError
 from orchestrator.tools.http_api import make_app
-from orchestrator.tools.service import Busy, ToolService
 from tests.conftest import run_async as run
 
 

@@ -17,11 +17,11 @@ from orchestrator.rollout.balancer import Balancer
 from orchestrator.rollout.http_engine import HttpEngine
 from orchestrator.rollout.tools import SandboxTools, ToolCall
 from orchestrator.spec import ToolsSpec
+from orchestrator.tools.admission import ToolService
 from orchestrator.tools.api import ExecResult, Limits
 from orchestrator.tools.client import ToolClient
+from orchestrator.tools.executors import limits_of, open_executor
 from orchestrator.tools.sandbox import SandboxPool
-from orchestrator.tools.serve import limits_of, open_executor
-from orchestrator.tools.service import ToolService
 from tests.conftest import run_async as run
 from tests.test_balancer import engines, prompts
 from tests.test_tool_service import served

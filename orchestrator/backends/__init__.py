@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from orchestrator.backends.base import Backend
+from orchestrator.backends.base import BackendParts
 from orchestrator.errors import SpecError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def check_backend_name(name: str | None = None) -> str:
 
 def make_backend(
     name: str | None = None, *, sim_pace: float | None = None, rollout_metrics: RolloutMetrics | None = None
-) -> Backend:
+) -> BackendParts:
     """The backend named by ``name`` or ``ORCH_BACKEND`` (default ``sim``).
 
     ``sim_pace``: virtual seconds the simulated pool plays per wall second (default ``ORCH_SIM_PACE``,
@@ -57,7 +57,7 @@ def make_backend(
         cluster = SimCluster.from_env()
         pace = sim_pace if sim_pace is not None else _pace_from_env()
         trainer = SimTrainer(cluster, StepSimulator(rollout_metrics), pace=pace)
-        return Backend(cluster, trainer, telemetry=cluster.telemetry, in_process=True)
+        return BackendParts(cluster, trainer, telemetry=cluster.telemetry, in_process=True)
     from orchestrator.kube.backend import make_kube_backend
     from orchestrator.kube.cluster import DEFAULT_NAMESPACE, DEFAULT_POOL_LABEL, api_client_from_environment
 

@@ -21,7 +21,7 @@ from orchestrator.spec import PoolSpec, RunSpec
 from orchestrator.state.store import Store
 
 __all__ = [
-    "Backend",
+    "BackendParts",
     "ClusterBackend",
     "ClusterEvent",
     "ExecutionInterrupted",
@@ -104,8 +104,8 @@ def never_transient(error: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
-class Backend:
-    """What a controller drives: the cluster, the training executor, and extra run sources.
+class BackendParts:
+    """The parts a controller drives: the cluster (a ``ClusterBackend``), the training executor, run sources.
 
     ``transient`` tells errors of the environment (API server, network: retried, never a run's failure)
     from the run's own; ``in_process`` says the cluster lives in this process, its workloads dying with it.

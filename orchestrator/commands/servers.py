@@ -192,7 +192,7 @@ def tools_serve(port: int, host: str, workers: int | None, ray_address: str | No
     import os
     from contextlib import suppress
 
-    from orchestrator.tools.serve import serve_tools
+    from orchestrator.tools.server import serve_tools
 
     count = workers or os.cpu_count() or 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from orchestrator.backends.base import Backend
+from orchestrator.backends.base import BackendParts
 from orchestrator.kube.cluster import KubeCluster, transient_kube_error
 from orchestrator.kube.mailbox import KubeExecutor
 from orchestrator.kube.training_runs import TrainingRunMirror
@@ -18,13 +18,13 @@ AGENT_URLS_ENV = "ORCH_AGENT_URLS"  # comma-separated agent (or agent Service en
 
 def make_kube_backend(
     api_client: Any, *, namespace: str, pool_label: str, watch_timeout_s: int = 5
-) -> Backend:
+) -> BackendParts:
     """The Kubernetes backend over an ``ApiClient``: pods, the trainer mailbox and TrainingRuns."""
     cluster = KubeCluster(api_client, namespace, pool_label, watch_timeout_s=watch_timeout_s)
     mirror = TrainingRunMirror(api_client, cluster)
     urls = [url for url in os.environ.get(AGENT_URLS_ENV, "").split(",") if url.strip()]
     feed = AgentScrapeFeed(urls) if urls else None
-    return Backend(
+    return BackendParts(
         cluster,
         KubeExecutor(cluster),
         sources=(mirror,),

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from prometheus_client import REGISTRY
 
 from orchestrator.backends import make_backend
-from orchestrator.backends.base import Backend
+from orchestrator.backends.base import BackendParts
 from orchestrator.controller import (
     Controller,
     DatabaseOutage,
@@ -22,14 +22,14 @@ from orchestrator.health import HealthServer, LoopHeartbeat
 from orchestrator.state.store import Store
 from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
-from orchestrator.telemetry.scheduler import SchedulerCollector
+from orchestrator.telemetry.scheduler_metrics import SchedulerCollector
 
 __all__ = ["build_controller", "run_controller"]
 
 
 def build_controller(
     store: Store,
-    backend: Backend,
+    backend: BackendParts,
     *,
     identity: str | None = None,
     lease_seconds: float = 15.0,

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 
-from orchestrator.backends.base import Backend
+from orchestrator.backends.base import BackendParts
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.records import Phase, Run
 from orchestrator.service.control import build_controller
@@ -23,7 +23,7 @@ def settled(phase: Phase) -> bool:
 def run_to_completion(
     store: Store,
     run_id: str,
-    backend: Backend,
+    backend: BackendParts,
     *,
     on_progress: Callable[[Run], None] = lambda run: None,
     poll_s: float = 0.2,

@@ -25,9 +25,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from orchestrator.tools.admission import Busy, ToolService
 from orchestrator.tools.api import MAX_CODE_BYTES
-from orchestrator.tools.service import Busy, ToolService
-from orchestrator.tools.verify import check_answers
+from orchestrator.tools.grading import check_answers
 
 __all__ = ["MAX_BODY_BYTES", "make_app"]
 

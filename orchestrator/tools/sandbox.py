@@ -1,6 +1,6 @@
 """A pool of warm sandbox workers for untrusted Python snippets; ``SandboxPool`` implements ``CodeExecutor``.
 
-Each worker is a long-lived zygote process (``_sandbox_child``) that has already imported what snippets
+Each worker is a long-lived zygote process (``tools.zygote``) that has already imported what snippets
 commonly need. For every call it forks a child that confines itself and runs the snippet in a fresh
 ``__main__``, so no interpreter starts per call and no state survives one. The pool hands each worker one
 call at a time, gives the zygote ``wall_seconds`` plus a grace to answer, and replaces a zygote that dies or
@@ -63,7 +63,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from orchestrator.errors import OrchError
-from orchestrator.tools import _sandbox_child as zygote
+from orchestrator.tools import zygote
 from orchestrator.tools.api import MAX_CODE_BYTES, MAX_LIMITS, VERDICTS, ExecResult, Limits
 
 __all__ = ["NetworkMode", "SandboxError", "SandboxPool", "SandboxStats", "remove_abandoned_scratch_roots"]

@@ -1,28 +1,23 @@
-"""Where tool calls run: ``orch tools serve``, and the executor a run's ``tools`` section asks for."""
+"""The executor a run's ``tools`` section asks for: an in-process sandbox pool, a tool server, or Ray."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import aiohttp
-from aiohttp import web
 
-from orchestrator.errors import OrchError, PortUnavailable
+from orchestrator.errors import OrchError
 from orchestrator.spec import ToolsSpec
 from orchestrator.tools.api import CodeExecutor, Limits
 from orchestrator.tools.client import ToolClient
-from orchestrator.tools.http_api import make_app
-from orchestrator.tools.service import ToolService
 
 if TYPE_CHECKING:
     from orchestrator.tools.ray_pool import RayPool
 
-__all__ = ["RAY_EXTRA", "limits_of", "open_executor", "ray_pool_class", "serve_tools"]
+__all__ = ["RAY_EXTRA", "limits_of", "open_executor", "ray_pool_class"]
 
 RAY_EXTRA = "pip install 'orch[ray]'"  # Ray is an optional extra: only sandbox pools on Ray need it
 
@@ -67,46 +62,3 @@ async def open_executor(tools: ToolsSpec, *, workers: int | None = None) -> Asyn
 
     async with SandboxPool(workers or os.cpu_count() or 1, default_limits=limits) as pool:
         yield pool
-
-
-async def serve_tools(
-    *,
-    host: str,
-    port: int,
-    workers: int,
-    ray_address: str | None = None,
-    max_pending: int = 65_536,
-    ready: Callable[[str, ToolService], None] | None = None,
-    stop: asyncio.Event | None = None,
-) -> None:
-    """Serve the HTTP API until ``stop`` is set (or SIGTERM); ``ready`` gets the URL once it listens."""
-    executor: CodeExecutor
-    if ray_address:
-        executor = ray_pool_class("--ray")(ray_address)
-    else:
-        from orchestrator.tools.sandbox import SandboxPool
-
-        executor = SandboxPool(workers)
-    async with executor:  # type: ignore[attr-defined]
-        concurrency = max(workers, int(getattr(executor, "capacity", workers)))
-        async with ToolService(executor, concurrency=concurrency, max_pending=max_pending) as service:
-            runner = web.AppRunner(make_app(service), access_log=None)
-            await runner.setup()
-            try:
-                try:
-                    await web.TCPSite(runner, host, port).start()
-                except OSError as error:
-                    raise PortUnavailable("tool calls", host, port, error) from error
-                bound = runner.addresses[0][1] if runner.addresses else port
-                if ready is not None:
-                    ready(f"http://{host}:{bound}", service)
-                await (stop or _stop_on_sigterm()).wait()
-            finally:
-                await runner.cleanup()
-
-
-def _stop_on_sigterm() -> asyncio.Event:
-    stop = asyncio.Event()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    return stop

@@ -8,7 +8,7 @@ request is answered exactly once: with the executor's result, or, if the executo
 or Ray actor died under it, a bug), with a ``killed`` result that says why. Answers of requests
 submitted without waiting are kept ``keep_results_s`` seconds for ``result(id)``.
 
-Reward checks (``verify``) are pure and fast (``orchestrator.tools.verify``): they run inline, batched,
+Reward checks (``verify``) are pure and fast (``orchestrator.tools.grading``): they run inline, batched,
 and are counted in the same metrics.
 """
 

@@ -10,14 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.tools import verify
-from orchestrator.tools.verify import (
+from orchestrator.tools.grading import (
     REASONS,
     AnswerCheck,
     check_answer,
     check_answers,
     extract_final_answer,
+    normalize,
     normalize_answer,
+    values,
 )
 
 
@@ -522,7 +523,7 @@ def test_arbitrary_text_never_raises(response: str, reference: str) -> None:
     )
 )
 def test_fast_paths_agree_with_the_general_parser(text: str) -> None:
-    normalized = verify._clean(text)
-    assert verify._parse_uncached(text) == (normalized, verify._parse_value(normalized, 0))
-    number, general = verify._parse_number(normalized), verify._Parser(normalized).parse()
+    normalized = normalize.clean(text)
+    assert values._parse_uncached(text) == (normalized, values._parse_value(normalized, 0))
+    number, general = values._parse_number(normalized), values._Parser(normalized).parse()
     assert (number is None and general is None) or (number is not None and number.value == general)

@@ -1,7 +1,7 @@
 """The zygote of one sandbox worker: a warm interpreter that forks a fresh child for every call.
 
 ``orchestrator.tools.sandbox`` starts it as
-``python -I -S -B _sandbox_child.py INDEX NETWORK SCRATCH_ROOT ACCOUNTS`` (ACCOUNTS: the real accounts'
+``python -I -S -B zygote.py INDEX NETWORK SCRATCH_ROOT ACCOUNTS`` (ACCOUNTS: the real accounts'
 uids among the sandbox uids, comma-separated) and talks to it in frames on stdin/stdout (a 4-byte
 big-endian length, then that many bytes): a JSON hello, then for each JSON request (code, scratch,
 limits) a JSON header frame and an output frame (stdout bytes, then stderr bytes), written together; the
