@@ -606,10 +606,19 @@ for pattern in {patterns!r}:
 """
 
 
-def secret_files(root: Path) -> list[Path]:
-    """Where a running call's secret.txt shows from the service: its scratch dir under the pool's root,
-    or (a tmpfs in the call's own mount namespace) its cwd, through /proc."""
-    return [*root.glob("*/secret.txt"), *Path("/proc").glob("[0-9]*/cwd/secret.txt")]
+def secret_files(root: Path, secret: str) -> list[Path]:
+    """Where a running call's secret.txt holding ``secret`` shows from the service: its scratch dir under
+    the pool's root, or (a tmpfs in the call's own mount namespace) its cwd, through /proc. (By content:
+    another test run's pool on this machine may be writing a secret.txt of its own.)"""
+    found = [*root.glob("*/secret.txt"), *Path("/proc").glob("[0-9]*/cwd/secret.txt")]
+    return [path for path in found if _text(path) == secret]
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def test_a_call_cannot_read_another_calls_files() -> None:
@@ -619,8 +628,8 @@ def test_a_call_cannot_read_another_calls_files() -> None:
         root = pool.scratch_root
         assert root is not None
         writer = asyncio.ensure_future(pool.execute(WRITE_SECRET.format(secret=secret)))
-        await eventually(lambda: bool(secret_files(root)))
-        found = secret_files(root)[0]
+        await eventually(lambda: bool(secret_files(root, secret)))
+        found = secret_files(root, secret)[0]
         directory = found.parent.resolve()  # /proc/PID/cwd resolves to the call's /tmp
         owner = found.parent.stat()
         patterns = [f"{directory}/secret.txt", f"{root}/*/secret.txt", "/tmp/secret.txt"]
