@@ -555,7 +555,3 @@ def load_spec_data(path: str | Path) -> Any:
 def load_spec(path: str | Path) -> RunSpec:
     """Read and validate a run spec file (and the dispatch policy file it names, if any)."""
     return parse_spec(load_spec_data(path), source=str(path))
-
-
-def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="json")
