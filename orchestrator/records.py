@@ -68,7 +68,6 @@ class Run:
     stage_index: int
     steps_done: int
     attempt: int
-    resume_step: int
     advance_requested: bool
     sim_seconds: float
     gpu_busy_seconds: float
