@@ -1,4 +1,6 @@
-"""drop runs.resume_step: written on every resume, read by nothing (the last checkpoint decides where a run resumes)
+"""drop runs.resume_step: written on every resume, read by nothing
+
+The last checkpoint decides where a run resumes.
 
 Revision ID: 0006
 Revises: 0005
