@@ -219,7 +219,7 @@ class ToolsSpec(_Strict):
     actors, one per node). The limits apply to every call; the maxima are the service's.
     """
 
-    max_concurrent_calls: int = Field(default=1024, gt=0)
+    max_concurrent_calls: int = Field(default=1024, gt=0)  # a run's rollouts' tool calls in flight at once
     call_timeout_s: float = Field(default=10.0, gt=0, le=120)  # wall clock per call
     cpu_seconds: float = Field(default=5.0, gt=0, le=120)
     memory_mb: int = Field(default=512, gt=0, le=8192)  # address space
