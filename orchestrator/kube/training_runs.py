@@ -14,7 +14,6 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from orchestrator.core import commands
-from orchestrator.core.progress import run_progress
 from orchestrator.errors import ConflictError, IllegalTransition, SpecError
 from orchestrator.kube.cluster import KubeCluster
 from orchestrator.kube.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -34,7 +33,7 @@ def _ref(obj: dict[str, Any]) -> str:
 
 def run_status(run: Run, generation: int | None) -> dict[str, Any]:
     """The ``.status`` a TrainingRun shows for its SQL run."""
-    return {"runId": run.id, **run_progress(run), "observedGeneration": generation}
+    return {"runId": run.id, **run.progress(), "observedGeneration": generation}
 
 
 class TrainingRunMirror:

@@ -10,7 +10,6 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from orchestrator.core.progress import run_progress
 from orchestrator.records import Event, Run
 from orchestrator.render.text import (
     controller_cell,
@@ -30,7 +29,7 @@ def report_record(report: RunReport, now: float) -> dict[str, Any]:
     """Everything ``orch status`` shows as plain data for ``-o json|yaml``; ``controller`` is the lease
     holder at ``now``."""
     run = report.run
-    progress = run_progress(run)
+    progress = run.progress()
     return {
         "id": run.id,
         "name": run.name,
@@ -89,7 +88,7 @@ def run_row(run: Run, now: float) -> dict[str, Any]:
     """A run as plain data for ``-o json|yaml``; ``controller`` is the lease holder at ``now``."""
     return {
         "id": run.id,
-        **run_progress(run),
+        **run.progress(),
         "queue": run.queue,
         "priority": run.priority,
         "gpu_busy_fraction": round(run.gpu_busy_fraction, 4),
