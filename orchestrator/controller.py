@@ -164,7 +164,6 @@ class Controller:
         self.telemetry = telemetry
         self.transient = transient
         self.only = only
-        self._latest_gpus: list[GpuSample] = []
         self._cluster_version = 0
         self._transient_error = ""
 
@@ -178,7 +177,6 @@ class Controller:
             "pulling runs", lambda: sum(source.pull(self.store) for source in self.sources)
         )
         run_ids = self.store.acquire_leases(self.identity, self.lease_seconds, only=self.only)
-        self._latest_gpus = self.store.latest_gpu_samples() if run_ids else []
         for run_id in run_ids:
             changes += self._reconcile_isolated(run_id)
         changes += self._guarded("deleting orphans", self._delete_orphans)
@@ -297,7 +295,6 @@ class Controller:
             used_by_others=dict(used),
             last_checkpoint=last_checkpoint((c.step for c in checkpoints), run.steps_done),
             dropped_problems=self.store.dropped_problems(run_id),
-            gpus=tuple(sample for sample in self._latest_gpus if sample.run == run_id),
         )
 
     def _reconcile_run(self, run_id: str) -> int:

@@ -14,7 +14,6 @@ __all__ = [
     "IllegalTransition",
     "NotFound",
     "OrchError",
-    "PlacementError",
     "PortUnavailable",
     "SpecError",
     "TransientError",
@@ -60,12 +59,6 @@ class ConflictError(OrchError):
     """Another writer changed the row first (optimistic concurrency) or holds its lease."""
 
     exit_code = 5
-
-
-class PlacementError(OrchError):
-    """A request can never fit the cluster it was sent to."""
-
-    exit_code = 6
 
 
 class TransientError(OrchError):

@@ -68,7 +68,6 @@ class Run:
     stage_index: int
     steps_done: int
     attempt: int
-    resume_step: int
     advance_requested: bool
     sim_seconds: float
     gpu_busy_seconds: float
@@ -90,6 +89,17 @@ class Run:
     @property
     def gpu_busy_fraction(self) -> float:
         return self.gpu_busy_seconds / self.gpu_held_seconds if self.gpu_held_seconds else 0.0
+
+    def progress(self) -> dict[str, Any]:
+        """How far the run has got, as ``orch list``/``status`` and a TrainingRun's ``.status`` all show it:
+        phase, stage (1-based, as people count), steps done, attempt and last message."""
+        return {
+            "phase": self.phase.value,
+            "stage": self.stage_index + 1,
+            "step": self.steps_done,
+            "attempt": self.attempt,
+            "message": self.message,
+        }
 
 
 @dataclass(frozen=True)

@@ -335,14 +335,14 @@ def test_orch_top_shows_every_gpu_of_the_example_run_and_roles_alternate_on_shar
     )
 
 
-def test_a_run_snapshot_carries_the_latest_telemetry_of_its_gpus(store: Store, quickstart: Path) -> None:
+def test_the_latest_telemetry_names_the_run_holding_each_gpu(store: Store, quickstart: Path) -> None:
     run = service.submit(store, service.validate(quickstart))
     controller = paced_controller(store, pace=0)
     while store.get_run(run.id).steps_done < 2:
         controller.reconcile_once()
     controller.reconcile_once()
-    snapshot = controller._snapshot(run.id)
-    assert len(snapshot.gpus) == 8 and {g.run for g in snapshot.gpus} == {run.id}
+    held = [g for g in store.latest_gpu_samples() if g.run == run.id]
+    assert len(held) == 8
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "kv_aware"])
@@ -440,3 +440,18 @@ def test_orch_gpus_shows_every_sample_age_marks_stale_nodes_and_drops_silent_one
         main, ["gpus"], env={"ORCH_DATABASE_URL": store.url, "ORCH_GPU_STALE_SECONDS": "x"}
     )
     assert bad.exit_code == 2 and "--stale-seconds" in bad.output and "Traceback" not in bad.output
+
+
+def test_the_agents_gauges_scrape_back_into_the_samples_they_came_from() -> None:
+    from orchestrator.telemetry.exporter import GpuCollector
+    from orchestrator.telemetry.scrape import parse_agent_metrics
+
+    sample = GpuSample(
+        node="n1", index=3, uuid="GPU-3", utilization_ratio=0.5, memory_utilization_ratio=0.25,
+        memory_used_bytes=2**30, memory_total_bytes=2**36, power_watts=300.0, power_limit_watts=700.0,
+        temperature_celsius=61.0, sm_clock_hertz=1.98e9, mig_enabled=True, pool="p", run="r", role="trainer",
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(lambda: [sample]))
+    (scraped,) = parse_agent_metrics(generate_latest(registry).decode(), at=5.0, period_s=1.0)
+    assert scraped == replace(sample, at=5.0, period_s=1.0)

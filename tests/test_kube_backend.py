@@ -456,3 +456,21 @@ def test_a_missing_kubeconfig_is_one_clear_line(db_url: str, tmp_path: Path) -> 
     result = CliRunner().invoke(main, ["controller", "--once"], env=env)
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: kubernetes: cannot load")
+
+
+def test_orch_list_and_the_trainingrun_status_show_one_projection_of_a_run() -> None:
+    from dataclasses import replace
+
+    from orchestrator.core.lifecycle import initial_run
+    from orchestrator.kube.training_runs import run_status
+    from orchestrator.render.runs import run_row
+    from orchestrator.spec import parse_spec
+
+    run = replace(
+        initial_run(parse_spec(spec_data()), "qs-1", 0.0).run,
+        phase=Phase.RUNNING, stage_index=1, steps_done=7, attempt=2, message="training",
+    )  # fmt: skip
+    shown = {"phase": "Running", "stage": 2, "step": 7, "attempt": 2, "message": "training"}
+    assert run_status(run, 3) == {"runId": "qs-1", **shown, "observedGeneration": 3}
+    row = run_row(run, time.time())
+    assert row["id"] == "qs-1" and {key: row[key] for key in shown} == shown

@@ -38,7 +38,6 @@ def make_run(**fields: Any) -> Run:
         "stage_index": 0,
         "steps_done": 7,
         "attempt": 1,
-        "resume_step": 0,
         "advance_requested": False,
         "sim_seconds": 100.0,
         "gpu_busy_seconds": 50.0,
@@ -169,7 +168,6 @@ def test_resume_starts_a_new_attempt_from_the_checkpoint(phase: Phase) -> None:
     assert patch.run["phase"] == Phase.RESUMING.value
     assert patch.run["attempt"] == 3
     assert patch.run["steps_done"] == 4
-    assert patch.run["resume_step"] == 4
     assert patch.supersede_steps_after == 4
     assert [(w.name, w.status) for w in patch.workloads] == [
         ("quickstart-abc123-trainer-0-a2", WorkloadStatus.DELETED)
@@ -232,7 +230,7 @@ def test_a_submitted_run_starts_pending_in_stage_one_with_nothing_done() -> None
     new = initial_run(spec, "quickstart-abc123", 1000.0, external_ref="orch/qs/uid-1")
     run = new.run
     assert (run.id, run.name, run.phase, run.version) == ("quickstart-abc123", spec.name, Phase.PENDING, 1)
-    assert (run.stage_index, run.steps_done, run.attempt, run.resume_step) == (0, 0, 0, 0)
+    assert (run.stage_index, run.steps_done, run.attempt) == (0, 0, 0)
     assert (run.sim_seconds, run.gpu_busy_seconds, run.gpu_held_seconds) == (0.0, 0.0, 0.0)
     assert not run.advance_requested and not run.suspend_requested and run.lease_owner is None
     assert (run.queue, run.priority) == (spec.scheduling.queue, spec.scheduling.priority)

@@ -26,7 +26,6 @@ def make_run(**changes: object) -> Run:
         stage_index=0,
         steps_done=0,
         attempt=0,
-        resume_step=0,
         advance_requested=False,
         sim_seconds=0.0,
         gpu_busy_seconds=0.0,

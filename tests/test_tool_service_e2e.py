@@ -15,7 +15,7 @@ import pytest
 from orchestrator.core.dispatch import EngineState, make_dispatcher
 from orchestrator.rollout.balancer import Balancer
 from orchestrator.rollout.http_engine import HttpEngine
-from orchestrator.rollout.tools import SandboxTools, ToolCall
+from orchestrator.rollout.tools import SandboxTools, ToolCall, open_tools
 from orchestrator.spec import ToolsSpec
 from orchestrator.tools.admission import ToolService
 from orchestrator.tools.api import ExecResult, Limits
@@ -161,6 +161,46 @@ def test_sandbox_tools_show_the_model_what_its_code_printed() -> None:
             assert slow.verdict == "timeout" and "timed out after 1s" in slow.output
             long = await tools.run(ToolCall(1, 3, "print('y' * 1000)"))
             assert long.output.endswith("[output truncated]") and len(long.output) < 250
+
+    run(body)
+
+
+class _CountingExecutor:
+    """Answers every snippet after a short wait and records the most calls it ever had at once."""
+
+    def __init__(self) -> None:
+        self.running = self.most = 0
+
+    async def execute(self, code: str, limits: Limits | None = None) -> ExecResult:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(0.01)
+        self.running -= 1
+        return ExecResult("ok", "", "", 0, wall_seconds=0.01, cpu_seconds=0.0)
+
+
+def test_sandbox_tools_keep_at_most_max_concurrent_calls_in_flight() -> None:
+    async def body() -> None:
+        executor = _CountingExecutor()
+        tools = SandboxTools(executor, Limits(), max_concurrent_calls=3)
+        results = await asyncio.gather(*(tools.run(ToolCall(i, 0, "pass")) for i in range(20)))
+        assert len(results) == 20 and executor.most == 3
+        uncapped = _CountingExecutor()
+        free = SandboxTools(uncapped, Limits())
+        await asyncio.gather(*(free.run(ToolCall(i, 0, "pass")) for i in range(20)))
+        assert uncapped.most == 20
+
+    run(body)
+
+
+def test_a_runs_tools_follow_its_spec_limits_and_concurrency_cap() -> None:
+    spec = ToolsSpec(max_concurrent_calls=2, call_timeout_s=1.5, output_bytes=100)
+
+    async def body() -> None:
+        async with open_tools(spec, workers=1) as tools:
+            assert (tools.max_concurrent_calls, tools.limits) == (2, limits_of(spec))
+            assert isinstance(tools.executor, SandboxPool)
+            assert (await tools.run(ToolCall(1, 0, "print(6 * 7)"))).output == "42\n"
 
     run(body)
 

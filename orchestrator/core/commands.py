@@ -42,7 +42,6 @@ def resume(run: Run, workloads: Sequence[Workload], last_checkpoint: int) -> Run
             "phase": Phase.RESUMING.value,
             "attempt": run.attempt + 1,
             "steps_done": last_checkpoint,
-            "resume_step": last_checkpoint,
             "suspend_requested": False,
             "failures": 0,
             "message": message,

@@ -65,7 +65,6 @@ def initial_run(spec: RunSpec, run_id: str, now: float, *, external_ref: str | N
         stage_index=0,
         steps_done=0,
         attempt=0,
-        resume_step=0,
         advance_requested=False,
         sim_seconds=0.0,
         gpu_busy_seconds=0.0,

@@ -208,7 +208,6 @@ def _gang_failure(
         run={
             "phase": target.value,
             "attempt": run.attempt + 1,
-            "resume_step": resume,
             "steps_done": resume,
             "message": message,
             **count.fields(f"gang failed: {reasons}"),

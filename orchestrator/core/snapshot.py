@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.core.placement import NodeView
-from orchestrator.records import GpuSample, Run, Stage, Workload
+from orchestrator.records import Run, Stage, Workload
 from orchestrator.spec import RunSpec
 
 __all__ = ["ObservedWorkload", "RunSnapshot"]
@@ -34,7 +34,6 @@ class RunSnapshot:
     used_by_others: Mapping[str, int] = field(default_factory=dict)
     last_checkpoint: int = 0
     dropped_problems: frozenset[int] = frozenset()
-    gpus: tuple[GpuSample, ...] = ()  # latest telemetry of the GPUs this run holds (inputs for dispatch)
 
     @property
     def stage(self) -> Stage:

@@ -33,15 +33,7 @@ def _ref(obj: dict[str, Any]) -> str:
 
 def run_status(run: Run, generation: int | None) -> dict[str, Any]:
     """The ``.status`` a TrainingRun shows for its SQL run."""
-    return {
-        "runId": run.id,
-        "phase": run.phase.value,
-        "stage": run.stage_index + 1,
-        "step": run.steps_done,
-        "attempt": run.attempt,
-        "message": run.message,
-        "observedGeneration": generation,
-    }
+    return {"runId": run.id, **run.progress(), "observedGeneration": generation}
 
 
 class TrainingRunMirror:

@@ -29,15 +29,16 @@ def report_record(report: RunReport, now: float) -> dict[str, Any]:
     """Everything ``orch status`` shows as plain data for ``-o json|yaml``; ``controller`` is the lease
     holder at ``now``."""
     run = report.run
+    progress = run.progress()
     return {
         "id": run.id,
         "name": run.name,
-        "phase": run.phase.value,
-        "stage": run.stage_index + 1,
+        "phase": progress["phase"],
+        "stage": progress["stage"],
         "stage_name": report.stages[run.stage_index].name,
-        "steps_done": run.steps_done,
+        "steps_done": progress["step"],
         "steps_planned": sum(s.planned_steps or 0 for s in report.stages),
-        "attempt": run.attempt,
+        "attempt": progress["attempt"],
         "checkpoints": [c.step for c in report.checkpoints],
         "last_checkpoint": report.checkpoints[-1].uri if report.checkpoints else None,
         "stage_changes": report.stage_changes,
@@ -52,7 +53,7 @@ def report_record(report: RunReport, now: float) -> dict[str, Any]:
             for start, held, busy in report.utilization
         ],
         "simulated_seconds": round(run.sim_seconds, 1),
-        "message": run.message,
+        "message": progress["message"],
         "controller": lease_holder(run, now),
         "lease_owner": run.lease_owner,
         "lease_expires_at": iso_time(run.lease_expires_at) if run.lease_owner else None,
@@ -87,14 +88,10 @@ def run_row(run: Run, now: float) -> dict[str, Any]:
     """A run as plain data for ``-o json|yaml``; ``controller`` is the lease holder at ``now``."""
     return {
         "id": run.id,
-        "phase": run.phase.value,
-        "stage": run.stage_index + 1,
-        "step": run.steps_done,
-        "attempt": run.attempt,
+        **run.progress(),
         "queue": run.queue,
         "priority": run.priority,
         "gpu_busy_fraction": round(run.gpu_busy_fraction, 4),
-        "message": run.message,
         "controller": lease_holder(run, now),
         "lease_expires_at": iso_time(run.lease_expires_at) if run.lease_owner else None,
     }

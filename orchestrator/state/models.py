@@ -35,7 +35,6 @@ class RunRow(Base):
     stage_index: Mapped[int] = mapped_column(Integer, default=0)
     steps_done: Mapped[int] = mapped_column(Integer, default=0)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
-    resume_step: Mapped[int] = mapped_column(Integer, default=0)
     advance_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     sim_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     gpu_busy_seconds: Mapped[float] = mapped_column(Float, default=0.0)

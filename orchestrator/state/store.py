@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
@@ -346,10 +346,6 @@ class Store:
             rows = session.scalars(select(RunIdleRow).where(RunIdleRow.run_id == run_id))
             return {row.role: row.idle_seconds for row in rows}
 
-    def record_event(self, run_id: str | None, new: NewEvent) -> None:
-        with self._transaction() as session:
-            self._add_events(session, run_id, [new])
-
     # ---- leases -----------------------------------------------------------------------------
 
     def acquire_leases(self, owner: str, seconds: float, *, only: Collection[str] | None = None) -> list[str]:
@@ -402,11 +398,6 @@ class Store:
                 .where(RunRow.lease_owner == owner)
                 .values(lease_owner=None, lease_expires_at=0.0)
             )
-
-    def holds_lease(self, run_id: str, owner: str) -> bool:
-        with self._sessions() as session:
-            row = session.get(RunRow, run_id)
-            return bool(row and row.lease_owner == owner and row.lease_expires_at >= time.time())
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -481,9 +472,3 @@ class Store:
             for model in (RunRow, StageRow, WorkloadRow, StepRow, CheckpointRow, ProblemRow, EventRow):
                 counts[model.__tablename__] = session.scalar(select(func.count()).select_from(model)) or 0
         return counts
-
-    def delete_everything(self) -> None:
-        """Empty every table (tests only)."""
-        with self._transaction() as session:
-            for model in (EventRow, ProblemRow, CheckpointRow, StepRow, WorkloadRow, StageRow, RunRow):
-                session.execute(delete(model))

@@ -22,6 +22,7 @@ from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
 from orchestrator.errors import PortUnavailable
+from orchestrator.telemetry.gpu_series import GAUGE_FIELDS, gauge_value
 from orchestrator.telemetry.names import GPU_LABELS, GPU_METRICS
 from orchestrator.telemetry.sample import GpuSample, TelemetrySource
 
@@ -51,19 +52,6 @@ THROTTLE_REASONS = (
     "hw_power_brake_slowdown",
     "display_clock_setting",
 )
-
-# Plain gauges: metric name -> GpuSample attribute.
-_GAUGES = {
-    "orch_gpu_utilization_ratio": "utilization_ratio",
-    "orch_gpu_memory_utilization_ratio": "memory_utilization_ratio",
-    "orch_gpu_memory_used_bytes": "memory_used_bytes",
-    "orch_gpu_memory_total_bytes": "memory_total_bytes",
-    "orch_gpu_power_watts": "power_watts",
-    "orch_gpu_power_limit_watts": "power_limit_watts",
-    "orch_gpu_temperature_celsius": "temperature_celsius",
-    "orch_gpu_sm_clock_hertz": "sm_clock_hertz",
-    "orch_gpu_mig_enabled": "mig_enabled",
-}
 
 Labels = tuple[str, ...]
 
@@ -146,12 +134,12 @@ class GpuCollector(Collector):
         yield family
 
     def _gauges(self, samples: Sequence[GpuSample]) -> Iterator[Metric]:
-        for name, attribute in _GAUGES.items():
+        for name in GAUGE_FIELDS:
             family = _family(name)
             for sample in samples:
-                value = getattr(sample, attribute)
+                value = gauge_value(sample, name)
                 if value is not None:
-                    family.add_metric(list(labels_of(sample)), float(value))
+                    family.add_metric(list(labels_of(sample)), value)
             yield family
 
     def _throttle(self, samples: Sequence[GpuSample]) -> Metric:

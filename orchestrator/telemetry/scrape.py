@@ -11,31 +11,18 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.records import GpuSample
+from orchestrator.telemetry.gpu_series import GAUGE_FIELDS, sample_field
 
 __all__ = ["AgentScrapeFeed", "parse_agent_metrics"]
 
 log = logging.getLogger("orch.telemetry")
-
-# Exported series -> GpuSample field (the agent's names come from orchestrator.telemetry.names).
-FIELDS = {
-    "orch_gpu_utilization_ratio": "utilization_ratio",
-    "orch_gpu_memory_utilization_ratio": "memory_utilization_ratio",
-    "orch_gpu_memory_used_bytes": "memory_used_bytes",
-    "orch_gpu_memory_total_bytes": "memory_total_bytes",
-    "orch_gpu_power_watts": "power_watts",
-    "orch_gpu_power_limit_watts": "power_limit_watts",
-    "orch_gpu_temperature_celsius": "temperature_celsius",
-    "orch_gpu_sm_clock_hertz": "sm_clock_hertz",
-}
-INTEGER_FIELDS = {"memory_used_bytes", "memory_total_bytes"}
 
 
 def parse_agent_metrics(text: str, at: float, period_s: float) -> list[GpuSample]:
     """One sample per GPU found in an ``orch agent`` exposition."""
     gpus: dict[tuple[str, int], dict[str, Any]] = {}
     for family in text_string_to_metric_families(text):
-        field = FIELDS.get(family.name)
-        if field is None:
+        if family.name not in GAUGE_FIELDS:
             continue
         for series in family.samples:
             labels = series.labels
@@ -49,7 +36,8 @@ def parse_agent_metrics(text: str, at: float, period_s: float) -> list[GpuSample
                     "role": labels.get("role", ""),
                 },
             )
-            values[field] = int(series.value) if field in INTEGER_FIELDS else float(series.value)
+            field, value = sample_field(family.name, series.value)
+            values[field] = value
     return [
         GpuSample(node=node, index=index, at=at, period_s=period_s, **values)
         for (node, index), values in sorted(gpus.items())

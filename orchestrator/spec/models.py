@@ -1,32 +1,25 @@
-"""The run spec: what a user writes in ``run.yaml``, validated by pydantic.
+"""The run spec's pydantic models: what a user writes in ``run.yaml``.
 
-Every model rejects unknown fields, so a typo is an error that names the field instead
-of a setting silently ignored. ``load_spec`` turns every problem into one line of a
-``SpecError``, of the form ``<file>: <field path>: <what is wrong>``; a misspelt key names
-the field it is nearest to.
+Every model rejects unknown fields, so a typo is an error that names the field instead of a setting silently
+ignored (``orchestrator.spec.problems`` words it).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-import types
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from orchestrator.errors import SpecError
 from orchestrator.hardware import GPU_TYPES
 
 __all__ = [
@@ -49,11 +42,7 @@ __all__ = [
     "TrainerSpec",
     "canonical_policy_name",
     "closest",
-    "load_dispatch_policy",
-    "load_spec",
-    "load_spec_data",
-    "parse_spec",
-    "resolve_dispatch_policy",
+    "is_policy_file",
 ]
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -98,12 +87,12 @@ def canonical_policy_name(name: Any) -> Any:
     return name.strip().replace("-", "_") if isinstance(name, str) else name
 
 
-def _is_policy_file(value: Any) -> bool:
+def is_policy_file(value: Any) -> bool:
     return isinstance(value, str) and value.strip().endswith(POLICY_FILE_SUFFIXES)
 
 
 def _dispatch_name(value: Any) -> Any:
-    if _is_policy_file(value):
+    if is_policy_file(value):
         raise ValueError(
             f"{value!r} is a policy file, which only a spec file read by `orch submit` or `orch validate` "
             "can name (it is read relative to the spec file); name a policy here instead: "
@@ -219,7 +208,7 @@ class ToolsSpec(_Strict):
     actors, one per node). The limits apply to every call; the maxima are the service's.
     """
 
-    max_concurrent_calls: int = Field(default=1024, gt=0)
+    max_concurrent_calls: int = Field(default=1024, gt=0)  # a run's rollouts' tool calls in flight at once
     call_timeout_s: float = Field(default=10.0, gt=0, le=120)  # wall clock per call
     cpu_seconds: float = Field(default=5.0, gt=0, le=120)
     memory_mb: int = Field(default=512, gt=0, le=8192)  # address space
@@ -368,194 +357,3 @@ class RunSpec(_Strict):
     def colocated(self) -> bool:
         """Trainer and engines share a pool and take turns on its GPUs."""
         return self.trainer.pool == self.rollout.pool
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            # A key a user typed may hold spaces or line breaks: quote it so the message stays one line.
-            name = str(part) if re.fullmatch(r"[\w-]+", str(part)) else repr(str(part))
-            path += f".{name}" if path else name
-    return path
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _annotation_model(annotation: Any) -> type[BaseModel] | None:
-    """The model class inside ``X``, ``X | None`` or ``Annotated[X, ...]``, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) in (Union, types.UnionType, Annotated):
-        for arg in get_args(annotation):
-            found = _annotation_model(arg)
-            if found is not None:
-                return found
-    return None
-
-
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that the mapping at ``loc`` (a pydantic error location) is validated as."""
-    annotation: Any = model
-    for part in loc:
-        current = _annotation_model(annotation)
-        if current is not None:
-            field = current.model_fields.get(part) if isinstance(part, str) else None
-            if field is None:
-                return None
-            annotation = field.annotation
-        elif get_origin(annotation) in (list, tuple) and isinstance(part, int):
-            annotation = get_args(annotation)[0]
-        elif get_origin(annotation) is dict and isinstance(part, str):
-            annotation = get_args(annotation)[1]
-        else:
-            return None
-    return _annotation_model(annotation)
-
-
-def _describe(detail: Any, message: str, path: str) -> list[str]:
-    """One pydantic error as lines of ``<field path>: <what is wrong>``."""
-    if detail["type"] == "missing":
-        return [f"{path}: required field is missing; add it"]
-    should = re.match(r"^(?:Input|String|List|Dictionary|Value) should (.+)$", message)
-    if path and should:
-        # pydantic says "Input should be greater than 0": name the value the user gave, too.
-        return [f"{path}: got {_short(detail.get('input'))}; it should {should.group(1)}"]
-    lines = []
-    for line in message.splitlines():
-        # Validators on a whole model already name the field inside their message.
-        if not path or re.match(r"^[\w.\[\]-]+: ", line):
-            lines.append(line if not path or line.startswith(path.split(".")[-1]) else f"{path}.{line}")
-        else:
-            lines.append(f"{path}: {line}")
-    return lines
-
-
-def _problems(model: type[BaseModel], error: ValidationError) -> list[str]:
-    """Every problem pydantic found, one line each; a misspelt key names the field it was meant as."""
-    details = error.errors()
-    meant: set[tuple[Any, ...]] = set()  # locations of missing fields a misspelt key stands for
-    lines: dict[int, list[str]] = {}
-    for number, detail in enumerate(details):
-        loc = tuple(detail["loc"])
-        if detail["type"] != "extra_forbidden":
-            continue
-        parent = _model_at(model, loc[:-1])
-        guess = closest(str(loc[-1]), parent.model_fields) if parent is not None else None
-        path = _field_path(loc)
-        if guess is None:
-            lines[number] = [f"{path}: unknown field; remove it or check its spelling"]
-        else:
-            lines[number] = [f"{path}: unknown field; did you mean {guess}?"]
-            meant.add((*loc[:-1], guess))
-    for number, detail in enumerate(details):
-        loc = tuple(detail["loc"])
-        if number in lines or (detail["type"] == "missing" and loc in meant):
-            continue
-        message = re.sub(r"^(Value error|Assertion failed), ", "", detail["msg"])
-        lines[number] = _describe(detail, message, _field_path(loc))
-    return [line for number in sorted(lines) for line in lines[number]]
-
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-def _validate_mapping(model: type[_Model], data: Any, source: str, expected: str) -> _Model:
-    """``model`` from parsed YAML/JSON that must be a mapping; any problem is one ``SpecError`` line."""
-    if not isinstance(data, dict):
-        found = "an empty document" if data is None else f"a {type(data).__name__}"
-        raise SpecError(f"{source}: expected a mapping {expected} at the top level, found {found}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise SpecError(*(f"{source}: {line}" for line in _problems(model, error))) from error
-
-
-def parse_spec(data: Any, source: str = "spec") -> RunSpec:
-    """Validate already-parsed YAML/JSON data; a ``SpecError`` names every problem, one line each."""
-    return _validate_mapping(RunSpec, data, source, "of run settings")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise SpecError(f"{path}: cannot read the file ({error.strerror})") from error
-    if b"\0" in data:
-        raise SpecError(f"{path}: a binary file, not YAML text; give the path of a .yaml file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise SpecError(
-            f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); "
-            "save the file as UTF-8"
-        ) from error
-
-
-def _read_yaml(path: Path) -> Any:
-    text = _read_text(path)
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "not valid YAML"
-        raise SpecError(f"{path}: broken YAML{where}: {problem}") from error
-
-
-def load_dispatch_policy(path: str | Path) -> DispatchPolicySpec:
-    """Read and validate a dispatch policy file (``policies/dispatch/*.yaml``)."""
-    path = Path(path)
-    return _validate_mapping(DispatchPolicySpec, _read_yaml(path), str(path), "with a policy field")
-
-
-def resolve_dispatch_policy(text: str) -> str:
-    """A policy name in either spelling, or a policy file's policy, as the dispatcher names it."""
-    if _is_policy_file(text):
-        return load_dispatch_policy(text.strip()).policy
-    name = canonical_policy_name(text)
-    if name not in DISPATCH_POLICIES:
-        raise SpecError(
-            f"{text!r} is not a dispatch policy; choose one of {', '.join(HYPHENATED_POLICIES)}, "
-            "or give a policy file (.yaml)"
-        )
-    return name
-
-
-def _inline_policy_file(data: dict[str, Any], spec_dir: Path, source: str) -> dict[str, Any]:
-    """Replace a ``rollout.dispatch`` that names a policy file with what the file says.
-
-    The stored spec then stands on its own (a resumed run never reads the file again). A
-    ``chunk_tokens`` written in the spec itself wins over the file's.
-    """
-    rollout = data.get("rollout")
-    if not isinstance(rollout, dict) or not _is_policy_file(rollout.get("dispatch")):
-        return data
-    try:
-        policy = load_dispatch_policy(spec_dir / rollout["dispatch"].strip())
-    except SpecError as error:
-        raise SpecError(*(f"{source}: rollout.dispatch: {problem}" for problem in error.problems)) from error
-    resolved = {**rollout, "dispatch": policy.policy}
-    resolved.setdefault("chunk_tokens", policy.chunk_tokens)
-    return {**data, "rollout": resolved}
-
-
-def load_spec_data(path: str | Path) -> Any:
-    """A spec file's YAML as written, with the dispatch policy file it names (if any) written in."""
-    path = Path(path)
-    data = _read_yaml(path)
-    return _inline_policy_file(data, path.parent, str(path)) if isinstance(data, dict) else data
-
-
-def load_spec(path: str | Path) -> RunSpec:
-    """Read and validate a run spec file (and the dispatch policy file it names, if any)."""
-    return parse_spec(load_spec_data(path), source=str(path))
-
-
-def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="json")

@@ -1,0 +1,63 @@
+"""The run spec: what a user writes in ``run.yaml``, validated by pydantic.
+
+Every model rejects unknown fields, so a typo is an error that names the field instead
+of a setting silently ignored. ``load_spec`` turns every problem into one line of a
+``SpecError``, of the form ``<file>: <field path>: <what is wrong>``; a misspelt key names
+the field it is nearest to.
+
+``models`` holds the pydantic models, ``problems`` words their validation errors, ``files`` reads spec and
+dispatch policy files.
+"""
+
+from __future__ import annotations
+
+from orchestrator.spec.files import load_dispatch_policy, load_spec, load_spec_data, resolve_dispatch_policy
+from orchestrator.spec.models import (
+    DISPATCH_POLICIES,
+    DTYPE_BYTES,
+    HYPHENATED_POLICIES,
+    AdvanceRuleSpec,
+    CheckpointSpec,
+    DatasetSpec,
+    DispatchPolicySpec,
+    EntryFilterSpec,
+    IdlePolicySpec,
+    ModelSpec,
+    PoolSpec,
+    RolloutSpec,
+    RunSpec,
+    SchedulingSpec,
+    StageSpec,
+    ToolsSpec,
+    TrainerSpec,
+    canonical_policy_name,
+    closest,
+)
+from orchestrator.spec.problems import parse_spec
+
+__all__ = [
+    "DISPATCH_POLICIES",
+    "DTYPE_BYTES",
+    "HYPHENATED_POLICIES",
+    "AdvanceRuleSpec",
+    "CheckpointSpec",
+    "DatasetSpec",
+    "DispatchPolicySpec",
+    "EntryFilterSpec",
+    "IdlePolicySpec",
+    "ModelSpec",
+    "PoolSpec",
+    "RolloutSpec",
+    "RunSpec",
+    "SchedulingSpec",
+    "StageSpec",
+    "ToolsSpec",
+    "TrainerSpec",
+    "canonical_policy_name",
+    "closest",
+    "load_dispatch_policy",
+    "load_spec",
+    "load_spec_data",
+    "parse_spec",
+    "resolve_dispatch_policy",
+]

@@ -1,0 +1,98 @@
+"""Spec and dispatch policy files: read them, turning an unreadable or broken file into one ``SpecError``
+line, and write a policy file a spec names into the spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import SpecError
+from orchestrator.spec.models import (
+    DISPATCH_POLICIES,
+    HYPHENATED_POLICIES,
+    DispatchPolicySpec,
+    RunSpec,
+    canonical_policy_name,
+    is_policy_file,
+)
+from orchestrator.spec.problems import parse_spec, validate_mapping
+
+__all__ = ["load_dispatch_policy", "load_spec", "load_spec_data", "resolve_dispatch_policy"]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read the file ({error.strerror})") from error
+    if b"\0" in data:
+        raise SpecError(f"{path}: a binary file, not YAML text; give the path of a .yaml file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); "
+            "save the file as UTF-8"
+        ) from error
+
+
+def _read_yaml(path: Path) -> Any:
+    text = _read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise SpecError(f"{path}: broken YAML{where}: {problem}") from error
+
+
+def load_dispatch_policy(path: str | Path) -> DispatchPolicySpec:
+    """Read and validate a dispatch policy file (``policies/dispatch/*.yaml``)."""
+    path = Path(path)
+    return validate_mapping(DispatchPolicySpec, _read_yaml(path), str(path), "with a policy field")
+
+
+def resolve_dispatch_policy(text: str) -> str:
+    """A policy name in either spelling, or a policy file's policy, as the dispatcher names it."""
+    if is_policy_file(text):
+        return load_dispatch_policy(text.strip()).policy
+    name = canonical_policy_name(text)
+    if name not in DISPATCH_POLICIES:
+        raise SpecError(
+            f"{text!r} is not a dispatch policy; choose one of {', '.join(HYPHENATED_POLICIES)}, "
+            "or give a policy file (.yaml)"
+        )
+    return name
+
+
+def _inline_policy_file(data: dict[str, Any], spec_dir: Path, source: str) -> dict[str, Any]:
+    """Replace a ``rollout.dispatch`` that names a policy file with what the file says.
+
+    The stored spec then stands on its own (a resumed run never reads the file again). A
+    ``chunk_tokens`` written in the spec itself wins over the file's.
+    """
+    rollout = data.get("rollout")
+    if not isinstance(rollout, dict) or not is_policy_file(rollout.get("dispatch")):
+        return data
+    try:
+        policy = load_dispatch_policy(spec_dir / rollout["dispatch"].strip())
+    except SpecError as error:
+        raise SpecError(*(f"{source}: rollout.dispatch: {problem}" for problem in error.problems)) from error
+    resolved = {**rollout, "dispatch": policy.policy}
+    resolved.setdefault("chunk_tokens", policy.chunk_tokens)
+    return {**data, "rollout": resolved}
+
+
+def load_spec_data(path: str | Path) -> Any:
+    """A spec file's YAML as written, with the dispatch policy file it names (if any) written in."""
+    path = Path(path)
+    data = _read_yaml(path)
+    return _inline_policy_file(data, path.parent, str(path)) if isinstance(data, dict) else data
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read and validate a run spec file (and the dispatch policy file it names, if any)."""
+    return parse_spec(load_spec_data(path), source=str(path))
