@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 
 from orchestrator.spec import ToolsSpec
 from orchestrator.tools.api import CodeExecutor, ExecResult, Limits
-from orchestrator.tools.serve import limits_of, open_executor
+from orchestrator.tools.executors import limits_of, open_executor
 
 __all__ = ["SandboxTools", "ToolCall", "ToolExecutor", "ToolResult", "ToolVerdict", "open_tools"]
 
