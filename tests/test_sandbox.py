@@ -753,45 +753,6 @@ def test_a_worker_killed_mid_call_is_answered_and_replaced() -> None:
     with_pool(body, workers=1)
 
 
-def test_the_call_sent_behind_a_lost_one_never_ran_and_runs_on_the_replacement() -> None:
-    async def body(pool: SandboxPool) -> None:
-        zygote = int((await pool.execute("import os; print(os.getppid())")).stdout)
-        running = asyncio.ensure_future(pool.execute("import time; time.sleep(30)"))
-        behind = asyncio.ensure_future(pool.execute("import os; print(os.getppid())"))
-        await asyncio.sleep(0.3)
-        assert (pool.stats.calls_running, pool.stats.calls_waiting) == (1, 1)  # sent, waiting in the zygote
-        os.kill(zygote, signal.SIGKILL)
-        assert (await running).verdict == "killed"
-        result = await behind
-        assert result.verdict == "ok" and int(result.stdout) not in (zygote, 0)  # run once, by the new zygote
-        assert pool.stats.worker_restarts == 1
-
-    with_pool(body, workers=1)
-
-
-def test_a_request_waiting_in_the_pipe_does_not_cut_the_running_call_short() -> None:
-    async def body(pool: SandboxPool) -> None:
-        first = asyncio.ensure_future(pool.execute("import time; time.sleep(0.4); print('first')"))
-        second = asyncio.ensure_future(pool.execute("print('second')"))
-        assert [(await first).stdout, (await second).stdout] == ["first\n", "second\n"]
-
-    with_pool(body, workers=1)
-
-
-def test_closing_answers_calls_sent_but_not_started() -> None:
-    async def test() -> None:
-        pool = SandboxPool(1)
-        await pool.start()
-        running = asyncio.ensure_future(pool.execute("import time; time.sleep(30)"))
-        behind = asyncio.ensure_future(pool.execute("print(1)"))
-        await asyncio.sleep(0.2)
-        await pool.close()
-        assert "closed during the call" in (await running).stderr
-        assert "closed before the call started" in (await behind).stderr
-
-    run(test)
-
-
 def test_a_stuck_worker_is_replaced_after_the_grace() -> None:
     async def body(pool: SandboxPool) -> None:
         zygote = int((await pool.execute("import os; print(os.getppid())")).stdout)

@@ -56,7 +56,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -73,7 +72,6 @@ NETWORK_MODES: tuple[NetworkMode, ...] = ("auto", "namespace", "block")
 DEFAULT_WORKERS = os.cpu_count() or 1
 DEFAULT_LIMITS = Limits()
 SCRATCH_PREFIX = "orch-sandbox-"  # + the pool's PID + "-": a pool removes those of processes that are gone
-PIPELINE = 2  # requests a zygote holds at once: the one it runs and the next
 ANSWER_GRACE = 3.0  # seconds past wall_seconds a zygote has to kill, clean up and answer
 START_SECONDS = 30.0  # for a zygote to say hello
 STOP_SECONDS = 5.0  # for a zygote to exit once its stdin is closed
@@ -142,19 +140,15 @@ class _Worker:
             raise SandboxError(f"sandbox worker {self.index} did not start: {hello['error']}")
         self.hello = hello
 
-    def send(self, request: bytes) -> None:
-        """Queue one request to the zygote (it reads it once it has answered those before it)."""
-        if self.process is None:
-            raise _WorkerLost("is stopped")
-        assert self.process.stdin is not None
-        self.process.stdin.write(zygote.FRAME.pack(len(request)) + request)
-
-    async def receive(self, timeout: float, output_bytes: int) -> ExecResult:
-        """The answer to the oldest request sent; _WorkerLost if none comes within ``timeout`` seconds."""
+    async def call(self, request: bytes, timeout: float, output_bytes: int) -> ExecResult:
+        """Send one request and read its answer; _WorkerLost if none comes within ``timeout`` seconds."""
         process = self.process
         if process is None:
             raise _WorkerLost("is stopped")
+        assert process.stdin is not None
         try:
+            # Written here, not in the task wait_for makes: the zygote starts one event-loop turn sooner.
+            process.stdin.write(zygote.FRAME.pack(len(request)) + request)
             return await asyncio.wait_for(self._exchange(process, output_bytes), timeout)
         except asyncio.TimeoutError:
             raise _WorkerLost(f"did not answer within {timeout:g} s") from None
@@ -223,15 +217,6 @@ class _Call:
             self.answer.set_exception(error)
 
 
-@dataclass
-class _Sent:
-    """A call sent to a zygote and not answered yet."""
-
-    call: _Call
-    scratch: Path
-    sent_at: float
-
-
 def remove_abandoned_scratch_roots(directory: str | None = None) -> list[Path]:
     """Remove the scratch roots (``orch-sandbox-PID-*`` in ``directory``, default the temp dir) whose pool's
     process is gone, e.g. a Ray actor that was SIGKILLed before it could close its pool; the removed paths.
@@ -297,8 +282,7 @@ class SandboxPool:
         self._call_ids = itertools.count()
         self._state: Literal["new", "started", "closed"] = "new"
         self._scratch_root: Path | None = None
-        self._held: dict[int, deque[_Sent]] = {}  # by worker index: calls sent to its zygote, oldest first
-        self._restarts = 0
+        self._running = self._restarts = 0
 
     @property
     def scratch_root(self) -> Path | None:
@@ -312,8 +296,8 @@ class SandboxPool:
         return SandboxStats(
             workers=len(self._workers),
             workers_alive=len(alive),
-            calls_running=sum(1 for sent in self._held.values() if sent),
-            calls_waiting=self._queue.qsize() + sum(max(0, len(sent) - 1) for sent in self._held.values()),
+            calls_running=self._running,
+            calls_waiting=self._queue.qsize(),
             worker_restarts=self._restarts,
             network=min((hello["network"] for hello in alive), default=None),  # "block" < "namespace"
             separate_uids=bool(alive) and all(hello["as_root"] for hello in alive),
@@ -382,61 +366,31 @@ class SandboxPool:
         await self.close()
 
     async def _drive(self, worker: _Worker) -> None:
-        """Feed ``worker`` calls from the queue until told to stop. A zygote holds up to PIPELINE requests:
-        the one it runs and the next, so it starts the next as soon as it has answered, without waiting
-        for a round trip through this event loop. It reads a request only after answering the one
-        before, so when it is lost only its oldest call was running; the others are sent again."""
-        sent: deque[_Sent] = deque()
-        self._held[worker.index] = sent
-        stopping = False
-        while sent or not stopping:
+        """Feed ``worker`` the next queued call as soon as it answers the last one (no hand-over through
+        the event loop: the round trip is the zygote's idle time), until told to stop."""
+        while (call := await self._queue.get()) is not None:
+            self._running += 1
             try:
-                if not sent:
-                    call = await self._queue.get()
-                    if call is None:
-                        break
-                    await self._send(worker, call, sent)
-                    continue
-                while not stopping and len(sent) < PIPELINE and not self._queue.empty():
-                    call = self._queue.get_nowait()
-                    if call is None:
-                        stopping = True
-                    else:
-                        await self._send(worker, call, sent)
-                await self._answer_oldest(worker, sent)
-            except Exception as error:  # a bug here must still answer the calls, and not stop the driver
-                while sent:
-                    sent.popleft().call.fail(error)
+                call.settle(await self._run_on(worker, call.code, call.limits))
+            except Exception as error:  # a bug here must still answer the call, and not stop the driver
+                call.fail(error)
+            finally:
+                self._running -= 1
 
-    async def _send(self, worker: _Worker, call: _Call, sent: deque[_Sent]) -> None:
-        """Send ``call`` to ``worker`` (replacing a dead zygote first), or answer it "killed" if it cannot."""
-        now = time.monotonic()
+    async def _run_on(self, worker: _Worker, code: str, limits: Limits) -> ExecResult:
+        started = time.monotonic()
         if self._state == "closed":
-            call.settle(_abandoned("the pool was closed before the call started", now))
-            return
-        if not worker.alive:
-            try:
-                await self._replace(worker)
-            except SandboxError as error:
-                call.settle(_abandoned(str(error), now))
-                return
+            return _abandoned("the pool was closed before the call started", started)
         assert self._scratch_root is not None
         scratch = self._scratch_root / f"call-{next(self._call_ids)}"
-        request = {"code": call.code, "scratch": str(scratch), "limits": _limits_json(call.limits)}
-        worker.send(json.dumps(request).encode())
-        sent.append(_Sent(call, scratch, now))
-
-    async def _answer_oldest(self, worker: _Worker, sent: deque[_Sent]) -> None:
-        """Wait for the answer to the oldest call sent to ``worker``; if the zygote is lost, answer that
-        call "killed", replace the zygote and send it the calls that never started."""
-        oldest = sent[0]
-        limits = oldest.call.limits
+        request = json.dumps({"code": code, "scratch": str(scratch), "limits": _limits_json(limits)}).encode()
         try:
-            result = await worker.receive(limits.wall_seconds + ANSWER_GRACE, limits.output_bytes)
+            if not worker.alive:
+                await self._replace(worker)
+            return await worker.call(request, limits.wall_seconds + ANSWER_GRACE, limits.output_bytes)
+        except SandboxError as error:
+            return _abandoned(str(error), started)
         except _WorkerLost as lost:
-            sent.popleft()
-            waiting = list(sent)
-            sent.clear()
             await worker.stop(graceful=False)
             if self._state == "closed":
                 reason = "the pool was closed during the call"
@@ -446,13 +400,8 @@ class SandboxPool:
                     await self._replace(worker)  # the new zygote kills what the old one's call left running
                 except SandboxError as error:
                     reason = f"{reason}; {error}"
-            await asyncio.to_thread(shutil.rmtree, oldest.scratch, ignore_errors=True)
-            oldest.call.settle(_abandoned(reason, oldest.sent_at))
-            for held in waiting:
-                await self._send(worker, held.call, sent)
-            return
-        sent.popleft()
-        oldest.call.settle(result)
+            await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+            return _abandoned(reason, started)
 
     async def _replace(self, worker: _Worker) -> None:
         await worker.stop(graceful=False)

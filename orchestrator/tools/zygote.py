@@ -4,9 +4,8 @@
 ``python -I -S -B zygote.py INDEX NETWORK SCRATCH_ROOT ACCOUNTS`` (ACCOUNTS: the real accounts'
 uids among the sandbox uids, comma-separated) and talks to it in frames on stdin/stdout (a 4-byte
 big-endian length, then that many bytes): a JSON hello, then for each JSON request (code, scratch,
-limits) a JSON header frame and an output frame (stdout bytes, then stderr bytes), written together; the
-service may send the next request while a call runs (it is read once the call is answered). End of stdin
-means the service is gone: the zygote kills its call and exits. It imports only the standard
+limits) a JSON header frame and an output frame (stdout bytes, then stderr bytes), written together. End
+of stdin means the service is gone: the zygote kills its call and exits. It imports only the standard
 library, so it starts fast and a snippet sees no orch code.
 
 Per call the child starts a new session; as root it gets private mount and IPC namespaces with a tmpfs of
@@ -408,7 +407,7 @@ def _wait(pidfd: int, deadline: float) -> str:
     ("gone")."""
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
-    poller.register(0, 0)  # hang-up only: the next request may already be waiting there
+    poller.register(0, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
