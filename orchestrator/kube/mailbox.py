@@ -2,12 +2,13 @@
 
 Controller → trainer: the run's control ConfigMap ``{run}-control`` (mounted at /etc/orch in
 every member) holds ``spec.json`` (the run spec) and ``plan.json`` (the one piece of work wanted
-now: ``{"kind": "step" | "checkpoint" | "filter", "attempt": n, ...}``, the fields of
-``orchestrator.core.work``'s plans).
+now, a plan message of ``orchestrator.worker.protocol``: ``{"version": 1, "kind": "step" |
+"checkpoint" | "filter", "attempt": n, ...}``).
 
 Trainer (rank 0) → controller: the ConfigMap ``{run}-a{attempt}-results``, labelled
 ``orch.dev/run=<run>``, with one key per finished piece of work — ``step-<n>``,
-``checkpoint-<n>``, ``filter-<stage>`` — each a JSON object of the matching outcome.
+``checkpoint-<n>``, ``filter-<stage>`` (``work_key``) — each the protocol's result message of
+the plan's kind.
 
 Both sides are idempotent: asking again for work already done returns the recorded result,
 so a controller killed between "result written" and "result recorded in SQL" loses nothing.
@@ -16,8 +17,7 @@ so a controller killed between "result written" and "result recorded in SQL" los
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-from typing import Any
+from typing import TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
@@ -34,16 +34,19 @@ from orchestrator.kube.objects import (
     results_name,
 )
 from orchestrator.spec import RunSpec
+from orchestrator.worker.protocol import (
+    CheckpointResultMessage,
+    FilterResultMessage,
+    StepResultMessage,
+    dump_message,
+    load_result,
+    plan_message,
+    work_key,
+)
 
-__all__ = ["KubeExecutor", "plan_document"]
+__all__ = ["KubeExecutor"]
 
-
-def plan_document(kind: str, plan: StepPlan | CheckpointPlan | FilterPlan) -> str:
-    """The JSON a trainer reads from ``plan.json``."""
-    body: dict[str, Any] = {"kind": kind, **asdict(plan)}
-    if "dropped_problems" in body:
-        body["dropped_problems"] = sorted(body["dropped_problems"])
-    return json.dumps(body, sort_keys=True)
+_Result = TypeVar("_Result", StepResultMessage, CheckpointResultMessage, FilterResultMessage)
 
 
 class KubeExecutor:
@@ -53,30 +56,24 @@ class KubeExecutor:
         self.cluster = cluster
 
     def execute_step(self, spec: RunSpec, plan: StepPlan) -> StepOutcome:
-        result = self._exchange(
-            spec, plan.run_id, plan.attempt, f"step-{plan.step}", plan_document("step", plan)
-        )
-        return StepOutcome(**result)
+        return self._exchange(spec, plan, StepResultMessage).to_outcome()
 
     def save_checkpoint(self, spec: RunSpec, plan: CheckpointPlan) -> float:
-        key = f"checkpoint-{plan.step}"
-        return float(
-            self._exchange(spec, plan.run_id, plan.attempt, key, plan_document("checkpoint", plan))["seconds"]
-        )
+        return self._exchange(spec, plan, CheckpointResultMessage).to_outcome()
 
     def evaluate_problems(self, spec: RunSpec, plan: FilterPlan) -> FilterOutcome:
-        key = f"filter-{plan.stage_index}"
-        result = self._exchange(spec, plan.run_id, plan.attempt, key, plan_document("filter", plan))
-        correct = {int(problem): int(count) for problem, count in result.pop("correct").items()}
-        return FilterOutcome(correct=correct, **result)
+        return self._exchange(spec, plan, FilterResultMessage).to_outcome()
 
-    def _exchange(self, spec: RunSpec, run_id: str, attempt: int, key: str, plan: str) -> dict[str, Any]:
+    def _exchange(
+        self, spec: RunSpec, plan: StepPlan | CheckpointPlan | FilterPlan, expected: type[_Result]
+    ) -> _Result:
+        run_id, attempt, key = plan.run_id, plan.attempt, work_key(plan)
         self._require_gang(run_id, attempt)
         results = self.cluster.configmaps.get(self.cluster.namespace, results_name(run_id, attempt))
         data = (results or {}).get("data") or {}
         if key in data:
-            return dict(json.loads(data[key]))
-        self._post(spec, run_id, plan)
+            return load_result(data[key], expected)
+        self._post(spec, run_id, dump_message(plan_message(plan)))
         raise WorkInProgress(f"run {run_id}: attempt {attempt} is working on {key}")
 
     def _require_gang(self, run_id: str, attempt: int) -> None:

@@ -2,20 +2,28 @@
 
 Plugged into ``FakeKubelet.behaviors``: on every tick it reads each run's ``plan.json``; when the
 plan's attempt has its rank-0 trainer pod Running, it does the work with the simulated physics
-(``StepSimulator``) and writes the result into ``{run}-a{attempt}-results``. Like a real trainer it
+(``StepSimulator``) and writes the result into ``{run}-a{attempt}-results``, both as the messages of
+``orchestrator.worker.protocol``. Like a real trainer it
 starts from the resume step in its pod env and refuses to skip steps.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
-from orchestrator.core.work import CheckpointPlan, FilterPlan, StepPlan
+from orchestrator.core.work import CheckpointPlan, StepPlan
 from orchestrator.kube.objects import RUN_LABEL, control_name, results_name
 from orchestrator.sim.trainer import StepSimulator
 from orchestrator.spec import RunSpec
+from orchestrator.worker.protocol import (
+    CheckpointResultMessage,
+    FilterResultMessage,
+    StepResultMessage,
+    dump_message,
+    load_plan,
+    work_key,
+)
 from tests.kube_rig.api_server import FakeKubeServer
 
 __all__ = ["ScriptedTrainer"]
@@ -47,7 +55,7 @@ class ScriptedTrainer:
                 server,
                 run_id,
                 RunSpec.model_validate(json.loads(data["spec.json"])),
-                json.loads(data["plan.json"]),
+                data["plan.json"],
             )
 
     def _rank0(self, server: FakeKubeServer, run_id: str, attempt: int) -> dict[str, Any] | None:
@@ -56,40 +64,31 @@ class ScriptedTrainer:
             return None
         return pod
 
-    def _work(self, server: FakeKubeServer, run_id: str, spec: RunSpec, plan: dict[str, Any]) -> None:
-        kind, attempt = plan.pop("kind"), int(plan["attempt"])
-        pod = self._rank0(server, run_id, attempt)
+    def _work(self, server: FakeKubeServer, run_id: str, spec: RunSpec, document: str) -> None:
+        plan = load_plan(document).to_plan()
+        pod = self._rank0(server, run_id, plan.attempt)
         if pod is None:
             return
-        position = self.positions.setdefault((run_id, attempt), int(_env(pod)["ORCH_RESUME_STEP"]))
-        if "dropped_problems" in plan:
-            plan["dropped_problems"] = frozenset(plan["dropped_problems"])
-        if kind == "step":
-            step = StepPlan(**plan)
-            key = f"step-{step.step}"
-            if step.step != position + 1:
+        position = self.positions.setdefault((run_id, plan.attempt), int(_env(pod)["ORCH_RESUME_STEP"]))
+        result: StepResultMessage | CheckpointResultMessage | FilterResultMessage
+        if isinstance(plan, StepPlan):
+            if plan.step != position + 1:
                 return  # a real trainer cannot run a step out of order; the controller will see no result
-            result: dict[str, Any] = asdict(self.physics.step(spec, step))
-            self.positions[(run_id, attempt)] = step.step
-        elif kind == "checkpoint":
-            checkpoint = CheckpointPlan(**plan)
-            key = f"checkpoint-{checkpoint.step}"
-            result = {"seconds": self.physics.checkpoint_seconds(spec)}
+            result = StepResultMessage.from_outcome(self.physics.step(spec, plan))
+            self.positions[(run_id, plan.attempt)] = plan.step
+        elif isinstance(plan, CheckpointPlan):
+            result = CheckpointResultMessage(seconds=self.physics.checkpoint_seconds(spec))
         else:
-            evaluation = self.physics.evaluate(spec, FilterPlan(**plan))
-            key = f"filter-{plan['stage_index']}"
-            result = {**asdict(evaluation), "correct": {str(k): v for k, v in evaluation.correct.items()}}
-        self._write(server, run_id, attempt, key, result)
+            result = FilterResultMessage.from_outcome(self.physics.evaluate(spec, plan))
+        self._write(server, run_id, plan.attempt, work_key(plan), dump_message(result))
 
-    def _write(
-        self, server: FakeKubeServer, run_id: str, attempt: int, key: str, result: dict[str, Any]
-    ) -> None:
+    def _write(self, server: FakeKubeServer, run_id: str, attempt: int, key: str, result: str) -> None:
         name = results_name(run_id, attempt)
         current = server.get_object("", "configmaps", self.namespace, name)
         data = dict((current or {}).get("data") or {})
         if key in data:
             return
-        data[key] = json.dumps(result)
+        data[key] = result
         server.put_object(
             {
                 "apiVersion": "v1",
