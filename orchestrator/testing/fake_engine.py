@@ -1,9 +1,35 @@
-"""A small fake OpenAI-compatible inference engine (vLLM- or SGLang-flavoured) for router tests.
+"""A small fake OpenAI-compatible inference engine (vLLM- or SGLang-flavoured) for tests and benches.
 
-It serves ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /health`` and ``GET /metrics``
-on 127.0.0.1 with an ephemeral port. A request takes ``latency + seconds_per_token × max_tokens`` seconds;
-at most ``max_running`` run at once, the rest wait. ``/metrics`` uses the real metric names of the engine
-it imitates (see ``orchestrator.rollout.http_engine`` for where each name is defined upstream).
+In-process: ``await FakeEngine(...).start()``. As a process with vLLM's CLI shape (what a
+``rollout.engine.kind: command`` spec launches): ``python -m orchestrator.testing.fake_engine serve MODEL
+--port P ...`` (see ``orchestrator.testing.fake_engine_cli`` for the flags and where vLLM defines them).
+
+It serves ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health`` and
+``GET /metrics`` on 127.0.0.1 (an ephemeral port unless told). A request takes ``latency +
+seconds_per_token × tokens`` seconds; at most ``max_running`` run at once, the rest wait. ``/metrics`` uses
+the real metric names of the engine it imitates (see ``orchestrator.rollout.http_engine`` for where each
+name is defined upstream), plus ``fake_engine_weights_version`` and ``fake_engine_sleeping``.
+
+Weights: the engine serves weights *version* N, read from the file ``version`` in its weights directory
+(``weights_path``, the model path; no file: 0). Every completion reports it: header ``X-Weights-Version``
+and field ``weights_version``. It reloads through the engines' own endpoints (same paths and bodies):
+
+- vLLM ``POST /collective_rpc`` ``{"method": "reload_weights", "kwargs": {"weights_path": DIR}}`` →
+  ``{"results": [null, ...]}`` (one per tensor-parallel worker); without ``weights_path`` it re-reads the
+  current directory. vLLM serves it only with ``VLLM_SERVER_DEV_MODE=1``
+  (``vllm/entrypoints/serve/dev/rpc/api_router.py``; ``Worker.reload_weights(*args, **kwargs)`` passes
+  ``weights_path`` to ``GPUModelRunner.reload_weights``, ``vllm/v1/worker/gpu_worker.py``).
+- SGLang ``POST /update_weights_from_disk`` ``{"model_path": DIR}`` → ``{"success", "message",
+  "num_paused_requests"}``, 400 on failure (``python/sglang/srt/entrypoints/http_server.py``).
+
+Sleep: vLLM ``POST /sleep?level=N``, ``POST /wake_up``, ``GET /is_sleeping`` → ``{"is_sleeping": bool}``
+(``vllm/entrypoints/serve/dev/sleep/api_router.py``); SGLang ``/release_memory_occupation`` and
+``/resume_memory_occupation`` (GET or POST). Asleep, completions get 503; ``/health`` still answers.
+
+Answers: with a ``FakeModel`` (``orchestrator.testing.fake_model``; the process always has one) the text is
+a deterministic model's answer whose share of correct answers grows with the weights version; without
+one (the default in-process) it echoes the prompt, so a router test can check it got its own answer.
+With ``max_model_len`` set, a request whose prompt + ``max_tokens`` exceed it gets 400, like vLLM.
 
 ``die()`` makes it fail like a crashed engine: requests in flight and new ones lose their connection
 (``mode="close"``) or get HTTP 500 (``mode="500"``), and ``/metrics`` stops answering; ``revive()`` undoes it.
@@ -21,6 +47,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from orchestrator.testing.fake_model import FakeModel, read_version
+
 __all__ = ["FakeEngine"]
 
 Style = Literal["vllm", "sglang"]
@@ -36,6 +64,9 @@ class _Collector:
     def collect(self) -> Iterator[Metric]:
         engine = self._engine
         yield from (_vllm if engine.style == "vllm" else _sglang)(engine)
+        labels = {"model_name": engine.name}
+        yield _gauge("fake_engine_weights_version", engine.weights_version, labels)
+        yield _gauge("fake_engine_sleeping", engine.sleep_level, labels)
 
 
 def _gauge(name: str, value: float, labels: dict[str, str]) -> GaugeMetricFamily:
@@ -87,7 +118,12 @@ class FakeEngine:
         kv_total_tokens: int = 65536,
         block_size: int = 16,
         metrics: bool = True,
+        model: FakeModel | None = None,
+        weights_path: str | None = None,
+        max_model_len: int | None = None,
+        tensor_parallel_size: int = 1,
     ) -> None:
+        """``weights_path``: the weights directory whose ``version`` file says the version (None: 0)."""
         if style not in ("vllm", "sglang"):
             raise ValueError(f"style must be vllm or sglang, not {style!r}")
         self.name, self.style = name, style
@@ -102,6 +138,10 @@ class FakeEngine:
         self.kv_used_tokens = 0
         self.generated_tokens = 0
         self.death_mode: DeathMode | None = None
+        self.model, self.max_model_len, self.tensor_parallel_size = model, max_model_len, tensor_parallel_size
+        self.weights_path = weights_path
+        self.weights_version = read_version(weights_path) if weights_path else 0
+        self.sleep_level = 0  # 0: awake
         self._die_on: tuple[int, DeathMode, float] | None = None
         self._ids = itertools.count()
         self._slots: asyncio.Semaphore | None = None
@@ -116,8 +156,8 @@ class FakeEngine:
     def kv_usage(self) -> float:
         return self.kv_used_tokens / self.kv_total_tokens if self.kv_total_tokens else 0.0
 
-    async def start(self, host: str = "127.0.0.1") -> str:
-        """Listen on an ephemeral port; the base URL."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``port`` (0: an ephemeral one); the base URL."""
         self._slots = asyncio.Semaphore(self.max_running)
         self._dead = asyncio.Event()
         app = web.Application()
@@ -125,13 +165,21 @@ class FakeEngine:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/collective_rpc", self._collective_rpc)
+        app.router.add_post("/update_weights_from_disk", self._update_weights_from_disk)
+        app.router.add_post("/sleep", self._sleep)
+        app.router.add_post("/wake_up", self._wake_up)
+        app.router.add_get("/is_sleeping", self._is_sleeping)
+        for method in ("GET", "POST"):
+            app.router.add_route(method, "/release_memory_occupation", self._release_memory)
+            app.router.add_route(method, "/resume_memory_occupation", self._resume_memory)
         # like vLLM, abort a request whose client went away
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, 0)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{port}"
+        self.url = f"http://{host}:{self._runner.addresses[0][1]}"
         return self.url
 
     async def stop(self) -> None:
@@ -181,14 +229,120 @@ class FakeEngine:
         self._maybe_schedule_death()
         if self.death_mode:
             return self._refuse(request)
+        if self.sleep_level:
+            return _error(503, f"{self.name} is sleeping (level {self.sleep_level})", "ServiceUnavailable")
         body = await request.json()
-        tokens = int(body.get("max_tokens") or 16)
+        limit = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         prompt = _prompt_text(body, chat)
-        reserved = len(prompt) // 4 + tokens
-        if not await self._run(tokens, reserved):
+        prompt_tokens = len(prompt) // 4
+        if self.max_model_len is not None and prompt_tokens + limit > self.max_model_len:
+            return _error(
+                400,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                f"requested {prompt_tokens + limit} tokens ({prompt_tokens} in the messages, {limit} in "
+                "the completion). Please reduce the length of the messages or completion.",
+                "BadRequestError",
+            )
+        version = (
+            self.weights_version
+        )  # the version this request is answered with, even if reloaded meanwhile
+        text, tokens, reason = self._generate(body, prompt, chat, limit, version)
+        if not await self._run(tokens, prompt_tokens + limit):
             return self._refuse(request)
         self.completed += 1
-        return web.json_response(_answer(self.name, next(self._ids), prompt, tokens, chat))
+        answer = _answer(self.name, next(self._ids), text, prompt_tokens, tokens, reason, chat)
+        answer["weights_version"] = version
+        return web.json_response(answer, headers={"X-Weights-Version": str(version)})
+
+    def _generate(
+        self, body: dict[str, Any], prompt: str, chat: bool, limit: int, version: int
+    ) -> tuple[str, int, str]:
+        """(text, completion tokens, finish reason): an echo, or the model's answer cut at ``limit``."""
+        if self.model is None:
+            return f"{self.name} echo: {prompt}", limit, "length"
+        seed = body.get("seed")
+        reply = self.model.reply(prompt, seed=seed if isinstance(seed, int) else 0, version=version)
+        needed = max(1, len(reply.text) // 4)
+        if needed <= limit:
+            return reply.text, needed, "stop"
+        return reply.text[: limit * 4], limit, "length"
+
+    # ---- weights and sleep (the engines' own endpoints; see the module docstring) -------------------
+
+    def load_weights(self, path: str | None) -> int:
+        """Serve the weights in ``path`` (None: re-read the current directory); the new version."""
+        path = path or self.weights_path
+        if not path:
+            raise ValueError("no weights directory to reload from")
+        self.weights_version = read_version(path, missing_ok=False)
+        self.weights_path = path
+        return self.weights_version
+
+    async def _collective_rpc(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        method = body.get("method") if isinstance(body, dict) else None
+        if method is None:
+            return web.json_response({"detail": "Missing 'method' in request body"}, status=400)
+        if method != "reload_weights":
+            return _error(
+                500, f"the fake engine implements only reload_weights, not {method!r}", "RuntimeError"
+            )
+        kwargs = body.get("kwargs") or {}
+        try:
+            self.load_weights(kwargs.get("weights_path") if isinstance(kwargs, dict) else None)
+        except (OSError, ValueError) as error:
+            return _error(500, str(error), "RuntimeError")
+        return web.json_response({"results": [None] * self.tensor_parallel_size})
+
+    async def _update_weights_from_disk(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        path = body.get("model_path") if isinstance(body, dict) else None
+        try:
+            if not isinstance(path, str) or not path:
+                raise ValueError("model_path is required")
+            version = self.load_weights(path)
+        except (OSError, ValueError) as error:
+            content = {
+                "success": False,
+                "message": f"Failed to update weights: {error}",
+                "num_paused_requests": 0,
+            }
+            return web.json_response(content, status=400)
+        message = f"Succeeded to update model weights. Weight version {version}."
+        return web.json_response({"success": True, "message": message, "num_paused_requests": 0})
+
+    async def _sleep(self, request: web.Request) -> web.StreamResponse:
+        try:
+            level = int(request.query.get("level", "1"))
+        except ValueError:
+            return web.json_response({"detail": "level must be an integer"}, status=400)
+        self.sleep_level = max(level, 1)
+        return web.Response(status=200)
+
+    async def _wake_up(self, request: web.Request) -> web.StreamResponse:
+        self.sleep_level = 0
+        return web.Response(status=200)
+
+    async def _is_sleeping(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"is_sleeping": bool(self.sleep_level)})
+
+    async def _release_memory(self, request: web.Request) -> web.StreamResponse:
+        self.sleep_level = 1
+        return web.json_response(None)
+
+    async def _resume_memory(self, request: web.Request) -> web.StreamResponse:
+        self.sleep_level = 0
+        return web.json_response(None)
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        card = {
+            "id": self.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "fake",
+            "max_model_len": self.max_model_len,
+        }
+        return web.json_response({"object": "list", "data": [card]})
 
     async def _run(self, tokens: int, reserved: int) -> bool:
         """Hold a slot for the request's duration; False when the engine died meanwhile."""
@@ -242,23 +396,37 @@ def _prompt_text(body: dict[str, Any], chat: bool) -> str:
     return prompt if isinstance(prompt, str) else str(prompt)
 
 
-def _answer(name: str, index: int, prompt: str, tokens: int, chat: bool) -> dict[str, Any]:
-    """An OpenAI-shaped answer whose text echoes the prompt, so a client can check it got its own."""
-    text = f"{name} echo: {prompt}"
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body; {} when it has none or it is not JSON."""
+    try:
+        return await request.json() if request.can_read_body else {}
+    except ValueError:
+        return {}
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    """An error in the OpenAI shape vLLM answers with."""
+    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+
+
+def _answer(
+    name: str, index: int, text: str, prompt_tokens: int, tokens: int, reason: str, chat: bool
+) -> dict[str, Any]:
+    """An OpenAI-shaped answer."""
     usage = {
-        "prompt_tokens": len(prompt) // 4,
+        "prompt_tokens": prompt_tokens,
         "completion_tokens": tokens,
-        "total_tokens": len(prompt) // 4 + tokens,
+        "total_tokens": prompt_tokens + tokens,
     }
     if chat:
         choice: dict[str, Any] = {
             "index": 0,
             "message": {"role": "assistant", "content": text},
-            "finish_reason": "length",
+            "finish_reason": reason,
         }
         kind = "chat.completion"
     else:
-        choice = {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
+        choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
         kind = "text_completion"
     return {
         "id": f"{name}-{index}",
@@ -269,3 +437,9 @@ def _answer(name: str, index: int, prompt: str, tokens: int, chat: bool) -> dict
         "choices": [choice],
         "usage": usage,
     }
+
+
+if __name__ == "__main__":
+    from orchestrator.testing.fake_engine_cli import main
+
+    raise SystemExit(main())
