@@ -129,7 +129,11 @@ def generate(seed: int = SEED) -> list[Record]:
     for kind, count in COUNTS.items():
         for index in range(1, count + 1):
             question, answer = MAKERS[kind](rng)
-            record = {"id": f"{kind}-{index:04d}", "prompt": f"{question} {INSTRUCTION}", "answer": str(answer)}
+            record = {
+                "id": f"{kind}-{index:04d}",
+                "prompt": f"{question} {INSTRUCTION}",
+                "answer": str(answer),
+            }
             if not check(record):
                 raise AssertionError(f"{record['id']}: the answer {answer} fails its check")
             records.append(record)

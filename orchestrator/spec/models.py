@@ -199,7 +199,9 @@ class TrainerSpec(_Strict):
 
     pool: str
     gpus: int = Field(gt=0)
-    command: str = Field(default="orch worker", description="the trainer's entry point, split as a shell would")
+    command: str = Field(
+        default="orch worker", description="the trainer's entry point, split as a shell would"
+    )
     image: str | None = Field(default=None, min_length=1, description="default: the run's image")
     env: _Env
     # Run once per step with the batch and a weights directory to write (the RL framework's gradient step).
@@ -218,9 +220,12 @@ def _template_placeholders(template: str) -> list[str]:
 
 
 class EngineSpec(_Strict):
-    """How orch launches each inference engine: ``vllm`` and ``sglang`` by their own CLIs, with the flags
-    orch derives from the spec (port, tensor parallel size, max model length, prefix caching); ``command``
-    from a template of the user's own."""
+    """How orch launches each engine: vllm or sglang by its own CLI with flags from the spec, or a template.
+
+    For vllm and sglang orch sets the port, the tensor parallel size (``rollout.gpus_per_engine``), the
+    max model length (the longest prompt plus the stage's ``max_response_tokens``) and prefix caching
+    (``orchestrator.rollout.launch``).
+    """
 
     kind: EngineKind = "vllm"
     model: str | None = Field(
@@ -252,7 +257,9 @@ class EngineSpec(_Strict):
     @model_validator(mode="after")
     def _command_matches_kind(self) -> EngineSpec:
         if self.kind == "command" and self.command is None:
-            raise ValueError("command: kind command needs a command template; add command (or pick vllm/sglang)")
+            raise ValueError(
+                "command: kind command needs a command template; add command (or pick vllm/sglang)"
+            )
         if self.kind != "command" and self.command is not None:
             raise ValueError(
                 f"command: only kind command takes a template; remove it, or put extra {self.kind} "
@@ -414,8 +421,10 @@ class DatasetSpec(_Strict):
     @field_validator("uri")
     @classmethod
     def _local_file(cls, value: str | None) -> str | None:
-        if value is not None and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value) and not value.startswith(
-            "file://"
+        if (
+            value is not None
+            and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value)
+            and not value.startswith("file://")
         ):
             raise ValueError(f"{value!r}: orch reads only a local path or a file:// URI; copy the file here")
         return value
