@@ -421,13 +421,9 @@ class DatasetSpec(_Strict):
     @field_validator("uri")
     @classmethod
     def _local_file(cls, value: str | None) -> str | None:
-        if (
-            value is not None
-            and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value)
-            and not value.startswith("file://")
-        ):
-            raise ValueError(f"{value!r}: orch reads only a local path or a file:// URI; copy the file here")
-        return value
+        if value is None or value.startswith("file://") or not re.match(r"^[a-zA-Z][\w+.-]*://", value):
+            return value
+        raise ValueError(f"{value!r}: orch reads only a local path or a file:// URI; copy the file here")
 
     @model_validator(mode="after")
     def _longest_at_least_mean(self) -> DatasetSpec:
