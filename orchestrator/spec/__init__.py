@@ -6,11 +6,13 @@ of a setting silently ignored. ``load_spec`` turns every problem into one line o
 the field it is nearest to.
 
 ``models`` holds the pydantic models, ``problems`` words their validation errors, ``files`` reads spec and
-dispatch policy files.
+dispatch policy files, ``dataset`` reads a dataset file, ``engines`` holds the engines' CLI facts.
 """
 
 from __future__ import annotations
 
+from orchestrator.spec.dataset import Problem, read_problems
+from orchestrator.spec.engines import ENGINE_CLIS, EngineCli
 from orchestrator.spec.files import load_dispatch_policy, load_spec, load_spec_data, resolve_dispatch_policy
 from orchestrator.spec.models import (
     DISPATCH_POLICIES,
@@ -20,6 +22,7 @@ from orchestrator.spec.models import (
     CheckpointSpec,
     DatasetSpec,
     DispatchPolicySpec,
+    EngineSpec,
     EntryFilterSpec,
     IdlePolicySpec,
     ModelSpec,
@@ -38,15 +41,19 @@ from orchestrator.spec.problems import parse_spec
 __all__ = [
     "DISPATCH_POLICIES",
     "DTYPE_BYTES",
+    "ENGINE_CLIS",
     "HYPHENATED_POLICIES",
     "AdvanceRuleSpec",
     "CheckpointSpec",
     "DatasetSpec",
     "DispatchPolicySpec",
+    "EngineCli",
+    "EngineSpec",
     "EntryFilterSpec",
     "IdlePolicySpec",
     "ModelSpec",
     "PoolSpec",
+    "Problem",
     "RolloutSpec",
     "RunSpec",
     "SchedulingSpec",
@@ -59,5 +66,6 @@ __all__ = [
     "load_spec",
     "load_spec_data",
     "parse_spec",
+    "read_problems",
     "resolve_dispatch_policy",
 ]

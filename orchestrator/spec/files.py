@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import SpecError
+from orchestrator.spec.dataset import dataset_path, read_problems
 from orchestrator.spec.models import (
     DISPATCH_POLICIES,
     HYPHENATED_POLICIES,
@@ -86,11 +87,38 @@ def _inline_policy_file(data: dict[str, Any], spec_dir: Path, source: str) -> di
     return {**data, "rollout": resolved}
 
 
+def _check_dataset_file(data: dict[str, Any], spec_dir: Path, source: str) -> dict[str, Any]:
+    """Read the file ``dataset.uri`` names (relative to the spec file), write its absolute path in, and
+    take ``dataset.problems`` from its line count when the spec leaves it out."""
+    dataset = data.get("dataset")
+    uri = dataset.get("uri") if isinstance(dataset, dict) else None
+    if not isinstance(uri, str) or ("://" in uri and not uri.startswith("file://")):
+        return data  # absent, or not a local file: the model's validation words it
+    path = dataset_path(uri)
+    path = (spec_dir / path if not path.is_absolute() else path).resolve()
+    try:
+        count = len(read_problems(path))
+    except SpecError as error:
+        raise SpecError(*(f"{source}: dataset.uri: {problem}" for problem in error.problems)) from error
+    given = dataset.get("problems", count)
+    if given != count:
+        raise SpecError(
+            f"{source}: dataset.problems: {given!r} but {path} holds {count} problems; "
+            "remove problems (it defaults to the file's count) or set it to "
+            f"{count}"
+        )
+    return {**data, "dataset": {**dataset, "uri": str(path), "problems": count}}
+
+
 def load_spec_data(path: str | Path) -> Any:
-    """A spec file's YAML as written, with the dispatch policy file it names (if any) written in."""
+    """A spec file's YAML as written, with the dispatch policy file it names (if any) written in, and its
+    dataset file (if any) checked and named by absolute path."""
     path = Path(path)
     data = _read_yaml(path)
-    return _inline_policy_file(data, path.parent, str(path)) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        return data
+    data = _inline_policy_file(data, path.parent, str(path))
+    return _check_dataset_file(data, path.parent, str(path))
 
 
 def load_spec(path: str | Path) -> RunSpec:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
+import string
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
@@ -21,6 +23,7 @@ from pydantic import (
 )
 
 from orchestrator.hardware import GPU_TYPES
+from orchestrator.spec.engines import COMMAND_PLACEHOLDERS, ENGINE_CLIS, EngineKind
 
 __all__ = [
     "DISPATCH_POLICIES",
@@ -30,6 +33,7 @@ __all__ = [
     "CheckpointSpec",
     "DatasetSpec",
     "DispatchPolicySpec",
+    "EngineSpec",
     "EntryFilterSpec",
     "IdlePolicySpec",
     "ModelSpec",
@@ -165,11 +169,114 @@ class PoolSpec(_Strict):
         return self.gpus // self.gpus_per_node
 
 
+def _command_line(value: str) -> str:
+    """A command line as a shell would split it; a broken quote is refused here, not at launch."""
+    try:
+        words = shlex.split(value)
+    except ValueError as error:
+        raise ValueError(f"cannot split {value!r} into words ({error}); close the quote") from error
+    if not words:
+        raise ValueError("an empty command; give the program to run")
+    return value
+
+
+def _optional_command_line(value: str | None) -> str | None:
+    return None if value is None else _command_line(value)
+
+
+def _env_names(value: dict[str, str]) -> dict[str, str]:
+    for name in value:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{name!r} is not an environment variable name; use letters, digits and _")
+    return value
+
+
+_Env = Annotated[dict[str, str], Field(default_factory=dict, description="environment variables to set")]
+
+
 class TrainerSpec(_Strict):
-    """The training gang: placed all-or-nothing."""
+    """The training gang: placed all-or-nothing, running the user's trainer (``orch worker`` by default)."""
 
     pool: str
     gpus: int = Field(gt=0)
+    command: str = Field(
+        default="orch worker", description="the trainer's entry point, split as a shell would"
+    )
+    image: str | None = Field(default=None, min_length=1, description="default: the run's image")
+    env: _Env
+    # Run once per step with the batch and a weights directory to write (the RL framework's gradient step).
+    learner_command: str | None = None
+
+    _command = field_validator("command", "learner_command")(_optional_command_line)
+    _env = field_validator("env")(_env_names)
+
+
+def _template_placeholders(template: str) -> list[str]:
+    """The ``{name}`` fields of a format string (``{{``/``}}`` are literal braces)."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise ValueError(f"a broken template ({error}); write a literal brace as {{{{ or }}}}") from error
+
+
+class EngineSpec(_Strict):
+    """How orch launches each engine: vllm or sglang by its own CLI with flags from the spec, or a template.
+
+    For vllm and sglang orch sets the port, the tensor parallel size (``rollout.gpus_per_engine``), the
+    max model length (the longest prompt plus the stage's ``max_response_tokens``) and prefix caching
+    (``orchestrator.rollout.launch``).
+    """
+
+    kind: EngineKind = "vllm"
+    model: str | None = Field(
+        default=None, min_length=1, description="local path or URI of the weights; default: model.name"
+    )
+    image: str | None = Field(default=None, min_length=1, description="default: the run's image")
+    args: list[str] = Field(default_factory=list, description="extra command-line arguments, appended")
+    env: _Env
+    port: int = Field(default=8000, ge=1, le=65535)
+    # kind: command only: a command line with {port}, {model}, {tp} and {max_model_len} placeholders.
+    command: str | None = None
+
+    _env = field_validator("env")(_env_names)
+
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _command_line(value)
+        unknown = [name for name in _template_placeholders(value) if name not in COMMAND_PLACEHOLDERS]
+        if unknown:
+            known = ", ".join(f"{{{name}}}" for name in COMMAND_PLACEHOLDERS)
+            raise ValueError(
+                f"unknown placeholder {{{unknown[0]}}}; use {known}, or write a literal brace as {{{{ or }}}}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _command_matches_kind(self) -> EngineSpec:
+        if self.kind == "command" and self.command is None:
+            raise ValueError(
+                "command: kind command needs a command template; add command (or pick vllm/sglang)"
+            )
+        if self.kind != "command" and self.command is not None:
+            raise ValueError(
+                f"command: only kind command takes a template; remove it, or put extra {self.kind} "
+                "flags in args"
+            )
+        if self.kind != "command":
+            cli = ENGINE_CLIS[self.kind]
+            for arg in self.args:
+                flag = arg.split("=", 1)[0]
+                if flag in cli.managed_flags:
+                    raise ValueError(
+                        f"args: {flag} is set by orch ({cli.version}) from the spec; remove it "
+                        "(port: rollout.engine.port, model: rollout.engine.model, tensor parallel size: "
+                        "rollout.gpus_per_engine, max model length: the prompt and the stage's "
+                        "max_response_tokens; prefix caching stays on)"
+                    )
+        return self
 
 
 class RolloutSpec(_Strict):
@@ -188,6 +295,7 @@ class RolloutSpec(_Strict):
     # context plus this chunk, not plus the whole response budget; null reserves the whole budget
     # (as rStar2-Agent does).
     chunk_tokens: int | None = Field(default=512, gt=0)
+    engine: EngineSpec = EngineSpec()
 
     _dispatch = field_validator("dispatch", mode="before")(_dispatch_name)
 
@@ -298,9 +406,38 @@ class SchedulingSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
+    """The problems. ``uri``: a JSONL file of ``{"id", "prompt", "answer"}`` (a local path or ``file://``
+    URI; in a spec file a relative path is read relative to the spec file, and ``problems`` defaults to its
+    line count)."""
+
     name: str
     problems: int = Field(gt=0)
     prompt_tokens: int = Field(default=512, gt=0, description="mean prompt length")
+    max_prompt_tokens: int | None = Field(
+        default=None, gt=0, description="longest prompt, which engines are sized for; default: prompt_tokens"
+    )
+    uri: str | None = Field(default=None, min_length=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _local_file(cls, value: str | None) -> str | None:
+        if value is None or value.startswith("file://") or not re.match(r"^[a-zA-Z][\w+.-]*://", value):
+            return value
+        raise ValueError(f"{value!r}: orch reads only a local path or a file:// URI; copy the file here")
+
+    @model_validator(mode="after")
+    def _longest_at_least_mean(self) -> DatasetSpec:
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < self.prompt_tokens:
+            raise ValueError(
+                f"max_prompt_tokens: {self.max_prompt_tokens} is below the mean prompt_tokens "
+                f"({self.prompt_tokens}); raise it to at least {self.prompt_tokens}"
+            )
+        return self
+
+    @property
+    def prompt_budget(self) -> int:
+        """Tokens the longest prompt may take."""
+        return self.max_prompt_tokens if self.max_prompt_tokens is not None else self.prompt_tokens
 
 
 class RunSpec(_Strict):
@@ -352,6 +489,10 @@ class RunSpec(_Strict):
     def total_steps(self) -> int:
         """Steps the run takes if no stage ends early."""
         return sum(stage.steps for stage in self.curriculum)
+
+    def max_model_len(self, stage_index: int) -> int:
+        """An engine's context length in stage ``stage_index``: the longest prompt plus the stage's limit."""
+        return self.dataset.prompt_budget + self.curriculum[stage_index].max_response_tokens
 
     @property
     def colocated(self) -> bool:
