@@ -99,6 +99,18 @@ def test_a_stage_longer_than_an_engine_s_kv_cache_is_named_with_the_longest_leng
     assert problems(quickstart(**{"curriculum.2.max_response_tokens": capacity - 400})) == ()
 
 
+def test_the_longest_prompt_not_the_mean_sizes_the_engine() -> None:
+    """An engine runs with max model length = the longest prompt + the stage's limit: a spec whose mean
+    prompt fits but whose longest does not is refused, naming the longest."""
+    capacity = engine_memory(parse_spec(quickstart()).model, H100_80GB, 1).kv_capacity_tokens
+    fits_the_mean = quickstart(**{"curriculum.2.max_response_tokens": capacity - 400})
+    assert problems(fits_the_mean) == ()
+    fits_the_mean["dataset"]["max_prompt_tokens"] = 2_000
+    [line] = problems(fits_the_mean)
+    assert line.startswith(f"curriculum[2].max_response_tokens: a request of 2000 prompt + {capacity - 400} ")
+    assert f"lower max_response_tokens to at most {capacity - 2_000} " in line
+
+
 def test_an_engine_wider_than_a_node_cannot_be_placed() -> None:
     [line] = problems(split_pools(**{"rollout.engines": 1, "rollout.gpus_per_engine": 16}))
     assert line == (

@@ -103,7 +103,9 @@ def run_problems(spec: RunSpec) -> tuple[str, ...]:
 
 
 def _longest_request(spec: RunSpec) -> int:
-    return spec.dataset.prompt_tokens + max(stage.max_response_tokens for stage in spec.curriculum)
+    """The longest request an engine must hold: the longest prompt plus the largest stage limit (the
+    engine's max model length in that stage)."""
+    return max(spec.max_model_len(index) for index in range(len(spec.curriculum)))
 
 
 def _engine_gpus_available(spec: RunSpec) -> int:
@@ -121,19 +123,20 @@ def _engine_problems(spec: RunSpec) -> list[str]:
         return []
     if memory.kv_bytes <= 0 or not _fits_at_all(spec, memory):
         return [_engine_memory_line(spec, pool, gpu, memory, longest)]
+    prompt = spec.dataset.prompt_budget
     return [
-        f"curriculum[{index}].max_response_tokens: a request of {spec.dataset.prompt_tokens} prompt + "
+        f"curriculum[{index}].max_response_tokens: a request of {prompt} prompt + "
         f"{stage.max_response_tokens} response tokens needs {tokens:,} tokens of KV cache but one engine "
         f"({gpus} × {gpu.name}) holds {memory.kv_capacity_tokens:,}; lower max_response_tokens to at most "
-        f"{memory.kv_capacity_tokens - spec.dataset.prompt_tokens} or {_more_memory_fix(spec, pool, longest)}"
+        f"{memory.kv_capacity_tokens - prompt} or {_more_memory_fix(spec, pool, longest)}"
         for index, stage in enumerate(spec.curriculum)
-        if not memory.fits(tokens := spec.dataset.prompt_tokens + stage.max_response_tokens)
+        if not memory.fits(tokens := spec.max_model_len(index))
     ]
 
 
 def _fits_at_all(spec: RunSpec, memory: EngineMemory) -> bool:
     """Even the shortest stage fits: the problem is the stage limits, not the engine's size."""
-    shortest = spec.dataset.prompt_tokens + min(stage.max_response_tokens for stage in spec.curriculum)
+    shortest = min(spec.max_model_len(index) for index in range(len(spec.curriculum)))
     return memory.fits(shortest)
 
 
