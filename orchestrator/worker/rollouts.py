@@ -40,7 +40,15 @@ from orchestrator.spec.dataset import Problem
 from orchestrator.tools.grading import check_answer
 from orchestrator.tools.grading.extract import last_boxed
 
-__all__ = ["DEFAULT_KV_TOKENS", "RecordingTools", "Trajectory", "run_rollouts", "score"]
+__all__ = [
+    "DEFAULT_KV_TOKENS",
+    "RecordingTools",
+    "Trajectory",
+    "final_answer_text",
+    "run_rollouts",
+    "sample_seed",
+    "score",
+]
 
 # KV cache assumed for an engine whose /metrics does not say (tokens): enough that no turn is refused.
 DEFAULT_KV_TOKENS = 1 << 20
@@ -107,9 +115,7 @@ def final_answer_text(response: str) -> str:
     return "" if end < 0 else response[end + len(FENCE) :]
 
 
-def score(
-    problem: Problem, sample: int, done: BalancerTrajectory, tools: Sequence[ToolResult]
-) -> Trajectory:
+def score(problem: Problem, sample: int, done: BalancerTrajectory, tools: Sequence[ToolResult]) -> Trajectory:
     """The scored trajectory of one finished rollout and the tool results it saw."""
     response = done.text[len(problem.prompt) :]
     infra = _infra_reason(done, tools)

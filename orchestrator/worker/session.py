@@ -185,7 +185,9 @@ class TrainerSession:
         from orchestrator.worker.rollouts import run_rollouts  # the HTTP and sandbox stack, only if used
 
         if not self.engine_urls:
-            raise OrchError(f"no engines to roll out on: set {ENGINES_ENV} (their base URLs, comma-separated)")
+            raise OrchError(
+                f"no engines to roll out on: set {ENGINES_ENV} (their base URLs, comma-separated)"
+            )
         limits = self._limits()
         return asyncio.run(
             run_rollouts(
