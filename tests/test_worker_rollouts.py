@@ -11,17 +11,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import requests
+from aiohttp import web
 
 from orchestrator.core.work import StepOutcome, StepPlan
-from orchestrator.rollout.tools import SandboxTools
+from orchestrator.rollout.http_engine import HttpEngine
+from orchestrator.rollout.tools import SandboxTools, ToolCall, ToolResult
 from orchestrator.spec import RunSpec
 from orchestrator.spec.dataset import Problem, read_problems
 from orchestrator.spec.files import load_spec
 from orchestrator.tools.api import ExecResult, Limits
 from orchestrator.worker.protocol import dump_message, plan_message
-from orchestrator.worker.rollouts import Trajectory, run_rollouts
+from orchestrator.worker.rollouts import RecordingTools, Trajectory, run_rollouts
 from orchestrator.worker.session import TrainerSession
 from orchestrator.worker.transport import DirectoryTransport
 from tests.conftest import run_async as run
@@ -162,5 +165,58 @@ def test_a_turn_whose_engine_is_lost_is_infra_failed_not_a_zero_reward(
         )
         assert all(t.infra_failed and t.infra_reason.startswith("engine: ") for t in found)  # type: ignore[union-attr]
         assert all(t.verdict == "error" and t.turns == 0 for t in found)
+
+    run(body)
+
+
+class _Exits:
+    def __init__(self, result: ExecResult) -> None:
+        self.result = result
+
+    async def execute(self, code: str, limits: Limits | None = None) -> ExecResult:
+        return self.result
+
+
+class _Raises:
+    async def run(self, call: ToolCall) -> ToolResult:
+        raise ConnectionError("tool server gone")
+
+
+def test_only_the_sandboxs_own_failures_are_infra_errors() -> None:
+    async def body() -> None:
+        call = ToolCall(0, 0, "print(1)")
+        lost = await SandboxTools(_Exits(ExecResult.abandoned("worker died")), Limits()).run(call)
+        assert (lost.verdict, lost.infra_error) == ("error", "worker died")
+        signalled = ExecResult("killed", "", "", -9, 0.1, 0.1)  # the code killed itself: the model's fault
+        assert (await SandboxTools(_Exits(signalled), Limits()).run(call)).infra_error is None
+        crashed = ExecResult("error", "", "NameError", 1, 0.1, 0.1)
+        assert (await SandboxTools(_Exits(crashed), Limits()).run(call)).infra_error is None
+        recorder = RecordingTools(_Raises())
+        broken = await recorder.run(call)
+        assert broken.infra_error == "tool failed: ConnectionError: tool server gone"
+        assert recorder.results == {0: [broken]}
+
+    run(body)
+
+
+def test_the_weights_version_header_is_read_when_the_body_has_none() -> None:
+    async def completions(request: web.Request) -> web.Response:
+        answer = {"choices": [{"text": "hi", "finish_reason": "stop"}], "usage": {"completion_tokens": 1}}
+        return web.json_response(answer, headers={"X-Weights-Version": "7"})
+
+    async def body() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                answer = await HttpEngine(f"http://127.0.0.1:{port}", session).complete({"prompt": "x"})
+        finally:
+            await runner.cleanup()
+        assert answer["weights_version"] == 7
 
     run(body)
