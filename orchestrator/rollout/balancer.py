@@ -62,6 +62,7 @@ class RolloutPrompt:
 
     rollout_id: int
     prompt: str
+    sampling: Mapping[str, Any] | None = None  # this rollout's own sampling fields (e.g. its ``seed``)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class Trajectory:
     verdict: TrajectoryVerdict
     retries: int = 0  # attempts lost with their engine and retried elsewhere
     error: str | None = None
+    # The weights version each engine request was answered with (``weights_version`` in the answer), or
+    # None where the engine reports none; aligned with ``engines``.
+    weights_versions: tuple[int | None, ...] = ()
 
 
 def parse_tool_call(text: str) -> str | None:
@@ -113,6 +117,7 @@ class _Rollout:
     tool_calls: int = 0
     retries: int = 0
     engines: list[int] = field(default_factory=list)
+    versions: list[int | None] = field(default_factory=list)
 
     def previous_engine(self) -> int | None:
         return self.engines[-1] if self.engines else None
@@ -132,6 +137,7 @@ class _Rollout:
             verdict=verdict,
             retries=self.retries,
             error=error,
+            weights_versions=tuple(self.versions),
         )
 
 
@@ -141,6 +147,7 @@ class _Completion:
     tokens: int
     prompt_tokens: int | None  # as the engine counted them
     truncated: bool  # stopped by max_tokens
+    weights_version: int | None = None
 
 
 def _read_completion(body: dict[str, Any], max_tokens: int) -> _Completion:
@@ -153,11 +160,13 @@ def _read_completion(body: dict[str, Any], max_tokens: int) -> _Completion:
     if not isinstance(tokens, int) or tokens < 0:
         tokens = estimate_tokens({"prompt": text}, COMPLETIONS) if text else 0
     prompt_tokens = usage.get("prompt_tokens")
+    version = body.get("weights_version")
     return _Completion(
         text=text,
         tokens=min(tokens, max_tokens),
         prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
         truncated=choice.get("finish_reason") == "length" or tokens >= max_tokens,
+        weights_version=version if isinstance(version, int) and not isinstance(version, bool) else None,
     )
 
 
@@ -283,7 +292,7 @@ class Balancer:
         except Exception as error:  # a broken executor must not end every rollout of the step
             message = f"tool failed: {type(error).__name__}: {error}"
             tokens = estimate_tokens({"prompt": message}, COMPLETIONS)
-            return ToolResult(message, tokens=tokens, verdict="error")
+            return ToolResult(message, tokens=tokens, verdict="error", infra_error=message)
 
     async def _turn(self, rollout: _Rollout) -> _Completion:
         """One model turn: engine requests of at most ``chunk_tokens`` until it ends or the budget does."""
@@ -308,11 +317,13 @@ class Balancer:
             max_new_tokens=limit,
             previous_engine=rollout.previous_engine(),
         )
-        payload = {**self.sampling, "prompt": rollout.context, "max_tokens": limit}
+        sampling = {**self.sampling, **(rollout.prompt.sampling or {})}
+        payload = {**sampling, "prompt": rollout.context, "max_tokens": limit}
         engine, body = await self._place_and_send(rollout, request, payload)
         completion = _read_completion(body, limit)
         rollout.generated += completion.tokens
         rollout.engines.append(engine)
+        rollout.versions.append(completion.weights_version)
         rollout.context += completion.text
         rollout.context_tokens = (completion.prompt_tokens or rollout.context_tokens) + completion.tokens
         return completion

@@ -36,7 +36,7 @@ from prometheus_client.samples import Sample
 
 from orchestrator.rollout.engine import COMPLETIONS, EngineLoad, EngineRejected, EngineUnavailable
 
-__all__ = ["EngineKind", "HttpEngine", "parse_engine_metrics"]
+__all__ = ["WEIGHTS_VERSION_HEADER", "EngineKind", "HttpEngine", "parse_engine_metrics"]
 
 EngineKind = Literal["vllm", "sglang", "auto"]
 KINDS: tuple[str, ...] = ("vllm", "sglang", "auto")
@@ -53,6 +53,9 @@ SGLANG_USED = "sglang:num_used_tokens"
 SGLANG_USAGE = "sglang:token_usage"
 SGLANG_TOTAL = "sglang:max_total_num_tokens"
 SGLANG_THROUGHPUT = "sglang:gen_throughput"
+# The weights version an engine answered with, when it says so in a header rather than in the body
+# (orch's fake engine sends both; a real engine behind a proxy may add the header).
+WEIGHTS_VERSION_HEADER = "X-Weights-Version"
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,9 @@ class HttpEngine:
                     raise EngineRejected(response.status, body)
                 if not isinstance(body, dict):
                     raise EngineUnavailable(f"{self.base_url} answered something other than a JSON object")
+                version = response.headers.get(WEIGHTS_VERSION_HEADER, "")
+                if "weights_version" not in body and version.isdigit():
+                    body["weights_version"] = int(version)  # the balancer reads it from the body
                 return body
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             raise EngineUnavailable(f"{self.base_url}: {type(error).__name__}: {error}") from error

@@ -42,6 +42,9 @@ class ToolResult:
     output: str
     tokens: int
     verdict: ToolVerdict = "ok"
+    # Why the call failed for the sandbox's sake, not the code's (its worker died, the executor broke):
+    # the trainer masks such a trajectory out instead of scoring it.
+    infra_error: str | None = None
 
 
 class ToolExecutor(Protocol):
@@ -87,7 +90,14 @@ class SandboxTools:
         if len(output) > self.max_output_chars:
             output = output[: self.max_output_chars] + "\n[output truncated]"
         verdict = _TOOL_VERDICTS.get(result.verdict, "error")  # memory, output cut, killed: errors
-        return ToolResult(output, tokens=max(1, len(output) // CHARS_PER_TOKEN), verdict=verdict)
+        # killed with no exit status: no process ran, or it was lost with its worker (ExecResult.abandoned)
+        infra = (result.stderr.strip() or "sandbox worker lost") if _abandoned(result) else None
+        tokens = max(1, len(output) // CHARS_PER_TOKEN)
+        return ToolResult(output, tokens=tokens, verdict=verdict, infra_error=infra)
+
+
+def _abandoned(result: ExecResult) -> bool:
+    return result.verdict == "killed" and result.exit_status is None
 
 
 @contextlib.asynccontextmanager
