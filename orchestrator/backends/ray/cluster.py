@@ -157,9 +157,12 @@ class RayCluster:
         actor = _actor(name)
         if actor is None:
             return False
-        # An actor gone or stuck cannot stop its process, but the process dies with it (PR_SET_PDEATHSIG).
-        with contextlib.suppress(RayError):
-            ray.get(actor.stop.remote(), timeout=30)
+        # An actor not up yet (its gang still waits for GPUs) has no process: it is only killed. One gone
+        # or stuck cannot stop its process, but the process dies with it (PR_SET_PDEATHSIG).
+        ready, _ = ray.wait([actor.status.remote()], timeout=STATUS_TIMEOUT_S)
+        if ready:
+            with contextlib.suppress(RayError):
+                ray.get(actor.stop.remote(), timeout=30)
         ray.kill(actor, no_restart=True)
         gang = _gang_of(name)
         if gang is not None and not any(
