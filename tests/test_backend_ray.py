@@ -174,3 +174,24 @@ def test_make_backend_ray_uses_the_connected_cluster(cluster: RayCluster) -> Non
     parts = make_backend("ray")
     assert parts.cluster.name == "ray" and not parts.in_process
     assert [node.pool for node in parts.cluster.list_nodes()] == ["gpu"]
+
+
+def test_a_colocated_engine_shares_its_hosts_gpu(cluster: RayCluster) -> None:
+    trainers = gang(cluster, "r4")[:1]
+    host = trainers[0]
+    engine = replace(
+        host,
+        name=workload_name("r4", "engine", 0, 1),
+        role="engine",
+        gpus=0,
+        env={**host.env, "ORCH_COLOCATED_WITH": host.name},
+    )
+    assert cluster.create_workloads([*trainers, engine]) == 2
+    names = [host.name, engine.name]
+    until(lambda: phases(cluster, "r4") == dict.fromkeys(names, "Running"))
+    logs = [Path(cluster.log_path(w)) for w in (host, engine)]
+    until(lambda: all(log.exists() and log.read_text().strip() for log in logs))
+    assert logs[0].read_text() == logs[1].read_text()  # "gpus N": the same GPU
+    for name in names:
+        cluster.delete_workload(name)
+    assert cluster.list_workloads("r4") == [] and groups(gang_name("r4", 1)) == []

@@ -32,7 +32,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestrator.backends.base import ClusterEvent
-from orchestrator.backends.ray.member import MemberActor
+from orchestrator.backends.ray.member import NAMESPACE, MemberActor
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
 from orchestrator.errors import OrchError
@@ -51,7 +51,6 @@ __all__ = [
     "transient_ray_error",
 ]
 
-NAMESPACE = "orch"
 POOL_LABEL = "orch.dev/pool"
 NODE_ID_LABEL = "ray.io/node-id"
 COMMAND_ENV = "ORCH_COMMAND"
@@ -148,7 +147,7 @@ class RayCluster:
         for gang, members in _by_gang(workloads).items():
             group, bundles = self._placement_group(gang, members)
             for workload in members:
-                created += self._create_member(workload, group, bundles.get(workload.name, -1))
+                created += self._create_member(workload, group, bundles)
         if created:
             self._bump()
         return created
@@ -221,10 +220,12 @@ class RayCluster:
         )
         return group, {w.name: index for index, w in enumerate(holders)}
 
-    def _create_member(self, workload: Workload, group: PlacementGroup | None, bundle: int) -> int:
+    def _create_member(
+        self, workload: Workload, group: PlacementGroup | None, bundles: Mapping[str, int]
+    ) -> int:
         if _actor(workload.name) is not None:
             return 0
-        gpu_ids: list[str] | None = None
+        bundle = bundles.get(workload.name, -1)
         options: dict[str, Any] = {
             "name": workload.name,
             "namespace": NAMESPACE,
@@ -232,15 +233,15 @@ class RayCluster:
             "num_cpus": 0,
             "num_gpus": 0 if workload.colocated else workload.gpus,
         }
-        if workload.colocated:
-            host = _actor(workload.env["ORCH_COLOCATED_WITH"])
-            gpu_ids = ray.get(host.status.remote(), timeout=60)["gpu_ids"] if host is not None else []
-        if group is not None and (workload.gpus and not workload.colocated):
+        host = workload.env.get("ORCH_COLOCATED_WITH") if workload.colocated else None
+        if host is not None:
+            bundle = bundles.get(host, -1)  # share the host's bundle (its node), holding no GPU of its own
+        if group is not None and (host is not None or workload.gpus):
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, bundle)
         info = {"run_id": workload.run_id, "role": workload.role, "node": workload.node}
         argv = list(self.command_for(workload))
         try:
-            MemberActor.options(**options).remote(info, argv, workload.env, self.log_path(workload), gpu_ids)
+            MemberActor.options(**options).remote(info, argv, workload.env, self.log_path(workload), host)
         except ValueError:
             return 0  # another controller created it between our look-up and our create
         return 1

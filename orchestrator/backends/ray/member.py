@@ -18,7 +18,9 @@ from typing import Any
 
 import ray
 
-__all__ = ["MemberActor", "MemberProcess"]
+__all__ = ["NAMESPACE", "MemberActor", "MemberProcess"]
+
+NAMESPACE = "orch"  # the Ray namespace of every member actor
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
@@ -81,6 +83,17 @@ class MemberProcess:
         return True
 
 
+def _host_gpus(host: str, timeout_s: float = 600.0) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return list(ray.get(ray.get_actor(host, namespace=NAMESPACE).status.remote())["gpu_ids"])
+        except ValueError:  # not registered yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 @ray.remote(max_restarts=0, max_concurrency=1)
 class MemberActor:
     """A detached named actor supervising one member's process (see ``MemberProcess``)."""
@@ -91,10 +104,11 @@ class MemberActor:
         argv: Sequence[str],
         env: Mapping[str, str],
         log_path: str,
-        gpu_ids: Sequence[str] | None = None,
+        host: str | None = None,
     ) -> None:
+        """``host``: the member whose GPUs a colocated engine shares (waited for; it starts first)."""
         self.info = dict(info)
-        ids = gpu_ids if gpu_ids is not None else ray.get_gpu_ids()
+        ids = ray.get_gpu_ids() if host is None else _host_gpus(host)
         self.member = MemberProcess(argv, env, log_path, [str(each) for each in ids])
 
     def status(self) -> dict[str, Any]:
