@@ -98,7 +98,13 @@ def validate(file: str) -> None:
     default=None,
     help="simulated pool only: virtual seconds per wall second, so `orch top` can watch (default: flat out)",
 )
-@click.option("--backend", envvar="ORCH_BACKEND", default="sim", show_default=True, help="cluster backend")
+@click.option(
+    "--backend",
+    envvar="ORCH_BACKEND",
+    default="sim",
+    show_default=True,
+    help="cluster backend: sim, kube or ray",
+)
 @OUTPUT
 @pass_context
 def submit(obj: Context, file: str, wait: bool, pace: float | None, backend: str, output: str) -> None:
@@ -210,7 +216,13 @@ def stage(obj: Context, run: str, advance: bool, output: str) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="run one reconcile pass and exit")
-@click.option("--backend", envvar="ORCH_BACKEND", default="sim", show_default=True, help="cluster backend")
+@click.option(
+    "--backend",
+    envvar="ORCH_BACKEND",
+    default="sim",
+    show_default=True,
+    help="cluster backend: sim, kube or ray",
+)
 @click.option("--id", "identity", default=None, help="controller identity for leases (default host-pid)")
 @click.option("--lease-seconds", default=15.0, show_default=True, help="how long a run's lease lasts")
 @click.option("--exit-when-idle", is_flag=True, help="exit once no unfinished run is left but Suspended ones")

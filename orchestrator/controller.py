@@ -20,6 +20,7 @@ from typing import TypeVar
 from orchestrator.backends.base import (
     ClusterBackend,
     ExecutionInterrupted,
+    GangCreator,
     RunSource,
     TelemetryFeed,
     TrainingExecutor,
@@ -338,8 +339,11 @@ class Controller:
 
     def _sync_cluster(self, run_id: str) -> int:
         creates, deletes = cluster_diff(self.store.workloads(run_id), self.cluster.list_workloads(run_id))
-        for workload in creates:
-            self.cluster.create_workload(workload)
+        if isinstance(self.cluster, GangCreator):
+            self.cluster.create_workloads(creates)  # a gang reserved all-or-nothing (a Ray placement group)
+        else:
+            for workload in creates:
+                self.cluster.create_workload(workload)
         for name in deletes:
             self.cluster.delete_workload(name)
         return len(creates) + len(deletes)

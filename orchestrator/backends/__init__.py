@@ -1,4 +1,4 @@
-"""Cluster backends: one protocol (``base``) and the embedded simulated pool (``sim``).
+"""Cluster backends: the protocol (``base``) and the Ray adapter (``ray``); sim is ``orchestrator.sim``.
 
 The Kubernetes adapter lives in ``orchestrator.kube``; ``make_backend`` picks one of them.
 """
@@ -28,7 +28,7 @@ BACKEND_ENV = "ORCH_BACKEND"
 NAMESPACE_ENV = "ORCH_NAMESPACE"
 POOL_LABEL_ENV = "ORCH_POOL_LABEL"
 SIM_PACE_ENV = "ORCH_SIM_PACE"
-BACKENDS = ("sim", "kube")
+BACKENDS = ("sim", "kube", "ray")
 
 
 def check_backend_name(name: str | None = None) -> str:
@@ -44,7 +44,8 @@ def check_backend_name(name: str | None = None) -> str:
 def make_backend(
     name: str | None = None, *, sim_pace: float | None = None, rollout_metrics: RolloutMetrics | None = None
 ) -> BackendParts:
-    """The backend named by ``name`` or ``ORCH_BACKEND`` (default ``sim``).
+    """The backend named by ``name`` or ``ORCH_BACKEND`` (default ``sim``); ``ray`` connects to
+    ``ORCH_RAY_ADDRESS``, else to a local Ray head (starting one as its own daemon if none runs).
 
     ``sim_pace``: virtual seconds the simulated pool plays per wall second (default ``ORCH_SIM_PACE``,
     else 0 = as fast as possible).
@@ -58,6 +59,10 @@ def make_backend(
         pace = sim_pace if sim_pace is not None else _pace_from_env()
         trainer = SimTrainer(cluster, StepSimulator(rollout_metrics), pace=pace)
         return BackendParts(cluster, trainer, telemetry=cluster.telemetry, in_process=True)
+    if name == "ray":
+        from orchestrator.backends.ray.backend import make_ray_backend
+
+        return make_ray_backend(pool_label=os.environ.get(POOL_LABEL_ENV))
     from orchestrator.kube.backend import make_kube_backend
     from orchestrator.kube.cluster import DEFAULT_NAMESPACE, DEFAULT_POOL_LABEL, api_client_from_environment
 

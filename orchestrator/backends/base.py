@@ -8,9 +8,9 @@ through a ``TrainingExecutor``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
@@ -25,6 +25,7 @@ __all__ = [
     "ClusterBackend",
     "ClusterEvent",
     "ExecutionInterrupted",
+    "GangCreator",
     "RunSource",
     "TelemetryFeed",
     "TrainingExecutor",
@@ -69,6 +70,14 @@ class ClusterBackend(Protocol):
 
     def sweep(self, finished_runs: Collection[str]) -> int:
         """Delete what the cluster still keeps for runs that finished; return how many objects went."""
+
+
+@runtime_checkable
+class GangCreator(Protocol):
+    """A backend that reserves a gang as a whole gets all the members a pass creates in one call."""
+
+    def create_workloads(self, workloads: Sequence[Workload]) -> int:
+        """Create them (members found by name are success); return how many were created."""
 
 
 class TelemetryFeed(Protocol):

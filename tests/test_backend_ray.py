@@ -1,0 +1,197 @@
+"""The Ray backend against a real local Ray (one for the module: 4 logical GPUs, labelled pool ``gpu``).
+
+A two-member gang runs real processes that print their ``CUDA_VISIBLE_DEVICES``: both are observed running
+on distinct GPUs; a second create duplicates nothing; a SIGKILLed process is observed as a failure; delete
+leaves no process and no placement group behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import ray
+
+from orchestrator.backends import BACKENDS, check_backend_name
+from orchestrator.backends.base import GangCreator
+from orchestrator.backends.ray.cluster import NAMESPACE, RayCluster, gang_name
+from orchestrator.core.members import workload_name
+from orchestrator.records import Workload, WorkloadStatus
+
+SLEEPER = "import os, time; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(60)"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        num_cpus=2,
+        num_gpus=4,
+        labels={"orch.dev/pool": "gpu"},
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace=NAMESPACE,
+    )
+    try:
+        yield RayCluster(log_dir=str(tmp_path_factory.mktemp("logs")))
+    finally:
+        ray.shutdown()
+
+
+def until(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.2)
+
+
+def gang(cluster: RayCluster, run: str, attempt: int = 1) -> list[Workload]:
+    node = cluster.list_nodes()[0].name
+    command = f'{sys.executable} -c "{SLEEPER}"'
+    return [
+        Workload(
+            name=workload_name(run, "trainer", index, attempt),
+            run_id=run,
+            role="trainer",
+            index=index,
+            attempt=attempt,
+            pool="gpu",
+            node=node,
+            gpus=1,
+            status=WorkloadStatus.PENDING,
+            env={"ORCH_COMMAND": command, "ORCH_RANK": str(index)},
+        )
+        for index in range(2)
+    ]
+
+
+def phases(cluster: RayCluster, run: str) -> dict[str, str]:
+    return {w.name: w.phase for w in cluster.list_workloads(run)}
+
+
+def pids(cluster: RayCluster, names: list[str]) -> dict[str, int]:
+    return {
+        name: ray.get(ray.get_actor(name, namespace=NAMESPACE).status.remote(), timeout=30)["pid"]
+        for name in names
+    }
+
+
+def groups(name: str) -> list[dict[str, object]]:
+    return [
+        group
+        for group in ray.util.placement_group_table().values()
+        if group["name"] == name and group["state"] != "REMOVED"
+    ]
+
+
+def alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+def test_ray_is_a_backend_name() -> None:
+    assert "ray" in BACKENDS and check_backend_name("ray") == "ray"
+
+
+def test_nodes_come_from_the_ray_cluster(cluster: RayCluster) -> None:
+    [node] = cluster.list_nodes()
+    assert (node.pool, node.gpus, node.ready) == ("gpu", 4, True)
+
+
+def test_a_gang_runs_finds_its_members_by_name_and_cleans_up(cluster: RayCluster) -> None:
+    members = gang(cluster, "r1")
+    names = [w.name for w in members]
+    assert isinstance(cluster, GangCreator)
+    assert cluster.create_workloads(members) == 2
+    until(lambda: phases(cluster, "r1") == dict.fromkeys(names, "Running"))
+    assert [g["strategy"] for g in groups(gang_name("r1", 1))] == ["STRICT_PACK"]
+
+    # Each process saw its own GPU.
+    logs = [Path(cluster.log_path(w)) for w in members]
+    until(lambda: all(log.exists() and log.read_text().strip() for log in logs))
+    seen = [log.read_text().split()[1] for log in logs]
+    assert len(set(seen)) == 2 and all(gpu in "0123" for gpu in seen)
+
+    # A restarted controller creates nothing twice: same names, same processes, one placement group.
+    before = pids(cluster, names)
+    assert cluster.create_workloads(members) == 0
+    assert cluster.create_workload(members[0]) is False
+    assert pids(cluster, names) == before and len(groups(gang_name("r1", 1))) == 1
+    assert len([a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"] in names]) == 2
+
+    # A SIGKILLed member process is a failed member.
+    os.kill(before[names[0]], signal.SIGKILL)
+    until(lambda: phases(cluster, "r1")[names[0]] == "Failed")
+    [failed] = [w for w in cluster.list_workloads("r1") if w.name == names[0]]
+    assert "killed by signal 9" in failed.reason
+    assert phases(cluster, "r1")[names[1]] == "Running"
+
+    # Delete leaves no process, no actor and no placement group.
+    assert all(cluster.delete_workload(name) for name in names)
+    assert cluster.delete_workload(names[0]) is False
+    until(lambda: not any(alive(pid) for pid in before.values()), 30)
+    assert cluster.list_workloads("r1") == [] and groups(gang_name("r1", 1)) == []
+
+
+def test_a_gang_that_does_not_fit_waits_whole(cluster: RayCluster) -> None:
+    """Three 2-GPU members on a 4-GPU node: the placement group reserves nothing, no member starts."""
+    members = [
+        replace(w, gpus=2, name=workload_name("r2", "trainer", i, 1), index=i)
+        for i, w in enumerate(gang(cluster, "r2") + gang(cluster, "r2")[:1])
+    ]
+    assert cluster.create_workloads(members) == 3
+    time.sleep(1.0)
+    assert set(phases(cluster, "r2").values()) == {"Pending"}
+    for w in members:
+        cluster.delete_workload(w.name)
+    assert cluster.list_workloads("r2") == [] and groups(gang_name("r2", 1)) == []
+
+
+def test_a_dead_actor_takes_its_process_and_is_no_longer_observed(cluster: RayCluster) -> None:
+    """The controller sees a member it recorded running vanish (a gang failure); no orphan remains."""
+    members = gang(cluster, "r3")
+    cluster.create_workloads(members)
+    names = [w.name for w in members]
+    until(lambda: phases(cluster, "r3") == dict.fromkeys(names, "Running"))
+    pid = pids(cluster, names)[names[0]]
+    ray.kill(ray.get_actor(names[0], namespace=NAMESPACE), no_restart=True)
+    until(lambda: names[0] not in phases(cluster, "r3"))
+    until(lambda: not alive(pid), 30)
+    for name in names:
+        cluster.delete_workload(name)
+    assert cluster.list_workloads("r3") == [] and groups(gang_name("r3", 1)) == []
+
+
+def test_make_backend_ray_uses_the_connected_cluster(cluster: RayCluster) -> None:
+    from orchestrator.backends import make_backend
+
+    parts = make_backend("ray")
+    assert parts.cluster.name == "ray" and not parts.in_process
+    assert [node.pool for node in parts.cluster.list_nodes()] == ["gpu"]
+
+
+def test_a_colocated_engine_shares_its_hosts_gpu(cluster: RayCluster) -> None:
+    trainers = gang(cluster, "r4")[:1]
+    host = trainers[0]
+    engine = replace(
+        host,
+        name=workload_name("r4", "engine", 0, 1),
+        role="engine",
+        gpus=0,
+        env={**host.env, "ORCH_COLOCATED_WITH": host.name},
+    )
+    assert cluster.create_workloads([*trainers, engine]) == 2
+    names = [host.name, engine.name]
+    until(lambda: phases(cluster, "r4") == dict.fromkeys(names, "Running"))
+    logs = [Path(cluster.log_path(w)) for w in (host, engine)]
+    until(lambda: all(log.exists() and log.read_text().strip() for log in logs))
+    assert logs[0].read_text() == logs[1].read_text()  # "gpus N": the same GPU
+    for name in names:
+        cluster.delete_workload(name)
+    assert cluster.list_workloads("r4") == [] and groups(gang_name("r4", 1)) == []
