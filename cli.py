@@ -61,6 +61,15 @@ def package_version(distribution: str = "orch") -> str:
         return orchestrator.__version__
 
 
+BACKEND = click.option(
+    "--backend",
+    envvar="ORCH_BACKEND",
+    default="sim",
+    show_default=True,
+    help="cluster backend: sim, kube or ray",
+)
+
+
 @click.group(cls=OrchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_version(), "-V", "--version", prog_name="orch")
 @click.option("--database-url", envvar="ORCH_DATABASE_URL", help="SQLAlchemy URL (default: a SQLite file)")
@@ -98,13 +107,7 @@ def validate(file: str) -> None:
     default=None,
     help="simulated pool only: virtual seconds per wall second, so `orch top` can watch (default: flat out)",
 )
-@click.option(
-    "--backend",
-    envvar="ORCH_BACKEND",
-    default="sim",
-    show_default=True,
-    help="cluster backend: sim, kube or ray",
-)
+@BACKEND
 @OUTPUT
 @pass_context
 def submit(obj: Context, file: str, wait: bool, pace: float | None, backend: str, output: str) -> None:
@@ -216,13 +219,7 @@ def stage(obj: Context, run: str, advance: bool, output: str) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="run one reconcile pass and exit")
-@click.option(
-    "--backend",
-    envvar="ORCH_BACKEND",
-    default="sim",
-    show_default=True,
-    help="cluster backend: sim, kube or ray",
-)
+@BACKEND
 @click.option("--id", "identity", default=None, help="controller identity for leases (default host-pid)")
 @click.option("--lease-seconds", default=15.0, show_default=True, help="how long a run's lease lasts")
 @click.option("--exit-when-idle", is_flag=True, help="exit once no unfinished run is left but Suspended ones")
