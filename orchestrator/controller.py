@@ -340,7 +340,11 @@ class Controller:
     def _sync_cluster(self, run_id: str) -> int:
         creates, deletes = cluster_diff(self.store.workloads(run_id), self.cluster.list_workloads(run_id))
         if isinstance(self.cluster, GangCreator):
-            self.cluster.create_workloads(creates)  # a gang reserved all-or-nothing (a Ray placement group)
+            # A gang reserved all-or-nothing (a Ray placement group), its processes launched from the spec.
+            if creates:
+                run = self.store.get_run(run_id)
+                spec = RunSpec.model_validate(run.spec)
+                self.cluster.create_workloads(creates, spec=spec, stage_index=run.stage_index)
         else:
             for workload in creates:
                 self.cluster.create_workload(workload)

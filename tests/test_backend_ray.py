@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -195,3 +196,67 @@ def test_a_colocated_engine_shares_its_hosts_gpu(cluster: RayCluster) -> None:
     for name in names:
         cluster.delete_workload(name)
     assert cluster.list_workloads("r4") == [] and groups(gang_name("r4", 1)) == []
+
+
+def test_a_run_on_ray_succeeds_with_its_engines_and_trainer_launched_from_the_spec(
+    cluster: RayCluster, tmp_path: Path
+) -> None:
+    """The controller drives a tiny run on Ray: two fake engines of ``kind: command`` on their own ports
+    (colocated on the trainer's two GPUs: the test's Ray node is one pool),
+    the scripted trainer (``tests/scripts/scripted_trainer.py``) answering through the mailbox after
+    checking both engines' /health; the run Succeeds and leaves no actor behind."""
+    from orchestrator import service
+    from orchestrator.backends.ray.mailbox import RayExecutor
+    from orchestrator.controller import Controller
+    from orchestrator.records import Phase
+    from orchestrator.state.store import Store
+    from tests.conftest import spec_data, write_spec
+
+    root = Path(__file__).resolve().parents[1]
+    trainer_log = tmp_path / "trainer.log"
+    engine = (
+        f"{sys.executable} -m orchestrator.testing.fake_engine serve {{model}} --port {{port}}"
+        " --tensor-parallel-size {tp} --max-model-len {max_model_len}"
+    )
+    paths = {"PYTHONPATH": str(root)}
+    data = spec_data()
+    data["name"] = "ray-e2e"
+    data["model"] = {"name": "tiny", "params_b": 0.5, "layers": 24, "kv_heads": 2, "head_dim": 64}
+    data["pools"] = {"gpu": {"gpu_type": "H100-80GB", "gpus": 4, "gpus_per_node": 4}}
+    data["trainer"] = {
+        "pool": "gpu",
+        "gpus": 2,
+        "command": f"{sys.executable} {root / 'tests' / 'scripts' / 'scripted_trainer.py'}",
+        "env": {**paths, "SCRIPTED_TRAINER_LOG": str(trainer_log)},
+    }
+    data["rollout"].update(
+        pool="gpu",
+        engines=2,
+        gpus_per_engine=1,
+        engine={"kind": "command", "command": engine, "port": 19310, "env": paths},
+    )
+    data["curriculum"] = [{"name": "only", "max_response_tokens": 1024, "max_turns": 2, "steps": 3}]
+    data["checkpoint"] = {"every_steps": 2, "uri": f"file://{tmp_path / 'checkpoints'}"}
+
+    ray_cluster = RayCluster(log_dir=str(tmp_path / "logs"), mailbox_root=str(tmp_path / "mailbox"))
+    executor = RayExecutor(ray_cluster.list_workloads, root=tmp_path / "mailbox", wait_s=0.5)
+    store = Store(f"sqlite:///{tmp_path / 'orch.db'}")
+    run_id = service.submit(store, service.validate(write_spec(tmp_path, data, "ray.yaml"))).id
+    try:
+        controller = Controller(store, ray_cluster, executor, identity="ctl")
+        stop = threading.Event()
+        timer = threading.Timer(150, stop.set)
+        timer.start()
+        try:
+            controller.run(until=lambda: store.get_run(run_id).phase.terminal, stop=stop)
+        finally:
+            timer.cancel()
+        run = store.get_run(run_id)
+        assert run.phase is Phase.SUCCEEDED, (run.phase, run.message)
+        urls = "http://127.0.0.1:19310 http://127.0.0.1:19311"
+        assert trainer_log.read_text().splitlines() == [f"step {n} {urls}" for n in (1, 2, 3)]
+        until(lambda: ray_cluster.list_workloads(run_id) == [], 60)
+    finally:
+        for each in ray_cluster.list_workloads(run_id):
+            ray_cluster.delete_workload(each.name)
+        store.close()

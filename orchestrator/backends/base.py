@@ -76,8 +76,11 @@ class ClusterBackend(Protocol):
 class GangCreator(Protocol):
     """A backend that reserves a gang as a whole gets all the members a pass creates in one call."""
 
-    def create_workloads(self, workloads: Sequence[Workload]) -> int:
-        """Create them (members found by name are success); return how many were created."""
+    def create_workloads(
+        self, workloads: Sequence[Workload], *, spec: RunSpec | None = None, stage_index: int = 0
+    ) -> int:
+        """Create them (members found by name are success), launching what ``spec`` (their run's, at
+        curriculum stage ``stage_index``) says; return how many were created."""
 
 
 class TelemetryFeed(Protocol):

@@ -27,19 +27,23 @@ class EngineLaunch:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-def engine_launch(spec: RunSpec, stage_index: int, *, host: str = "127.0.0.1") -> EngineLaunch:
+def engine_launch(
+    spec: RunSpec, stage_index: int, *, host: str = "127.0.0.1", port: int | None = None
+) -> EngineLaunch:
     """The launch of each engine of ``spec`` in curriculum stage ``stage_index``.
 
     The context length is the longest prompt plus the stage's ``max_response_tokens``; the tensor
     parallel size is ``rollout.gpus_per_engine``. ``host`` is the address the engine binds (loopback
-    unless the backend needs it reachable from other nodes).
+    unless the backend needs it reachable from other nodes); ``port`` replaces ``rollout.engine.port``
+    (a backend running several engines on one host gives each its own).
     """
     if not 0 <= stage_index < len(spec.curriculum):
         raise IndexError(f"stage {stage_index} is not in the curriculum (0..{len(spec.curriculum) - 1})")
     engine = spec.rollout.engine
     model = engine.model or spec.model.name
+    port = engine.port if port is None else port
     values = {
-        "port": str(engine.port),
+        "port": str(port),
         "model": model,
         "tp": str(spec.rollout.gpus_per_engine),
         "max_model_len": str(spec.max_model_len(stage_index)),
@@ -69,7 +73,7 @@ def engine_launch(spec: RunSpec, stage_index: int, *, host: str = "127.0.0.1") -
     return EngineLaunch(
         argv=(*argv, *engine.args),
         image=engine.image or spec.image,
-        port=engine.port,
+        port=port,
         health_path=health,
         env=dict(engine.env),
     )

@@ -10,8 +10,9 @@
 - A member is a detached actor named ``{run}-{role}-{index}-a{attempt}`` in namespace ``orch`` holding its
   GPUs in its bundle; it launches the member's process (``member.MemberProcess``). A create that finds the
   name taken is success; a colocated engine gets no GPU of its own but its host's ``CUDA_VISIBLE_DEVICES``.
-- The argv comes from ``command_for(workload)``; the default reads ``ORCH_COMMAND`` (a shell command line)
-  from the workload's env.
+- The argv and env come from the run spec (``launch.member_launch``: the trainer's command with its
+  attempt's mailbox, ``mailbox.py``; each engine's launch on its own port); ``ORCH_COMMAND`` in a
+  workload's env overrides the command.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shlex
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,15 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestrator.backends.base import ClusterEvent
+from orchestrator.backends.ray.launch import member_launch
+from orchestrator.backends.ray.mailbox import default_mailbox_root, mailbox_dir
 from orchestrator.backends.ray.member import NAMESPACE, MemberActor
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
-from orchestrator.errors import OrchError
 from orchestrator.records import Workload
-from orchestrator.spec import PoolSpec
+from orchestrator.spec import PoolSpec, RunSpec
 
 __all__ = [
-    "COMMAND_ENV",
     "DEFAULT_POOL_ENV",
     "LOG_DIR_ENV",
     "NAMESPACE",
@@ -53,7 +53,6 @@ __all__ = [
 
 POOL_LABEL = "orch.dev/pool"
 NODE_ID_LABEL = "ray.io/node-id"
-COMMAND_ENV = "ORCH_COMMAND"
 DEFAULT_POOL_ENV = "ORCH_RAY_DEFAULT_POOL"
 LOG_DIR_ENV = "ORCH_RAY_LOG_DIR"
 MEMBER_NAME = re.compile(r"^(?P<run>.+)-(?P<role>[a-z]+)-(?P<index>\d+)-a(?P<attempt>\d+)$")
@@ -68,14 +67,6 @@ def gang_name(run_id: str, attempt: int) -> str:
 def _gang_of(member: str) -> str | None:
     match = MEMBER_NAME.match(member)
     return gang_name(match["run"], int(match["attempt"])) if match else None
-
-
-def default_command(workload: Workload) -> list[str]:
-    """The member's argv from ``ORCH_COMMAND`` in its env."""
-    line = workload.env.get(COMMAND_ENV, "")
-    if not line.strip():
-        raise OrchError(f"{workload.name}: no command to run (set {COMMAND_ENV} in its env)")
-    return shlex.split(line)
 
 
 def transient_ray_error(error: BaseException) -> bool:
@@ -96,14 +87,14 @@ class RayCluster:
         pool_label: str = POOL_LABEL,
         default_pool: str | None = None,
         log_dir: str | None = None,
-        command_for: Callable[[Workload], Sequence[str]] = default_command,
+        mailbox_root: str | None = None,
     ) -> None:
         self.pool_label = pool_label
         self.default_pool = default_pool or os.environ.get(DEFAULT_POOL_ENV, "default")
         self.log_dir = (
             log_dir or os.environ.get(LOG_DIR_ENV) or str(Path(tempfile.gettempdir()) / "orch-logs")
         )
-        self.command_for = command_for
+        self.mailbox_root = mailbox_root or default_mailbox_root()
         self._changed = threading.Condition()
         self._version = 0
 
@@ -138,8 +129,11 @@ class RayCluster:
     def create_workload(self, workload: Workload) -> bool:
         return self.create_workloads([workload]) == 1
 
-    def create_workloads(self, workloads: Sequence[Workload]) -> int:
-        """Create a gang's members together: its placement group first (if new), then each member's actor.
+    def create_workloads(
+        self, workloads: Sequence[Workload], *, spec: RunSpec | None = None, stage_index: int = 0
+    ) -> int:
+        """Create a gang's members together: its placement group first (if new), then each member's actor,
+        running what ``spec`` (their run's, at curriculum stage ``stage_index``) launches.
 
         Returns how many actors were created (members found by name count as success, not as created).
         """
@@ -147,7 +141,7 @@ class RayCluster:
         for gang, members in _by_gang(workloads).items():
             group, bundles = self._placement_group(gang, members)
             for workload in members:
-                created += self._create_member(workload, group, bundles)
+                created += self._create_member(workload, group, bundles, spec, stage_index)
         if created:
             self._bump()
         return created
@@ -221,7 +215,12 @@ class RayCluster:
         return group, {w.name: index for index, w in enumerate(holders)}
 
     def _create_member(
-        self, workload: Workload, group: PlacementGroup | None, bundles: Mapping[str, int]
+        self,
+        workload: Workload,
+        group: PlacementGroup | None,
+        bundles: Mapping[str, int],
+        spec: RunSpec | None,
+        stage_index: int,
     ) -> int:
         if _actor(workload.name) is not None:
             return 0
@@ -239,9 +238,12 @@ class RayCluster:
         if group is not None and (host is not None or workload.gpus):
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, bundle)
         info = {"run_id": workload.run_id, "role": workload.role, "node": workload.node}
-        argv = list(self.command_for(workload))
+        mailbox = mailbox_dir(self.mailbox_root, workload.run_id, workload.attempt)
+        launch = member_launch(workload, spec, stage_index=stage_index, mailbox=mailbox)
         try:
-            MemberActor.options(**options).remote(info, argv, workload.env, self.log_path(workload), host)
+            MemberActor.options(**options).remote(
+                info, list(launch.argv), dict(launch.env), self.log_path(workload), host
+            )
         except ValueError:
             return 0  # another controller created it between our look-up and our create
         return 1
