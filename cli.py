@@ -14,6 +14,7 @@ from orchestrator import service
 from orchestrator.backends import check_backend_name, make_backend
 from orchestrator.commands.common import OUTPUT, Context, pass_context, port_option
 from orchestrator.commands.gpus import gpus, top
+from orchestrator.commands.logs import logs
 from orchestrator.commands.manifests import manifests
 from orchestrator.commands.servers import agent, router, tools
 from orchestrator.controller import DB_OUTAGE_SECONDS
@@ -270,7 +271,7 @@ def upgrade(obj: Context) -> None:
     click.echo(f"database at revision {service.upgrade_database(obj.database_url)}")
 
 
-for command in (gpus, top, agent, router, tools, manifests):
+for command in (logs, gpus, top, agent, router, tools, manifests):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -20,10 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Collection, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -33,8 +31,15 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestrator.backends.base import ClusterEvent
 from orchestrator.backends.ray.launch import member_launch
-from orchestrator.backends.ray.mailbox import default_mailbox_root, mailbox_dir
+from orchestrator.backends.ray.mailbox import (
+    close_mailbox,
+    default_mailbox_root,
+    mailbox_dir,
+    sweep_mailboxes,
+)
 from orchestrator.backends.ray.member import NAMESPACE, MemberActor
+from orchestrator.backends.ray.paths import MEMBER_NAME, default_log_dir, member_log_path, parse_member
+from orchestrator.core.members import TRAINER
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
 from orchestrator.records import Workload
@@ -42,7 +47,6 @@ from orchestrator.spec import PoolSpec, RunSpec
 
 __all__ = [
     "DEFAULT_POOL_ENV",
-    "LOG_DIR_ENV",
     "NAMESPACE",
     "NODE_ID_LABEL",
     "POOL_LABEL",
@@ -54,8 +58,6 @@ __all__ = [
 POOL_LABEL = "orch.dev/pool"
 NODE_ID_LABEL = "ray.io/node-id"
 DEFAULT_POOL_ENV = "ORCH_RAY_DEFAULT_POOL"
-LOG_DIR_ENV = "ORCH_RAY_LOG_DIR"
-MEMBER_NAME = re.compile(r"^(?P<run>.+)-(?P<role>[a-z]+)-(?P<index>\d+)-a(?P<attempt>\d+)$")
 STATUS_TIMEOUT_S = 2.0
 
 
@@ -91,9 +93,7 @@ class RayCluster:
     ) -> None:
         self.pool_label = pool_label
         self.default_pool = default_pool or os.environ.get(DEFAULT_POOL_ENV, "default")
-        self.log_dir = (
-            log_dir or os.environ.get(LOG_DIR_ENV) or str(Path(tempfile.gettempdir()) / "orch-logs")
-        )
+        self.log_dir = log_dir or default_log_dir()
         self.mailbox_root = mailbox_root or default_mailbox_root()
         self._changed = threading.Condition()
         self._version = 0
@@ -147,6 +147,11 @@ class RayCluster:
         return created
 
     def delete_workload(self, name: str) -> bool:
+        """Stop and kill the member's actor; a trainer's attempt mailbox is closed first, so its
+        ``work()`` loop ends cleanly within the stop's grace period."""
+        member = parse_member(name)
+        if member is not None and member.role == TRAINER:
+            close_mailbox(self.mailbox_root, member.run_id, member.attempt)
         actor = _actor(name)
         if actor is None:
             return False
@@ -173,9 +178,12 @@ class RayCluster:
             return self._version, []
 
     def sweep(self, finished_runs: Collection[str]) -> int:
-        """Remove the placement groups of finished runs that no actor holds any more."""
-        live = {_gang_of(name) for name in self._member_names()}
-        removed = 0
+        """Remove the placement groups of finished runs that no actor holds any more, and their mailbox
+        directories (closed first; ``mailbox.sweep_mailboxes``). Their members' log files are kept."""
+        names = self._member_names()
+        live = {_gang_of(name) for name in names}
+        live_runs = {member.run_id for member in map(parse_member, names) if member is not None}
+        removed = sweep_mailboxes(self.mailbox_root, finished_runs, live_runs)
         for group in ray.util.placement_group_table().values():
             name = group.get("name", "")
             match = re.match(r"^(?P<run>.+)-a\d+$", name)
@@ -189,7 +197,7 @@ class RayCluster:
     # ---- the parts ----------------------------------------------------------------------------
 
     def log_path(self, workload: Workload) -> str:
-        return str(Path(self.log_dir) / workload.run_id / f"{workload.name}.log")
+        return str(member_log_path(self.log_dir, workload.run_id, workload.name))
 
     def _placement_group(
         self, gang: str, members: Sequence[Workload]

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,7 +39,14 @@ from orchestrator.worker.protocol import (
 )
 from orchestrator.worker.transport import DirectoryTransport
 
-__all__ = ["MAILBOX_ROOT_ENV", "RayExecutor", "default_mailbox_root", "mailbox_dir"]
+__all__ = [
+    "MAILBOX_ROOT_ENV",
+    "RayExecutor",
+    "close_mailbox",
+    "default_mailbox_root",
+    "mailbox_dir",
+    "sweep_mailboxes",
+]
 
 MAILBOX_ROOT_ENV = "ORCH_RAY_MAILBOX_ROOT"
 
@@ -53,6 +61,34 @@ def default_mailbox_root() -> str:
 def mailbox_dir(root: str | Path, run_id: str, attempt: int) -> Path:
     """The mailbox directory of one run's attempt."""
     return Path(root) / run_id / f"a{attempt}"
+
+
+def close_mailbox(root: str | Path, run_id: str, attempt: int) -> bool:
+    """Write the ``closed`` marker into an attempt's mailbox, if it has one: its trainer's ``work()``
+    loop ends. Returns whether there was a mailbox to close."""
+    directory = mailbox_dir(root, run_id, attempt)
+    if not directory.is_dir():
+        return False
+    DirectoryTransport(directory).close()
+    return True
+
+
+def sweep_mailboxes(root: str | Path, finished_runs: Collection[str], live_runs: Collection[str]) -> int:
+    """Close every attempt mailbox of the finished runs; remove a finished run's mailbox directory once
+    none of its members lives (``live_runs``: runs with a member actor left). Returns how many run
+    directories went. Logs live elsewhere (``paths.py``) and are kept."""
+    removed = 0
+    for run_id in finished_runs:
+        run_dir = Path(root) / run_id
+        if not run_dir.is_dir():
+            continue
+        for attempt_dir in run_dir.glob("a*"):
+            if attempt_dir.is_dir() and attempt_dir.name[1:].isdigit():
+                DirectoryTransport(attempt_dir).close()
+        if run_id not in live_runs:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 class RayExecutor:
