@@ -185,7 +185,7 @@ def test_a_spec_file_that_does_not_exist_is_one_error_line(orch: Orch) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["status"], ["events"], ["cancel"], ["resume"], ["stage", "--advance"], ["stage"]],
+    [["status"], ["events"], ["cancel"], ["resume"], ["stage", "--advance"], ["stage"], ["logs"]],
     ids=lambda args: " ".join(args),
 )
 def test_an_unknown_run_id_is_one_error_line_naming_it(orch: Orch, args: list[str]) -> None:
