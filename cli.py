@@ -16,6 +16,7 @@ from orchestrator.commands.common import OUTPUT, Context, pass_context, port_opt
 from orchestrator.commands.gpus import gpus, top
 from orchestrator.commands.manifests import manifests
 from orchestrator.commands.servers import agent, router, tools
+from orchestrator.commands.worker import worker
 from orchestrator.controller import DB_OUTAGE_SECONDS
 from orchestrator.errors import (
     EXIT_INTERRUPTED,
@@ -270,7 +271,7 @@ def upgrade(obj: Context) -> None:
     click.echo(f"database at revision {service.upgrade_database(obj.database_url)}")
 
 
-for command in (gpus, top, agent, router, tools, manifests):
+for command in (gpus, top, agent, router, tools, manifests, worker):
     main.add_command(command)
 
 if __name__ == "__main__":
