@@ -75,6 +75,7 @@ def batch_lines(kept: Sequence[tuple[Trajectory, float]]) -> list[str]:
         json.dumps(
             {
                 "problem_id": t.problem_id,
+                "sample": t.sample,
                 "prompt": t.prompt,
                 "response": t.response,
                 "reward": t.reward,
@@ -125,7 +126,7 @@ class ReferenceTrainer:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ReferenceTrainer:
-        """The trainer of ``TrainerSession.from_env`` in ``$ORCH_WORK_DIR`` (default ``<mailbox>/trainer``)."""
+        """``TrainerSession.from_env``'s trainer, in ``$ORCH_WORK_DIR`` (or ``<mailbox>/trainer``)."""
         env = os.environ if environ is None else environ
         session = TrainerSession.from_env(env)
         mailbox = getattr(session.transport, "directory", Path.cwd())
@@ -176,7 +177,9 @@ class ReferenceTrainer:
             if t.infra_reason is not None:
                 reasons[t.infra_reason] = reasons.get(t.infra_reason, 0) + 1
         if reasons:
-            log.warning("step %d: %d rollouts masked (infrastructure): %s", plan.step, sum(reasons.values()), reasons)
+            log.warning(
+                "step %d: %d rollouts masked (infrastructure): %s", plan.step, sum(reasons.values()), reasons
+            )
         kept = self._roc(scored, plan.step)
         step_dir = self.work_dir / f"step-{plan.step:06d}"
         step_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +240,9 @@ class ReferenceTrainer:
         active = [(i, p) for i, p in enumerate(self.problems) if i not in plan.dropped_problems]
         started = time.monotonic()
         trajectories: list[Trajectory] = self.session.rollouts(
-            [problem for _, problem in active], samples=plan.samples, seed=_step_seed(self.spec.seed, -plan.stage_index)
+            [problem for _, problem in active],
+            samples=plan.samples,
+            seed=_step_seed(self.spec.seed, -plan.stage_index),
         )
         seconds = time.monotonic() - started
         index_of = {problem.id: index for index, problem in active}
