@@ -210,3 +210,25 @@ def test_reload_requests_follow_the_engine_kind(tmp_path: Path) -> None:
             "/collective_rpc",
             {"method": "reload_weights", "kwargs": {"weights_path": str(tmp_path)}},
         )
+
+
+def test_orch_worker_runs_a_step_from_the_environment(
+    tmp_path: Path, weights: Path, engines: list[str]
+) -> None:
+    mailbox = DirectoryTransport(tmp_path / "mailbox")
+    mailbox.post_spec(json.dumps(_spec(tmp_path, weights).model_dump(mode="json")))
+    _post(mailbox, _step(1))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "ORCH_MAILBOX_DIR": str(mailbox.directory),
+        "ORCH_ENGINE_URLS": ",".join(engines),
+        "ORCH_WORK_DIR": str(tmp_path / "work"),
+    }
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "worker", "--idle-timeout", "0"], env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(mailbox.result(1, "step-1") or "{}")["rollouts"] == 12
+    assert (tmp_path / "work" / "step-000001" / "weights" / "version").read_text().strip() == "2"
+    assert [_served_version(url) for url in engines] == [2, 2]
