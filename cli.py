@@ -17,6 +17,7 @@ from orchestrator.commands.gpus import gpus, top
 from orchestrator.commands.logs import logs
 from orchestrator.commands.manifests import manifests
 from orchestrator.commands.servers import agent, router, tools
+from orchestrator.commands.worker import worker
 from orchestrator.controller import DB_OUTAGE_SECONDS
 from orchestrator.errors import (
     EXIT_INTERRUPTED,
@@ -271,7 +272,7 @@ def upgrade(obj: Context) -> None:
     click.echo(f"database at revision {service.upgrade_database(obj.database_url)}")
 
 
-for command in (logs, gpus, top, agent, router, tools, manifests):
+for command in (logs, gpus, top, agent, router, tools, manifests, worker):
     main.add_command(command)
 
 if __name__ == "__main__":

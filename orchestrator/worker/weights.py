@@ -1,0 +1,145 @@
+"""The train phase's side effects: run the learner, load its weights into the engines, checkpoint them.
+
+- ``run_learner``: ``trainer.learner_command`` (split as a shell would) once, with ``ORCH_BATCH`` (the
+  batch JSONL), ``ORCH_WEIGHTS_IN`` (the weights the engines serve now; empty when orch knows none) and
+  ``ORCH_WEIGHTS_OUT`` (a new directory for the weights it writes). A non-zero exit is a ``LearnerError``
+  carrying the tail of its stderr.
+- ``reload_engines``: every engine loads the new weights directory through its own endpoint, by
+  ``rollout.engine.kind``: SGLang ``POST /update_weights_from_disk`` ``{"model_path": DIR}``; vLLM (and
+  ``kind: command``, which orch cannot tell apart) ``POST /collective_rpc``
+  ``{"method": "reload_weights", "kwargs": {"weights_path": DIR}}`` (the fake engine documents both).
+- ``save_checkpoint``: the weights directory is copied into ``<checkpoint>/weights``, where a resumed
+  attempt finds it (``checkpoint_weights``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from orchestrator.errors import OrchError
+
+__all__ = [
+    "BATCH_ENV",
+    "WEIGHTS_IN_ENV",
+    "WEIGHTS_OUT_ENV",
+    "LearnerError",
+    "WeightSyncError",
+    "checkpoint_weights",
+    "local_path",
+    "reload_engines",
+    "reload_request",
+    "run_learner",
+    "save_checkpoint",
+]
+
+BATCH_ENV = "ORCH_BATCH"
+WEIGHTS_IN_ENV = "ORCH_WEIGHTS_IN"
+WEIGHTS_OUT_ENV = "ORCH_WEIGHTS_OUT"
+STDERR_TAIL = 2000  # characters of a failed learner's stderr kept in the error
+CHECKPOINT_WEIGHTS = "weights"
+
+
+class LearnerError(OrchError):
+    """The learner command failed (its exit status and stderr tail are in the message)."""
+
+
+class WeightSyncError(OrchError):
+    """An engine did not load the new weights."""
+
+
+def local_path(uri: str) -> Path:
+    """The local directory a path or ``file://`` URI names; other schemes are refused."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
+        raise OrchError(f"{uri}: the reference trainer reads and writes local paths or file:// URIs only")
+    return Path(uri)
+
+
+def run_learner(
+    command: str,
+    batch: Path,
+    weights_in: Path | None,
+    weights_out: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> None:
+    """Run the learner once (see the module docstring); ``LearnerError`` if it fails."""
+    weights_out.mkdir(parents=True, exist_ok=True)
+    environ = {
+        **(os.environ if env is None else env),
+        BATCH_ENV: str(batch),
+        WEIGHTS_IN_ENV: "" if weights_in is None else str(weights_in),
+        WEIGHTS_OUT_ENV: str(weights_out),
+    }
+    try:
+        done = subprocess.run(
+            shlex.split(command), env=environ, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+    except OSError as error:
+        raise LearnerError(f"learner command {command!r} could not start: {error}") from error
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace")[-STDERR_TAIL:].strip()
+        raise LearnerError(
+            f"learner command {command!r} exited with status {done.returncode}"
+            + (f"; its stderr ends:\n{tail}" if tail else " (no stderr)")
+        )
+
+
+def reload_request(kind: str, weights: Path) -> tuple[str, dict[str, object]]:
+    """The path and JSON body that make an engine of ``kind`` load ``weights``."""
+    if kind == "sglang":
+        return "/update_weights_from_disk", {"model_path": str(weights)}
+    return "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(weights)}}
+
+
+def reload_engines(urls: Sequence[str], kind: str, weights: Path, *, timeout_s: float = 600) -> None:
+    """Every engine loads ``weights``; ``WeightSyncError`` naming the first that did not."""
+    path, body = reload_request(kind, weights)
+    data = json.dumps(body).encode()
+    for url in urls:
+        request = urllib.request.Request(
+            url.rstrip("/") + path, data=data, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                answer = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")[:500]
+            raise WeightSyncError(f"{url}{path}: HTTP {error.code}: {detail}") from error
+        except (OSError, ValueError) as error:
+            raise WeightSyncError(f"{url}{path}: {error}") from error
+        if isinstance(answer, dict) and answer.get("success") is False:  # SGLang answers 200 or 400
+            raise WeightSyncError(f"{url}{path}: {answer.get('message', 'not loaded')}")
+
+
+def save_checkpoint(weights: Path | None, checkpoint_uri: str) -> Path | None:
+    """Copy ``weights`` into ``<checkpoint>/weights`` (replacing an earlier copy); where, or None."""
+    if weights is None:
+        return None
+    target = local_path(checkpoint_uri) / CHECKPOINT_WEIGHTS
+    staging = target.with_name(f".{CHECKPOINT_WEIGHTS}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(weights, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)  # a killed copy leaves the old checkpoint, never half of one
+    return target
+
+
+def checkpoint_weights(checkpoint_uri: str) -> Path | None:
+    """The weights saved in a checkpoint, if it holds any."""
+    if not checkpoint_uri:
+        return None
+    path = local_path(checkpoint_uri) / CHECKPOINT_WEIGHTS
+    return path if path.is_dir() else None
