@@ -260,3 +260,82 @@ def test_a_run_on_ray_succeeds_with_its_engines_and_trainer_launched_from_the_sp
         for each in ray_cluster.list_workloads(run_id):
             ray_cluster.delete_workload(each.name)
         store.close()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line or environment names ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            seen = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in seen and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def test_the_ray_quickstart_succeeds_with_orch_worker_through_orch_submit_wait(
+    cluster: RayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``examples/ray-quickstart.yaml`` through ``orch submit --backend ray --wait`` (in process, on the
+    module's Ray): the real ``orch worker`` against two fake engines; SQL holds real figures per step, the
+    engines' weights version advances every step, and nothing is left running."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from cli import main
+    from orchestrator.records import Phase
+    from orchestrator.spec import load_spec_data
+    from orchestrator.state.store import Store
+
+    root = Path(__file__).resolve().parents[1]
+    data = load_spec_data(root / "examples" / "ray-quickstart.yaml")  # ./ paths made absolute
+    work = tmp_path / "work"
+    data["checkpoint"]["uri"] = (tmp_path / "checkpoints").as_uri()
+    data["trainer"]["env"] = {"ORCH_WORK_DIR": str(work)}
+    spec_file = tmp_path / "ray-quickstart.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    database = f"sqlite:///{tmp_path / 'orch.db'}"
+    monkeypatch.setenv("ORCH_DATABASE_URL", database)
+    monkeypatch.setenv("ORCH_RAY_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("ORCH_RAY_MAILBOX_ROOT", str(tmp_path / "mailbox"))
+
+    done = CliRunner().invoke(main, ["submit", str(spec_file), "--backend", "ray", "--wait", "-o", "json"])
+    store = Store(database)
+    try:
+        [run] = store.list_runs()
+        assert done.exit_code == 0, (done.output, run.phase, run.message)
+        assert run.phase is Phase.SUCCEEDED
+        steps = store.steps(run.id)
+        assert [s.step for s in steps] == [1, 2, 3] and [s.stage_index for s in steps] == [0, 1, 2]
+        for s in steps:  # real figures from the engines, not a simulator's
+            assert s.rollouts > 0 and 0 < s.correct <= s.rollouts and s.generated_tokens > 0
+            assert s.rollout_seconds > 0 and s.train_seconds > 0
+
+        # The learner wrote version 1 + step each step; the next step's rollouts were generated with it.
+        for step in (1, 2, 3):
+            step_dir = work / f"step-{step:06d}"
+            assert (step_dir / "weights" / "version").read_text().strip() == str(1 + step)
+            rows = [json.loads(line) for line in (step_dir / "batch.jsonl").read_text().splitlines()]
+            assert rows and all(set(row["weights_versions"]) == {step} for row in rows), rows[0]
+        # Stage 3's entry filter dropped the problems solved every time (by the engines' real rewards).
+        dropped = store.dropped_problems(run.id)
+        assert 0 < len(dropped) < 8
+        chosen = json.loads((work / "step-000003" / "report.json").read_text())["problems"]
+        assert not dropped & set(chosen)
+
+        until(lambda: cluster.list_workloads(run.id) == [], 60)
+        named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        assert not [name for name in named if run.id in name]
+        until(lambda: not _processes_mentioning(str(work)), 30)
+        engine_model = data["rollout"]["engine"]["model"]  # on the fake engines' command lines
+        until(lambda: not _processes_mentioning(engine_model), 30)
+    finally:
+        for each in cluster.list_workloads(run.id):
+            cluster.delete_workload(each.name)
+        store.close()

@@ -10,6 +10,7 @@ import yaml
 
 from orchestrator.errors import SpecError
 from orchestrator.spec.dataset import dataset_path, read_problems
+from orchestrator.spec.local_paths import resolve_local_paths
 from orchestrator.spec.models import (
     DISPATCH_POLICIES,
     HYPHENATED_POLICIES,
@@ -111,13 +112,15 @@ def _check_dataset_file(data: dict[str, Any], spec_dir: Path, source: str) -> di
 
 
 def load_spec_data(path: str | Path) -> Any:
-    """A spec file's YAML as written, with the dispatch policy file it names (if any) written in, and its
-    dataset file (if any) checked and named by absolute path."""
+    """A spec file's YAML as written, with the dispatch policy file it names (if any) written in, its
+    dataset file (if any) checked and named by absolute path, and its ``./`` paths made absolute
+    (``orchestrator.spec.local_paths``)."""
     path = Path(path)
     data = _read_yaml(path)
     if not isinstance(data, dict):
         return data
     data = _inline_policy_file(data, path.parent, str(path))
+    data = resolve_local_paths(data, path.parent.resolve())
     return _check_dataset_file(data, path.parent, str(path))
 
 
