@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from sqlalchemy import create_engine, make_url, text
 
 from orchestrator.state.store import Store
@@ -106,3 +109,19 @@ def run_async(test: Callable[[], Awaitable[None]]) -> None:
         assert not leftover, f"leaked tasks: {leftover}"
 
     asyncio.run(checked())
+
+
+def wait_healthy(
+    process: subprocess.Popen[bytes] | subprocess.Popen[str], url: str, seconds: float = 30
+) -> None:
+    """Wait until a launched fake engine answers ``/health`` with 200; fail if it exits or takes too long."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, "the fake engine exited"
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "the fake engine never became healthy"
+        time.sleep(0.05)

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import requests
 
 from orchestrator.testing.fake_model import FakeModel, p_correct
 from orchestrator.tools.grading.extract import last_boxed
+from tests.conftest import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEMS = [
@@ -61,16 +61,7 @@ def engine(weights: Path, answers: Path) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, "the fake engine exited"
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "the fake engine never became healthy"
-            time.sleep(0.05)
+        wait_healthy(process, url)
         yield url
     finally:
         process.terminate()

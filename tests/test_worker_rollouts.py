@@ -7,13 +7,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-import requests
 from aiohttp import web
 
 from orchestrator.core.work import StepOutcome, StepPlan
@@ -28,6 +26,7 @@ from orchestrator.worker.rollouts import RecordingTools, Trajectory, run_rollout
 from orchestrator.worker.session import TrainerSession
 from orchestrator.worker.transport import DirectoryTransport
 from tests.conftest import run_async as run
+from tests.conftest import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "examples" / "datasets" / "arith.jsonl"
@@ -66,26 +65,13 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
             processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
             urls.append(f"http://127.0.0.1:{port}")
         for process, url in zip(processes, urls, strict=True):
-            _wait_healthy(process, url)
+            wait_healthy(process, url)
         yield urls
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=10)
-
-
-def _wait_healthy(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, "the fake engine exited"
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, "the fake engine never became healthy"
-        time.sleep(0.05)
 
 
 def test_a_trainer_step_rolls_out_on_real_engines_with_sandboxed_tool_calls_and_real_rewards(

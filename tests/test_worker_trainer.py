@@ -10,7 +10,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from orchestrator.worker.session import TrainerSession
 from orchestrator.worker.trainer import ReferenceTrainer, step_problems
 from orchestrator.worker.transport import DirectoryTransport
 from orchestrator.worker.weights import LearnerError, reload_request
+from tests.conftest import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "examples" / "datasets" / "arith.jsonl"
@@ -63,17 +63,8 @@ def engines(weights: Path) -> Iterator[list[str]]:
             ]  # fmt: skip
             processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
             urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 30
         for process, url in zip(processes, urls, strict=True):
-            while True:
-                assert process.poll() is None, "the fake engine exited"
-                try:
-                    if requests.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "the fake engine never became healthy"
-                time.sleep(0.05)
+            wait_healthy(process, url)
         yield urls
     finally:
         for process in processes:
