@@ -120,9 +120,13 @@ class DatabaseOutage:
         self.backoff.reset()
 
 
-def nothing_to_drive(store: Store) -> bool:
-    """No run is left that a controller could move: each is finished or Suspended (awaits `orch resume`)."""
-    return all(run.phase is Phase.SUSPENDED for run in store.list_runs(active_only=True))
+def nothing_to_drive(store: Store, cluster: ClusterBackend | None = None) -> bool:
+    """No run is left that a controller could move: each is finished or Suspended (awaits `orch resume`),
+    and nothing is left to release, in SQL or, given ``cluster``, in the cluster (a run just cancelled
+    still has its members running until a pass deletes them)."""
+    if not all(run.phase is Phase.SUSPENDED for run in store.list_runs(active_only=True)):
+        return False
+    return not store.workloads(live_only=True) and (cluster is None or not cluster.list_workloads())
 
 
 def with_database(call: Callable[[], T], outage: DatabaseOutage, stop: threading.Event | None = None) -> T:

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,32 +24,15 @@ from orchestrator.backends.base import GangCreator
 from orchestrator.backends.ray.cluster import NAMESPACE, RayCluster, gang_name
 from orchestrator.core.members import workload_name
 from orchestrator.records import Workload, WorkloadStatus
+from tests.ray_rig import alive, local_ray, processes_mentioning, until
 
 SLEEPER = "import os, time; print('gpus', os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(60)"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        num_cpus=2,
-        num_gpus=4,
-        labels={"orch.dev/pool": "gpu"},
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace=NAMESPACE,
-    )
-    try:
-        yield RayCluster(log_dir=str(tmp_path_factory.mktemp("logs")))
-    finally:
-        ray.shutdown()
-
-
-def until(condition: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.2)
+    with local_ray(tmp_path_factory.mktemp("logs")) as cluster:
+        yield cluster
 
 
 def gang(cluster: RayCluster, run: str, attempt: int = 1) -> list[Workload]:
@@ -89,11 +72,6 @@ def groups(name: str) -> list[dict[str, object]]:
         for group in ray.util.placement_group_table().values()
         if group["name"] == name and group["state"] != "REMOVED"
     ]
-
-
-def alive(pid: int) -> bool:
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "State:\tZ" not in status.read_text()
 
 
 def test_ray_is_a_backend_name() -> None:
@@ -262,21 +240,6 @@ def test_a_run_on_ray_succeeds_with_its_engines_and_trainer_launched_from_the_sp
         store.close()
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line or environment names ``text``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            seen = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if text.encode() in seen and alive(int(proc.name)):
-            found.append(int(proc.name))
-    return found
-
-
 def test_the_ray_quickstart_succeeds_with_orch_worker_through_orch_submit_wait(
     cluster: RayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -332,9 +295,9 @@ def test_the_ray_quickstart_succeeds_with_orch_worker_through_orch_submit_wait(
         until(lambda: cluster.list_workloads(run.id) == [], 60)
         named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
         assert not [name for name in named if run.id in name]
-        until(lambda: not _processes_mentioning(str(work)), 30)
+        until(lambda: not processes_mentioning(str(work)), 30)
         engine_model = data["rollout"]["engine"]["model"]  # on the fake engines' command lines
-        until(lambda: not _processes_mentioning(engine_model), 30)
+        until(lambda: not processes_mentioning(engine_model), 30)
     finally:
         for each in cluster.list_workloads(run.id):
             cluster.delete_workload(each.name)

@@ -87,7 +87,7 @@ def run_controller(
             parts.close()
         return report
     stop = threading.Event()
-    until = (lambda: nothing_to_drive(store)) if exit_when_idle else (lambda: False)
+    until = (lambda: nothing_to_drive(store, parts.cluster)) if exit_when_idle else (lambda: False)
     heartbeat = LoopHeartbeat(stale_after_s=max(60.0, 4 * lease_seconds))
     health = None
     try:

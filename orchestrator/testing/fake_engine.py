@@ -31,6 +31,10 @@ a deterministic model's answer whose share of correct answers grows with the wei
 one (the default in-process) it echoes the prompt, so a router test can check it got its own answer.
 With ``max_model_len`` set, a request whose prompt + ``max_tokens`` exceed it gets 400, like vLLM.
 
+``request_log``: a file that gets one JSON line per completion answered (``engine``, ``seed``,
+``prompt_sha``: the SHA-256 of the prompt text, ``version``), written just before the answer is sent, so a
+test can see which engine answered which request, and that none was answered twice.
+
 ``die()`` makes it fail like a crashed engine: requests in flight and new ones lose their connection
 (``mode="close"``) or get HTTP 500 (``mode="500"``), and ``/metrics`` stops answering; ``revive()`` undoes it.
 ``die_on_request(k)`` dies shortly after the k-th completion request arrives, i.e. mid-request.
@@ -39,7 +43,9 @@ With ``max_model_len`` set, a request whose prompt + ``max_tokens`` exceed it ge
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import json
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -122,6 +128,7 @@ class FakeEngine:
         weights_path: str | None = None,
         max_model_len: int | None = None,
         tensor_parallel_size: int = 1,
+        request_log: str | None = None,
     ) -> None:
         """``weights_path``: the weights directory whose ``version`` file says the version (None: 0)."""
         if style not in ("vllm", "sglang"):
@@ -140,6 +147,7 @@ class FakeEngine:
         self.death_mode: DeathMode | None = None
         self.model, self.max_model_len, self.tensor_parallel_size = model, max_model_len, tensor_parallel_size
         self.weights_path = weights_path
+        self.request_log = request_log
         self.weights_version = read_version(weights_path) if weights_path else 0
         self.sleep_level = 0  # 0: awake
         self._die_on: tuple[int, DeathMode, float] | None = None
@@ -250,9 +258,18 @@ class FakeEngine:
         if not await self._run(tokens, prompt_tokens + limit):
             return self._refuse(request)
         self.completed += 1
+        if self.request_log is not None:
+            self._log_answer(body.get("seed"), prompt, version)
         answer = _answer(self.name, next(self._ids), text, prompt_tokens, tokens, reason, chat)
         answer["weights_version"] = version
         return web.json_response(answer, headers={"X-Weights-Version": str(version)})
+
+    def _log_answer(self, seed: object, prompt: str, version: int) -> None:
+        digest = hashlib.sha256(prompt.encode()).hexdigest()
+        line = {"engine": self.name, "seed": seed, "prompt_sha": digest, "version": version}
+        assert self.request_log is not None
+        with open(self.request_log, "a") as log:
+            log.write(json.dumps(line) + "\n")
 
     def _generate(
         self, body: dict[str, Any], prompt: str, chat: bool, limit: int, version: int

@@ -12,7 +12,8 @@ on main (``vllm/entrypoints/openai/cli_args.py`` at commit 005223338608, ``vllm/
 Any other flag is refused with one line on stderr and exit status 2, as vLLM's argparse does. The flags
 that only the fake has start with ``--fake-``: ``--fake-answers FILE`` (the dataset JSONL whose answers it
 knows, see ``orchestrator.testing.fake_model``), ``--fake-style vllm|sglang`` (its metric names),
-``--fake-latency`` and ``--fake-seconds-per-token``. It binds 127.0.0.1 unless ``--host`` says otherwise;
+``--fake-latency``, ``--fake-seconds-per-token`` and ``--fake-request-log FILE`` (one JSON line per
+answer). It binds 127.0.0.1 unless ``--host`` says otherwise;
 its weights directory is MODEL (its version from ``MODEL/version``; none: 0). SIGTERM or SIGINT stops it.
 """
 
@@ -53,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--fake-style", choices=("vllm", "sglang"), default="vllm")
     serve.add_argument("--fake-latency", type=float, default=0.0)
     serve.add_argument("--fake-seconds-per-token", type=float, default=0.0)
+    serve.add_argument("--fake-request-log", default=None, metavar="FILE")
     return top
 
 
@@ -79,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights_path=args.model_tag,
         max_model_len=args.max_model_len,
         tensor_parallel_size=args.tensor_parallel_size,
+        request_log=args.fake_request_log,
     )
     asyncio.run(_serve(engine, args.host or "127.0.0.1", args.port))
     return 0

@@ -118,6 +118,7 @@ class ReferenceTrainer:
         self.work_dir = Path(work_dir)
         self.oversample = oversample
         self.env = dict(os.environ if env is None else env)
+        self.resumed_from: Path | None = None  # the checkpoint weights, until the engines serve them
         self.weights = weights if weights is not None else self._initial_weights()
         if self.spec.dataset.uri is None:
             raise OrchError("dataset.uri is not set: the reference trainer reads its prompts from it")
@@ -137,6 +138,7 @@ class ReferenceTrainer:
         resumed = checkpoint_weights(self.env.get(RESUME_ENV, ""))
         if resumed is not None:
             log.info("resuming from the weights in %s", resumed)
+            self.resumed_from = resumed
             return resumed
         model = self.spec.rollout.engine.model or self.spec.model.name
         try:
@@ -158,9 +160,17 @@ class ReferenceTrainer:
 
     # ---- plans ------------------------------------------------------------------------------------
 
+    def _serve_resumed_weights(self) -> None:
+        """A resumed attempt's engines were launched on the spec's model: they load the checkpoint's
+        weights before the first rollout, so nothing is generated with the weights of step 0."""
+        if self.resumed_from is not None and self.session.engine_urls:
+            reload_engines(self.session.engine_urls, self.spec.rollout.engine.kind, self.resumed_from)
+        self.resumed_from = None
+
     def step(self, plan: StepPlan) -> StepReport:
         """Roll out, score, learn, sync: one step."""
         spec = self.spec
+        self._serve_resumed_weights()
         chosen = step_problems(self.problems, plan.step, spec.rollout.prompts_per_step, plan.dropped_problems)
         started = time.monotonic()
         trajectories: list[Trajectory] = self.session.rollouts(
@@ -237,6 +247,7 @@ class ReferenceTrainer:
     def filter(self, plan: FilterPlan) -> FilterOutcome:
         """``plan.samples`` rollouts of every active problem; per int id, how many were correct
         (infrastructure failures count as not sampled, not as wrong)."""
+        self._serve_resumed_weights()
         active = [(i, p) for i, p in enumerate(self.problems) if i not in plan.dropped_problems]
         started = time.monotonic()
         trajectories: list[Trajectory] = self.session.rollouts(

@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -104,22 +105,35 @@ def reload_request(kind: str, weights: Path) -> tuple[str, dict[str, object]]:
     return "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(weights)}}
 
 
-def reload_engines(urls: Sequence[str], kind: str, weights: Path, *, timeout_s: float = 600) -> None:
-    """Every engine loads ``weights``; ``WeightSyncError`` naming the first that did not."""
+def reload_engines(
+    urls: Sequence[str], kind: str, weights: Path, *, timeout_s: float = 600, unreachable_s: float = 180
+) -> None:
+    """Every engine loads ``weights``; ``WeightSyncError`` naming the first that did not.
+
+    An engine that refuses connections is being restarted by its supervisor (``unreachable_s`` at most):
+    it is asked again every second until it answers, since it would otherwise serve its launch weights.
+    """
     path, body = reload_request(kind, weights)
     data = json.dumps(body).encode()
     for url in urls:
         request = urllib.request.Request(
             url.rstrip("/") + path, data=data, headers={"Content-Type": "application/json"}, method="POST"
         )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                answer = json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as error:
-            detail = error.read().decode(errors="replace")[:500]
-            raise WeightSyncError(f"{url}{path}: HTTP {error.code}: {detail}") from error
-        except (OSError, ValueError) as error:
-            raise WeightSyncError(f"{url}{path}: {error}") from error
+        deadline = time.monotonic() + unreachable_s
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                    answer = json.loads(response.read() or b"{}")
+                break
+            except urllib.error.HTTPError as error:
+                detail = error.read().decode(errors="replace")[:500]
+                raise WeightSyncError(f"{url}{path}: HTTP {error.code}: {detail}") from error
+            except urllib.error.URLError as error:
+                if not isinstance(error.reason, ConnectionError) or time.monotonic() > deadline:
+                    raise WeightSyncError(f"{url}{path}: {error}") from error
+                time.sleep(1.0)
+            except (OSError, ValueError) as error:
+                raise WeightSyncError(f"{url}{path}: {error}") from error
         if isinstance(answer, dict) and answer.get("success") is False:  # SGLang answers 200 or 400
             raise WeightSyncError(f"{url}{path}: {answer.get('message', 'not loaded')}")
 

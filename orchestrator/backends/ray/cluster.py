@@ -10,6 +10,8 @@
 - A member is a detached actor named ``{run}-{role}-{index}-a{attempt}`` in namespace ``orch`` holding its
   GPUs in its bundle; it launches the member's process (``member.MemberProcess``). A create that finds the
   name taken is success; a colocated engine gets no GPU of its own but its host's ``CUDA_VISIBLE_DEVICES``.
+  An engine's process that exits is restarted by its actor (``member.RestartPolicy``): the gang stays; a
+  trainer's that exits is a member failure (the gang's next attempt resumes from its checkpoint).
 - The argv and env come from the run spec (``launch.member_launch``: the trainer's command with its
   attempt's mailbox, ``mailbox.py``; each engine's launch on its own port); ``ORCH_COMMAND`` in a
   workload's env overrides the command.
@@ -37,9 +39,9 @@ from orchestrator.backends.ray.mailbox import (
     mailbox_dir,
     sweep_mailboxes,
 )
-from orchestrator.backends.ray.member import NAMESPACE, MemberActor
+from orchestrator.backends.ray.member import NAMESPACE, MemberActor, RestartPolicy
 from orchestrator.backends.ray.paths import MEMBER_NAME, default_log_dir, member_log_path, parse_member
-from orchestrator.core.members import TRAINER
+from orchestrator.core.members import ENGINE, TRAINER
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
 from orchestrator.records import Workload
@@ -250,7 +252,12 @@ class RayCluster:
         launch = member_launch(workload, spec, stage_index=stage_index, mailbox=mailbox)
         try:
             MemberActor.options(**options).remote(
-                info, list(launch.argv), dict(launch.env), self.log_path(workload), host
+                info,
+                list(launch.argv),
+                dict(launch.env),
+                self.log_path(workload),
+                host,
+                RestartPolicy() if workload.role == ENGINE else None,
             )
         except ValueError:
             return 0  # another controller created it between our look-up and our create
