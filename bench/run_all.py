@@ -1,4 +1,4 @@
-"""Run all five benchmarks at full size, one after another, in one run, and keep their output together.
+"""Run all six benchmarks at full size, one after another, in one run, and keep their output together.
 
 Each bench runs as its own process (``python bench/<name>.py``, plus ``--quick`` with ``--quick``), in this
 order, with nothing else of orch running; the log starts with what was measured on (commit, Python,
@@ -19,7 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("rollout_sim_speed", "rollout_balance", "dispatch_throughput", "tool_burst", "telemetry_overhead")
+BENCHES = (
+    "rollout_sim_speed",
+    "rollout_balance",
+    "dispatch_throughput",
+    "tool_burst",
+    "telemetry_overhead",
+    "worker_overhead",
+)
 HERE = Path(__file__).resolve().parent
 
 

@@ -17,6 +17,7 @@ BENCHES = {
     "rollout_balance.py": "headline:",
     "dispatch_throughput.py": "kv_aware:",
     "tool_burst.py": "headline:",
+    "worker_overhead.py": "headline: at 1 in flight orch adds",
 }
 
 
@@ -213,3 +214,51 @@ def test_the_rollout_balance_bench_figures_agree_with_its_table_and_bound() -> N
         assert verdict == ("met" if met(ratio) else "NOT met"), pattern
     preemptions, verdict = goal(r"(\d+) preemptions \(goal 0: (met|NOT met)\)")
     assert preemptions == int(rows["kv_aware"][5]) and verdict == ("met" if preemptions == 0 else "NOT met")
+
+
+@pytest.mark.slow
+def test_the_worker_overhead_bench_added_figures_agree_with_its_table_and_nothing_is_lost() -> None:
+    done = quick_run("worker_overhead.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    rows: dict[tuple[int, str], list[float]] = {}
+    for line in lines:
+        row = re.fullmatch(
+            r" *(\d+) (orch|direct) +(\d+) +(\d+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+)", line
+        )
+        if row:
+            rows[(int(row[1]), row[2])] = [float(cell) for cell in row.groups()[2:]]
+    assert set(rows) == {(n, side) for n in (1, 64) for side in ("orch", "direct")}, done.stdout
+    for in_flight in (1, 64):
+        ours, theirs = rows[(in_flight, "orch")], rows[(in_flight, "direct")]
+        assert ours[:2] == theirs[:2], "both sides ran the same rollouts and turns"
+        for rollouts, turns, seconds, rate, p50, p99, cpu in (ours, theirs):
+            assert turns >= rollouts > 0 and p99 >= p50 > 0 and cpu > 0
+            assert rate == pytest.approx(turns / seconds, rel=0.01)
+        at = next(line for line in lines if line.startswith(f"at {in_flight} in flight:"))
+        found = re.fullmatch(
+            r"at \d+ in flight: orch adds (-?[\d.]+) ms p50 and (-?[\d.]+) ms p99 per turn, (-?[\d.]+) us of "
+            r"CPU per turn; orch ([\d.]+) turns/s = ([\d.]+) of direct ([\d.]+) turns/s \(reported\)",
+            at,
+        )
+        assert found, at
+        added50, added99, added_cpu, orate, ratio, drate = (float(found[i]) for i in range(1, 7))
+        assert added50 == pytest.approx(ours[4] - theirs[4], abs=0.0011)
+        assert added99 == pytest.approx(ours[5] - theirs[5], abs=0.0011)
+        assert added_cpu == pytest.approx(ours[6] - theirs[6], abs=0.11)
+        assert (orate, drate) == (ours[3], theirs[3])
+        assert ratio == pytest.approx(orate / drate, abs=0.006)
+    headline = re.fullmatch(
+        r"headline: at 1 in flight orch adds (-?[\d.]+) ms p50 per turn \(orch ([\d.]+) ms vs direct "
+        r"([\d.]+) ms, same run\) \(goal < 1 ms: (met|NOT met)\)",
+        next(line for line in lines if line.startswith("headline:")),
+    )
+    assert headline, done.stdout
+    added = float(headline[1])
+    assert (float(headline[2]), float(headline[3])) == (rows[(1, "orch")][4], rows[(1, "direct")][4])
+    assert added == pytest.approx(float(headline[2]) - float(headline[3]), abs=0.0011)
+    assert headline[4] == ("met" if added < 1.0 else "NOT met")
+    total = sum(rows[(n, "orch")][0] for n in (1, 64))
+    assert f"same turns: {total:.0f} of {total:.0f} rollouts ended with the same transcript" in done.stdout
+    assert "lost: 0 rollouts (goal 0: met)" in lines
+    assert re.search(r"tool path: orch \(RecordingTools -> SandboxTools -> stub\) p50 [\d.]+ us", done.stdout)
