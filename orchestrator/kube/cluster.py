@@ -19,23 +19,30 @@ exactly what a gang must not do (a partial gang has to be torn down and recreate
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
 from orchestrator.backends.base import ClusterEvent, ExecutionInterrupted
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
-from orchestrator.errors import OrchError
+from orchestrator.kube.api import (
+    CONFLICT,
+    NOT_FOUND,
+    api_client_from_environment,
+    transient_kube_error,
+)
 from orchestrator.kube.informer import Changes, Informer
 from orchestrator.kube.objects import (
+    ATTEMPT_LABEL,
     COLOCATED_ANNOTATION,
+    MERGE_PATCH,
+    ROLE_LABEL,
     RUN_LABEL,
+    closed_key,
     control_configmap,
     control_name,
     gpu_allocatable,
@@ -58,40 +65,6 @@ __all__ = [
 
 DEFAULT_NAMESPACE = "orch"
 DEFAULT_POOL_LABEL = "orch.dev/pool"
-CONFLICT, NOT_FOUND = 409, 404
-
-
-def api_client_from_environment() -> client.ApiClient:
-    """In-cluster config inside a pod, else the kubeconfig (``KUBECONFIG`` or ~/.kube/config)."""
-    configuration = client.Configuration()
-    try:
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            # The client reads KUBECONFIG once, at import; read it now so a changed environment counts.
-            config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-            )
-    except config.ConfigException as error:
-        raise OrchError(
-            f"kubernetes: cannot load a configuration ({error}); set KUBECONFIG or run inside the cluster"
-        ) from error
-    return client.ApiClient(configuration)
-
-
-TOO_MANY_REQUESTS = 429
-
-
-def transient_kube_error(error: BaseException) -> bool:
-    """The API server or the network failed (5xx, 429, no answer), not the request: worth retrying."""
-    if isinstance(error, ApiException):
-        return (
-            error.status is None
-            or error.status == 0
-            or error.status == TOO_MANY_REQUESTS
-            or error.status >= 500
-        )
-    return isinstance(error, HTTPError | ConnectionError | TimeoutError)
 
 
 def _ready(node: dict[str, Any]) -> bool:
@@ -196,8 +169,14 @@ class KubeCluster:
         )
 
     def delete_workload(self, name: str) -> bool:
-        if not any(pod["metadata"]["name"] == name for pod in self.pods.items()):
+        """Delete the member's pod; a trainer's attempt is closed first (``closed-a<attempt>`` in the
+        control ConfigMap), so its ``work()`` loop ends cleanly within the deletion's grace period."""
+        pod = next((pod for pod in self.pods.items() if pod["metadata"]["name"] == name), None)
+        if pod is None:
             return False  # never created (a colocated engine) or already gone: nothing to call
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get(ROLE_LABEL) == "trainer" and labels.get(ATTEMPT_LABEL, "").isdigit():
+            self.close_attempt(labels[RUN_LABEL], int(labels[ATTEMPT_LABEL]))
         try:
             self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=30)
         except ApiException as error:
@@ -248,6 +227,24 @@ class KubeCluster:
                 )
             time.sleep(0.05)
         return cached
+
+    def close_attempt(self, run_id: str, attempt: int) -> None:
+        """Tell ``attempt``'s trainer that no more work comes (the trainer transport's ``closed``)."""
+        control = self.configmaps.get(self.namespace, control_name(run_id))
+        key = closed_key(attempt)
+        if control is None or key in (control.get("data") or {}):
+            return  # no mailbox (a run that never posted work) or closed already
+        try:
+            self.core.patch_namespaced_config_map(
+                control_name(run_id),
+                self.namespace,
+                {"data": {key: ""}},
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        except ApiException as error:
+            if error.status != NOT_FOUND:
+                raise
 
     def _run_owner(self, run_id: str) -> dict[str, Any]:
         if run_id not in self._owners:

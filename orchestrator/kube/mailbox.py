@@ -10,6 +10,11 @@ Trainer (rank 0) → controller: the ConfigMap ``{run}-a{attempt}-results``, lab
 ``checkpoint-<n>``, ``filter-<stage>`` (``work_key``) — each the protocol's result message of
 the plan's kind.
 
+Controller → trainer, no more work: key ``closed-a{attempt}`` in the control ConfigMap, written by
+``KubeCluster.delete_workload`` before it deletes a trainer pod of that attempt (a trainer also stops
+when the control ConfigMap is gone). The trainer's side of all this is
+``orchestrator.kube.trainer_transport.ConfigMapTransport``.
+
 Both sides are idempotent: asking again for work already done returns the recorded result,
 so a controller killed between "result written" and "result recorded in SQL" loses nothing.
 """
@@ -27,8 +32,10 @@ from orchestrator.kube.cluster import KubeCluster
 from orchestrator.kube.objects import (
     ATTEMPT_LABEL,
     MERGE_PATCH,
+    PLAN_KEY,
     ROLE_LABEL,
     RUN_LABEL,
+    SPEC_KEY,
     control_name,
     observe_pod,
     results_name,
@@ -94,7 +101,7 @@ class KubeExecutor:
     def _post(self, spec: RunSpec, run_id: str, plan: str) -> None:
         """Write spec and plan into the control ConfigMap, only when they changed."""
         control = self.cluster.ensure_control(run_id)
-        wanted = {"spec.json": json.dumps(spec.model_dump(mode="json"), sort_keys=True), "plan.json": plan}
+        wanted = {SPEC_KEY: json.dumps(spec.model_dump(mode="json"), sort_keys=True), PLAN_KEY: plan}
         current = control.get("data") or {}
         changed = {key: value for key, value in wanted.items() if current.get(key) != value}
         if not changed:

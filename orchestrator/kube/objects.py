@@ -6,16 +6,23 @@ from typing import Any
 
 from orchestrator.hardware import GPU_TYPE_ENV, GPU_TYPES, H100_80GB, gpu_resource_names
 from orchestrator.records import Workload
+from orchestrator.worker.transport import CONFIGMAP_MAILBOX, MAILBOX_KIND_ENV
 
 __all__ = [
     "ATTEMPT_LABEL",
     "COLOCATED_ANNOTATION",
+    "CONFIGMAP_MAILBOX",
     "GPU_RESOURCE",
     "GPU_TYPE_ENV",
     "INDEX_LABEL",
+    "MAILBOX_KIND_ENV",
     "MERGE_PATCH",
+    "NAMESPACE_ENV",
+    "PLAN_KEY",
     "ROLE_LABEL",
     "RUN_LABEL",
+    "SPEC_KEY",
+    "closed_key",
     "control_configmap",
     "control_name",
     "gpu_allocatable",
@@ -36,6 +43,10 @@ ATTEMPT_LABEL = "orch.dev/attempt"
 INDEX_LABEL = "orch.dev/index"
 COLOCATED_ANNOTATION = "orch.dev/colocated-engines"
 GPU_RESOURCE = H100_80GB.resource_name  # for a workload that names no GPU type
+SPEC_KEY, PLAN_KEY = "spec.json", "plan.json"  # the control ConfigMap's keys
+# Set on trainer pods with ``ORCH_MAILBOX=configmap``: the trainer SDK (``TrainerSession.from_env``) then
+# takes its work through the API (``orchestrator.kube.trainer_transport``) in this namespace.
+NAMESPACE_ENV = "ORCH_NAMESPACE"
 PRIORITY_CLASSES = {"trainer": "orch-training", "engine": "orch-rollout"}
 # Container states that never recover on their own: the member has failed even though the pod is Pending.
 STUCK_REASONS = frozenset(
@@ -51,6 +62,11 @@ def control_name(run_id: str) -> str:
 def results_name(run_id: str, attempt: int) -> str:
     """Where the trainer of one attempt writes the results of the work it was asked to do."""
     return f"{run_id}-a{attempt}-results"
+
+
+def closed_key(attempt: int) -> str:
+    """The control ConfigMap key that says the controller wants no more work from ``attempt``'s trainer."""
+    return f"closed-a{attempt}"
 
 
 def rendezvous_name(run_id: str, attempt: int) -> str:
@@ -129,6 +145,8 @@ def pod_manifest(
     if workload.role == "trainer":
         master = workload.name.replace(f"-trainer-{workload.index}-", "-trainer-0-")
         env["ORCH_MASTER_ADDR"] = f"{master}.{service}.{namespace}.svc"
+        env[MAILBOX_KIND_ENV] = CONFIGMAP_MAILBOX
+        env[NAMESPACE_ENV] = namespace
     container: dict[str, Any] = {
         "name": workload.role,
         "image": workload.image,

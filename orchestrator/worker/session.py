@@ -14,8 +14,12 @@ returns the recorded result instead of replacing it. Messages are ``orchestrator
 a plan of another protocol version is refused with ``ProtocolVersionError``, an invalid one with
 ``ProtocolError``.
 
-Environment of ``from_env``: ``ORCH_MAILBOX_DIR`` (the directory mailbox, ``transport.py``) and
-``ORCH_ENGINE_URLS`` (the run's engines' base URLs, comma-separated; needed by ``rollouts`` only).
+Environment of ``from_env``: ``ORCH_MAILBOX`` picks the transport (``transport.py``): ``directory``
+(the default) reads the mailbox directory in ``ORCH_MAILBOX_DIR``; ``configmap`` (set by orch on the
+trainer pods it creates on Kubernetes) reads the run's ConfigMaps through the API
+(``orchestrator.kube.trainer_transport``), for the run ``ORCH_RUN_ID`` and attempt ``ORCH_ATTEMPT`` in
+namespace ``ORCH_NAMESPACE``, with in-cluster credentials (else the kubeconfig in ``KUBECONFIG``).
+``ORCH_ENGINE_URLS``: the run's engines' base URLs, comma-separated; needed by ``rollouts`` only.
 """
 
 from __future__ import annotations
@@ -44,7 +48,14 @@ from orchestrator.worker.protocol import (
     load_result,
     work_key,
 )
-from orchestrator.worker.transport import MAILBOX_ENV, DirectoryTransport, Transport
+from orchestrator.worker.transport import (
+    CONFIGMAP_MAILBOX,
+    DIRECTORY_MAILBOX,
+    MAILBOX_ENV,
+    MAILBOX_KIND_ENV,
+    DirectoryTransport,
+    Transport,
+)
 
 __all__ = ["ENGINES_ENV", "Outcome", "TrainerSession", "WorkItem"]
 
@@ -112,6 +123,26 @@ def _result_message(kind: str, outcome: Outcome) -> ResultMessage:
     raise TypeError(f"a {kind} plan is completed with {wanted}, not {type(outcome).__name__}")
 
 
+def _transport_from_env(env: Mapping[str, str]) -> Transport:
+    kind = env.get(MAILBOX_KIND_ENV, "").strip() or DIRECTORY_MAILBOX
+    if kind == CONFIGMAP_MAILBOX:
+        # Imported here, not at the top: only a trainer on Kubernetes loads the kubernetes client.
+        from orchestrator.kube.trainer_transport import ConfigMapTransport
+
+        return ConfigMapTransport.from_env(env)
+    if kind != DIRECTORY_MAILBOX:
+        raise OrchError(
+            f"{MAILBOX_KIND_ENV}={kind!r} names no transport: use {DIRECTORY_MAILBOX} or {CONFIGMAP_MAILBOX}"
+        )
+    directory = env.get(MAILBOX_ENV, "").strip()
+    if not directory:
+        raise OrchError(
+            f"{MAILBOX_ENV} is not set: a trainer takes its work from the mailbox directory it names "
+            "(orch sets it for the trainers it launches)"
+        )
+    return DirectoryTransport(directory)
+
+
 class TrainerSession:
     """A trainer's connection to its run: plans in, results out, rollouts over the run's engines."""
 
@@ -125,14 +156,8 @@ class TrainerSession:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainerSession:
         """The session the environment describes (see the module docstring)."""
         env = os.environ if environ is None else environ
-        directory = env.get(MAILBOX_ENV, "").strip()
-        if not directory:
-            raise OrchError(
-                f"{MAILBOX_ENV} is not set: a trainer takes its work from the mailbox directory it names "
-                "(orch sets it for the trainers it launches)"
-            )
         urls = [url.strip() for url in env.get(ENGINES_ENV, "").split(",") if url.strip()]
-        return cls(DirectoryTransport(directory), engine_urls=urls)
+        return cls(_transport_from_env(env), engine_urls=urls)
 
     @property
     def spec(self) -> RunSpec:

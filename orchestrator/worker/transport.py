@@ -12,6 +12,14 @@ a trainer pod whose control ConfigMap is mounted as files reads its plans the sa
 
 Every write is atomic (a temporary file in the same directory, then ``os.replace``): a reader sees the
 whole old document or the whole new one, never a half-written file, whoever is killed mid-write.
+
+On Kubernetes the trainer uses ``ConfigMapTransport`` (``orchestrator.kube.trainer_transport``; chosen with
+``ORCH_MAILBOX=configmap``, which orch sets on the trainer pods it creates): the same documents, read and
+written through the API server. ``spec.json`` and ``plan.json`` are keys of the run's control ConfigMap
+``{run}-control``; a result is key ``<work_key>`` of ``{run}-a{attempt}-results`` (labelled
+``orch.dev/run=<run>``, owned by the control ConfigMap, created by the first result and then merge-patched
+under its ``resourceVersion``); ``closed`` is key ``closed-a{attempt}`` of the control ConfigMap (written
+by the controller before it deletes that attempt's trainer pods), or the control ConfigMap being gone.
 """
 
 from __future__ import annotations
@@ -21,9 +29,19 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["MAILBOX_ENV", "DirectoryTransport", "Transport", "write_atomically"]
+__all__ = [
+    "CONFIGMAP_MAILBOX",
+    "DIRECTORY_MAILBOX",
+    "MAILBOX_ENV",
+    "MAILBOX_KIND_ENV",
+    "DirectoryTransport",
+    "Transport",
+    "write_atomically",
+]
 
 MAILBOX_ENV = "ORCH_MAILBOX_DIR"  # the mailbox directory of the directory transport
+MAILBOX_KIND_ENV = "ORCH_MAILBOX"  # which transport ``TrainerSession.from_env`` builds
+DIRECTORY_MAILBOX, CONFIGMAP_MAILBOX = "directory", "configmap"  # its values
 
 SPEC_FILE = "spec.json"
 PLAN_FILE = "plan.json"

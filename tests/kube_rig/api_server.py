@@ -1068,6 +1068,9 @@ class FakeKubeServer:
         self._store = _Store(history)
         self._requests: list[ApiRequest] = []
         self._requests_lock = threading.Lock()
+        # Test hooks called with each API request before it is served (on the server's thread): a test
+        # changes the stored objects there to force a race, e.g. a 409 Conflict on the request's write.
+        self.before_serve: list[Callable[[ApiRequest], None]] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         for rt in _BUILTINS:
@@ -1235,11 +1238,12 @@ class FakeKubeServer:
             return 200, discovery
         target = self._target(segments)
         verb = self._verb(method, target, query)
-        self._log(
-            ApiRequest(
-                verb, target.rt.group, target.rt.plural, target.subresource, target.namespace, target.name
-            )
+        request = ApiRequest(
+            verb, target.rt.group, target.rt.plural, target.subresource, target.namespace, target.name
         )
+        self._log(request)
+        for hook in list(self.before_serve):
+            hook(request)
         return self._serve(verb, target, query, headers, body)
 
     def _log(self, request: ApiRequest) -> None:
