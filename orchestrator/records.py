@@ -158,6 +158,24 @@ class Step:
     superseded: bool
     engines: tuple[dict[str, float], ...] = ()  # per engine: busy_ratio, kv_free_ratio
     queue_peak: int = 0
+    turns: int = 0  # over the scored rollouts, like tool_calls, tool_errors and reward_sum
+    tool_calls: int = 0
+    tool_errors: int = 0
+    reward_sum: float = 0.0
+    infra_masked: int = 0  # trajectories masked out for infrastructure faults
+    stale_dropped: int = 0  # off-policy trajectories dropped (still stale after one regeneration)
+    stale_regenerated: int = 0
+    weights_version: int | None = None  # the weights the rollouts were generated with, if engines say
+
+    @property
+    def solve_rate(self) -> float:
+        """Share of the scored rollouts that were correct (0 when none were scored)."""
+        return self.correct / self.rollouts if self.rollouts else 0.0
+
+    @property
+    def reward_mean(self) -> float:
+        """Mean reward of the scored rollouts (0 when none were scored)."""
+        return self.reward_sum / self.rollouts if self.rollouts else 0.0
 
 
 @dataclass(frozen=True)

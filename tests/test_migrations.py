@@ -84,6 +84,47 @@ def test_upgrading_from_the_first_revision_keeps_existing_rows(db_url: str) -> N
     engine.dispose()
 
 
+def test_steps_written_before_0007_read_with_zero_figures_and_no_weights_version(db_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from orchestrator.state.migrations_runner import MIGRATIONS
+
+    engine = create_engine(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO runs (id, name, spec, phase, stage_index, steps_done, attempt, "
+            "advance_requested, sim_seconds, gpu_busy_seconds, gpu_held_seconds, message, queue, priority, "
+            "lease_expires_at, version, created_at, updated_at) "
+            "VALUES ('old-1', 'old', '{}', 'Running', 0, 1, 1, false, 0, 0, 0, '', 'default', 0, 0, 1, 0, 0)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO steps (run_id, step, stage_index, attempt, max_response_tokens, max_turns, "
+            "rollouts, generated_tokens, rollout_seconds, train_seconds, preemptions, correct, superseded, "
+            "finished_sim_seconds) VALUES ('old-1', 1, 0, 1, 600, 3, 12, 4000, 1.5, 0.5, 0, 9, false, 2.0)"
+        )
+    store = Store(db_url)
+    [step] = store.steps("old-1")
+    assert (step.rollouts, step.correct, step.turns, step.tool_calls, step.reward_sum) == (12, 9, 0, 0, 0.0)
+    assert (step.infra_masked, step.stale_dropped, step.stale_regenerated, step.weights_version) == (
+        0,
+        0,
+        0,
+        None,
+    )
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0006")
+    assert "turns" not in {c["name"] for c in inspect(engine).get_columns("steps")}
+    store.close()
+    engine.dispose()
+
+
 # Each process says it is ready (imports done), then waits for the start file, so that all of them open
 # the store at (nearly) the same moment.
 _OPEN_STORE_ON_SIGNAL = """

@@ -3,8 +3,10 @@ engine processes, the embedded sandbox and the example learner: weights advance,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import socket
@@ -49,16 +51,16 @@ def weights(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture()
-def engines(weights: Path) -> Iterator[list[str]]:
-    """Two fake engine processes serving weights version 1."""
+@contextlib.contextmanager
+def launched(*served: Path) -> Iterator[list[str]]:
+    """One fake engine process per weights directory, serving it; their base URLs."""
     processes, urls = [], []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
-        for _ in range(2):
+        for weights_dir in served:
             port = _free_port()
             command = [
-                sys.executable, "-m", "orchestrator.testing.fake_engine", "serve", str(weights),
+                sys.executable, "-m", "orchestrator.testing.fake_engine", "serve", str(weights_dir),
                 "--port", str(port), "--max-model-len", "8192", "--fake-answers", str(DATASET),
             ]  # fmt: skip
             processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
@@ -73,12 +75,22 @@ def engines(weights: Path) -> Iterator[list[str]]:
             process.wait(timeout=10)
 
 
-def _spec(tmp_path: Path, weights: Path, learner: str | None = LEARNER) -> RunSpec:
+@pytest.fixture()
+def engines(weights: Path) -> Iterator[list[str]]:
+    """Two fake engine processes serving weights version 1."""
+    with launched(weights, weights) as urls:
+        yield urls
+
+
+def _spec(
+    tmp_path: Path, weights: Path, learner: str | None = LEARNER, *, kind: str = "vllm", **rollout: Any
+) -> RunSpec:
     dataset = tmp_path / "problems.jsonl"
     dataset.write_text("".join(DATASET.read_text().splitlines(keepends=True)[:6]))
     body = load_spec(ROOT / "examples" / "quickstart.yaml").model_dump(mode="json")
     body["dataset"] |= {"uri": str(dataset), "problems": 6}
-    body["rollout"] |= {"samples_per_prompt": 2, "prompts_per_step": 3, "engine": {"model": str(weights)}}
+    engine = {"model": str(weights), "kind": kind}
+    body["rollout"] |= {"samples_per_prompt": 2, "prompts_per_step": 3, "engine": engine, **rollout}
     body["trainer"]["learner_command"] = learner
     return RunSpec.model_validate(body)
 
@@ -137,6 +149,15 @@ def test_two_steps_advance_the_engines_weights_with_real_figures_and_masked_infr
         assert 0 < result["correct"] == outcome.correct < outcome.rollouts
         assert result["rollout_seconds"] > 0 and result["train_seconds"] > 0
         assert report.infra_failed == 2 and report.reasons == {"tool sandbox: worker died": 2}
+        # the engines' own figures, over the scored rollouts; the masked ones counted apart
+        assert result["infra_masked"] == outcome.infra_masked == 2
+        assert result["turns"] == outcome.turns >= outcome.rollouts
+        assert result["tool_calls"] == outcome.tool_calls
+        assert 0 < outcome.tool_calls < outcome.turns  # a turn that ends in a tool call is followed by one
+        assert 0 <= result["tool_errors"] == outcome.tool_errors <= outcome.tool_calls
+        assert result["reward_sum"] == outcome.reward_sum == outcome.correct  # reward 1 when correct
+        assert result["weights_version"] == outcome.weights_version == step
+        assert result["stale_dropped"] == result["stale_regenerated"] == 0
         rows = [json.loads(line) for line in report.batch.read_text().splitlines()]
         assert len(rows) == report.kept == 3 * 2  # RoC: samples_per_prompt kept of each group
         assert not {(r["problem_id"], r["sample"]) for r in rows} & {(t.problem_id, t.sample) for t in lost}
@@ -223,3 +244,115 @@ def test_orch_worker_runs_a_step_from_the_environment(
     assert json.loads(mailbox.result(1, "step-1") or "{}")["rollouts"] == 12
     assert (tmp_path / "work" / "step-000001" / "weights" / "version").read_text().strip() == "2"
     assert [_served_version(url) for url in engines] == [2, 2]
+
+
+# ---- staleness --------------------------------------------------------------------------------------
+
+
+def test_trajectories_from_an_engine_on_older_weights_are_regenerated_after_a_resync(
+    tmp_path: Path, weights: Path
+) -> None:
+    older = tmp_path / "weights-v0"
+    older.mkdir()
+    (older / "version").write_text("0\n")
+    with launched(weights, older) as urls:  # engine 1 came back on older weights
+        mailbox = DirectoryTransport(tmp_path / "mailbox")
+        mailbox.post_spec(json.dumps(_spec(tmp_path, weights, None).model_dump(mode="json")))
+        trainer = ReferenceTrainer(TrainerSession(mailbox, engine_urls=urls), tmp_path / "work", env={})
+        report = trainer.step(_step(1))
+        assert [_served_version(url) for url in urls] == [1, 1], "the stale engine was re-synced"
+    outcome = report.outcome
+    assert outcome.stale_regenerated > 0 and outcome.stale_dropped == 0
+    assert outcome.rollouts == 12 and outcome.weights_version == 1
+    rows = [json.loads(line) for line in report.batch.read_text().splitlines()]
+    assert len(rows) == 6 and all(v == 1 for r in rows for v in r["weights_versions"])
+    saved = json.loads((report.batch.parent / "report.json").read_text())
+    assert saved["stale_regenerated"] == outcome.stale_regenerated and saved["stale_dropped"] == 0
+
+
+def test_a_trajectory_still_stale_after_regeneration_is_dropped_counted_and_logged(
+    tmp_path: Path, weights: Path, engines: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    mailbox = DirectoryTransport(tmp_path / "mailbox")
+    mailbox.post_spec(json.dumps(_spec(tmp_path, weights).model_dump(mode="json")))
+    trainer = ReferenceTrainer(TrainerSession(mailbox, engine_urls=engines), tmp_path / "work", env={})
+    real_rollouts = trainer.session.rollouts
+    first = trainer.problems[0].id
+    calls: list[dict[str, Any]] = []
+
+    def rollouts(problems: list[Problem], **options: Any) -> list[Trajectory]:
+        calls.append(options)
+        found = real_rollouts(problems, **options)
+        # sample 1 of the first problem always comes from an engine stuck on version 0
+        return [
+            dataclasses.replace(t, weights_versions=(0,) * len(t.weights_versions))
+            if (t.problem_id, t.sample) == (first, 1)
+            else t
+            for t in found
+        ]
+
+    trainer.session.rollouts = rollouts  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="orchestrator.worker.trainer"):
+        report = trainer.step(_step(1))
+    assert [(p.id, n) for p, n in calls[1]["pairs"]] == [(first, 1)], "only the stale sample is regenerated"
+    outcome = report.outcome
+    assert (outcome.stale_regenerated, outcome.stale_dropped, outcome.rollouts) == (1, 1, 11)
+    rows = [json.loads(line) for line in report.batch.read_text().splitlines()]
+    assert (first, 1) not in {(r["problem_id"], r["sample"]) for r in rows}
+    assert all(v == 1 for r in rows for v in r["weights_versions"])
+    assert "1 regenerated, 1 still stale and dropped" in caplog.text
+
+
+# ---- colocated engines sleep while the learner runs -----------------------------------------------
+
+PROBING_LEARNER = """
+import json, os, sys, urllib.request
+from pathlib import Path
+states = [
+    json.load(urllib.request.urlopen(url + "/is_sleeping"))["is_sleeping"]
+    for url in os.environ["PROBE_URLS"].split(",")
+]
+out = Path(os.environ["ORCH_WEIGHTS_OUT"])
+(out / "sleeping.json").write_text(json.dumps(states))
+previous = int((Path(os.environ["ORCH_WEIGHTS_IN"]) / "version").read_text())
+(out / "version").write_text(str(previous + 1))
+"""
+
+
+def _is_sleeping(url: str) -> bool:
+    return bool(requests.get(url + "/is_sleeping", timeout=5).json()["is_sleeping"])
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang"])
+def test_only_colocated_engines_sleep_while_the_learner_runs_and_wake_after(
+    tmp_path: Path, weights: Path, engines: list[str], kind: str
+) -> None:
+    learner = tmp_path / "probing_learner.py"
+    learner.write_text(PROBING_LEARNER)
+    mailbox = DirectoryTransport(tmp_path / "mailbox")
+    spec = _spec(tmp_path, weights, f"{sys.executable} {learner}", kind=kind)
+    mailbox.post_spec(json.dumps(spec.model_dump(mode="json")))
+    env = {"ORCH_COLOCATED_ENGINES": "run-1-engine-1-a1", "PROBE_URLS": ",".join(engines)}
+    trainer = ReferenceTrainer(TrainerSession(mailbox, engine_urls=engines), tmp_path / "work", env=env)
+    assert trainer.colocated == [engines[1]]
+    report = trainer.step(_step(1))
+    assert report.weights is not None
+    assert json.loads((report.weights / "sleeping.json").read_text()) == [False, True]
+    assert [_is_sleeping(url) for url in engines] == [False, False], "woken after the learner"
+    assert [_served_version(url) for url in engines] == [2, 2]
+
+
+def test_a_trainer_without_colocated_engines_puts_none_to_sleep(
+    tmp_path: Path, weights: Path, engines: list[str]
+) -> None:
+    learner = tmp_path / "probing_learner.py"
+    learner.write_text(PROBING_LEARNER)
+    mailbox = DirectoryTransport(tmp_path / "mailbox")
+    mailbox.post_spec(
+        json.dumps(_spec(tmp_path, weights, f"{sys.executable} {learner}").model_dump(mode="json"))
+    )
+    env = {"PROBE_URLS": ",".join(engines)}
+    trainer = ReferenceTrainer(TrainerSession(mailbox, engine_urls=engines), tmp_path / "work", env=env)
+    report = trainer.step(_step(1))
+    assert report.weights is not None
+    assert json.loads((report.weights / "sleeping.json").read_text()) == [False, False]

@@ -129,13 +129,22 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
             for busy, free in zip(outcome.engine_busy_ratio, outcome.engine_kv_free_ratio, strict=False)
         ),
         queue_peak=outcome.queue_peak,
+        turns=outcome.turns,
+        tool_calls=outcome.tool_calls,
+        tool_errors=outcome.tool_errors,
+        reward_sum=outcome.reward_sum,
+        infra_masked=outcome.infra_masked,
+        stale_dropped=outcome.stale_dropped,
+        stale_regenerated=outcome.stale_regenerated,
+        weights_version=outcome.weights_version,
     )
     events = [
         NewEvent(
             "StepCompleted",
             f"step {plan.step}: {outcome.rollouts} rollouts, {outcome.generated_tokens} tokens at "
             f"{plan.max_response_tokens} max, rollout {outcome.rollout_seconds:.1f}s + train "
-            f"{outcome.train_seconds:.1f}s simulated, {outcome.preemptions} preemption(s)",
+            f"{outcome.train_seconds:.1f}s, {outcome.preemptions} preemption(s)"
+            + _left_out(outcome),
             {"step": plan.step, "attempt": plan.attempt},
         )
     ]
@@ -173,6 +182,20 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
     if verdict.suspend is not None:
         return suspend(run, snapshot.workloads, verdict.suspend, plan.step, base=patch)
     return patch
+
+
+def _left_out(outcome: StepOutcome) -> str:
+    """``; 2 masked (infrastructure), 3 stale regenerated, 1 stale dropped``, or "" when none were."""
+    parts = [
+        f"{count} {what}"
+        for count, what in (
+            (outcome.infra_masked, "masked (infrastructure)"),
+            (outcome.stale_regenerated, "stale regenerated"),
+            (outcome.stale_dropped, "stale dropped"),
+        )
+        if count
+    ]
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def record_checkpoint(snapshot: RunSnapshot, plan: CheckpointPlan, seconds: float) -> RunPatch | None:

@@ -38,6 +38,18 @@ class StepOutcome:
     engine_busy_ratio: tuple[float, ...] = ()
     engine_kv_free_ratio: tuple[float, ...] = ()
     queue_peak: int = 0
+    # What the scored rollouts (``rollouts``) did: turns, tool calls (and those that did not end "ok"),
+    # their rewards summed; trajectories masked for infrastructure faults; off-policy trajectories
+    # (``rollout.max_staleness``) regenerated, and dropped when still stale; the weights version the
+    # rollouts were generated with when the engines report one (the newest).
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    reward_sum: float = 0.0
+    infra_masked: int = 0
+    stale_dropped: int = 0
+    stale_regenerated: int = 0
+    weights_version: int | None = None
 
     @property
     def seconds(self) -> float:

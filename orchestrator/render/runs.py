@@ -10,10 +10,11 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from orchestrator.records import Event, Run
+from orchestrator.records import Event, Run, Step
 from orchestrator.render.text import (
     controller_cell,
     engines_line,
+    figures_line,
     hours_by_role,
     iso_time,
     lease_holder,
@@ -22,7 +23,33 @@ from orchestrator.render.text import (
 )
 from orchestrator.service import RunReport
 
-__all__ = ["event_row", "report_record", "rows_table", "run_row", "runs_table", "summary_table"]
+__all__ = [
+    "event_row",
+    "report_record",
+    "rows_table",
+    "run_row",
+    "runs_table",
+    "step_figures",
+    "summary_table",
+]
+
+
+def step_figures(step: Step) -> dict[str, Any]:
+    """What one step's rollouts did, as plain data: the figures the engines and the trainer reported."""
+    return {
+        "step": step.step,
+        "rollouts": step.rollouts,
+        "generated_tokens": step.generated_tokens,
+        "turns": step.turns,
+        "tool_calls": step.tool_calls,
+        "tool_errors": step.tool_errors,
+        "reward_mean": round(step.reward_mean, 4),
+        "solve_rate": round(step.solve_rate, 4),
+        "infra_masked": step.infra_masked,
+        "stale_regenerated": step.stale_regenerated,
+        "stale_dropped": step.stale_dropped,
+        "weights_version": step.weights_version,
+    }
 
 
 def report_record(report: RunReport, now: float) -> dict[str, Any]:
@@ -63,6 +90,7 @@ def report_record(report: RunReport, now: float) -> dict[str, Any]:
         if report.steps
         else [],
         "last_step_queue_peak": report.steps[-1].queue_peak if report.steps else 0,
+        "last_step": step_figures(report.steps[-1]) if report.steps else None,
         "stages": [
             {
                 "name": s.name,
@@ -161,6 +189,7 @@ def summary_table(summary: dict[str, Any], controller: str | None = None) -> Tab
         ("idle GPU-hours", hours_by_role(summary["idle_gpu_hours"], summary["idle_gpu_hours_by_role"])),
         ("simulated time", f"{summary['simulated_seconds']}s ({hours:.2f} h)"),
         ("message", summary["message"] or "-"),
+        ("last step", figures_line(summary.get("last_step"))),
         ("last step's engines", engines),
     ):
         table.add_row(label, str(value))

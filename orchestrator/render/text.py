@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from orchestrator.records import Run
 
@@ -16,6 +17,7 @@ __all__ = [
     "controller_cell",
     "controller_line",
     "engines_line",
+    "figures_line",
     "hours_by_role",
     "iso_time",
     "lease_holder",
@@ -88,6 +90,26 @@ def engines_line(engines: Sequence[Mapping[str, float]], queue_peak: int) -> str
         f"{len(engines)} engines busy min {min(busy):.0%} · median {statistics.median(busy):.0%} · "
         f"max {max(busy):.0%}; min KV headroom {headroom:.0%}; queue peak {queue_peak}"
     )
+
+
+def figures_line(figures: Mapping[str, Any] | None) -> str:
+    """A step's figures in one line: ``12 rollouts · solve rate 42% · reward mean 0.42 · 30 turns ·
+    18 tool calls (2 failed) · 2 masked · 1 stale regenerated, 0 dropped · weights v3``."""
+    if not figures:
+        return MISSING
+    parts = [
+        f"{figures['rollouts']} rollouts",
+        f"solve rate {figures['solve_rate']:.0%}",
+        f"reward mean {figures['reward_mean']:.2f}",
+        f"{figures['turns']} turns",
+        f"{figures['tool_calls']} tool calls ({figures['tool_errors']} failed)",
+        f"{figures['infra_masked']} masked",
+    ]
+    if figures["stale_regenerated"] or figures["stale_dropped"]:
+        parts.append(f"{figures['stale_regenerated']} stale regenerated, {figures['stale_dropped']} dropped")
+    if figures["weights_version"] is not None:
+        parts.append(f"weights v{figures['weights_version']}")
+    return " · ".join(parts)
 
 
 def hours_by_role(total: float, by_role: Mapping[str, float]) -> str:

@@ -180,6 +180,9 @@ class StepSimulator:
             ),
             engine_kv_free_ratio=tuple(1 - peak / self.last_kv_capacity for peak in phase.peak_kv_tokens),
             queue_peak=self.last_queue_peak,
+            turns=phase.turns,
+            tool_calls=phase.tool_calls,
+            reward_sum=float(phase.correct),  # reward 1 for a correct answer, else 0
         )
         return SimulatedStep(
             outcome,

@@ -295,6 +295,9 @@ class RolloutSpec(_Strict):
     # context plus this chunk, not plus the whole response budget; null reserves the whole budget
     # (as rStar2-Agent does).
     chunk_tokens: int | None = Field(default=512, gt=0)
+    # How many weight versions older than the current one a trajectory's turns may come from: 0 trains
+    # on-policy only. Older trajectories are regenerated once on re-synced engines, then dropped.
+    max_staleness: int = Field(default=0, ge=0)
     engine: EngineSpec = EngineSpec()
 
     _dispatch = field_validator("dispatch", mode="before")(_dispatch_name)

@@ -119,6 +119,14 @@ class StepRow(Base):
     finished_sim_seconds: Mapped[float] = mapped_column(Float)
     engines: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     queue_peak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    turns: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tool_errors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reward_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    infra_masked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stale_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stale_regenerated: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    weights_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class CheckpointRow(Base):

@@ -140,7 +140,8 @@ PlanMessage = Annotated[
 
 
 class StepResultMessage(_Message):
-    """What one step did: its rollouts, tokens, time per phase, and GPU use."""
+    """What one step did: its rollouts, tokens, turns, tool calls and rewards, what was masked or stale,
+    time per phase, and GPU use."""
 
     kind: Literal["step"] = "step"
     rollouts: int
@@ -155,6 +156,14 @@ class StepResultMessage(_Message):
     engine_busy_ratio: tuple[float, ...] = ()
     engine_kv_free_ratio: tuple[float, ...] = ()
     queue_peak: int = 0
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    reward_sum: float = 0.0
+    infra_masked: int = 0
+    stale_dropped: int = 0
+    stale_regenerated: int = 0
+    weights_version: int | None = None
 
     @classmethod
     def from_outcome(cls, outcome: StepOutcome) -> StepResultMessage:

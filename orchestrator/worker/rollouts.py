@@ -161,17 +161,24 @@ async def run_rollouts(
     sampling: Mapping[str, Any] | None = None,
     tools: ToolExecutor | None = None,
     request_timeout_s: float = 600,
+    pairs: Sequence[tuple[Problem, int]] | None = None,
 ) -> list[Trajectory]:
     """``samples`` rollouts of each problem, in (problem, sample) order (see the module docstring).
 
     ``tools``: the executor for tool calls; default: the one the spec's ``tools`` section opens, for
     these rollouts only. ``sampling``: extra fields of every engine request (``temperature``, ``stop``).
+    ``pairs``: exactly these (problem, sample index) rollouts instead (``problems`` and ``samples``
+    ignored), each with the seed that sample has: how a trainer regenerates chosen samples.
     """
     if not engine_urls:
         raise ValueError("rollouts need at least one engine URL")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    jobs = [(problem, sample) for problem in problems for sample in range(samples)]
+    jobs = (
+        list(pairs)
+        if pairs is not None
+        else [(problem, sample) for problem in problems for sample in range(samples)]
+    )
     prompts = [
         RolloutPrompt(index, problem.prompt, {"seed": sample_seed(seed, problem.id, sample)})
         for index, (problem, sample) in enumerate(jobs)

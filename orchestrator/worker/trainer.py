@@ -3,11 +3,14 @@
 For each plan of ``TrainerSession.work()``:
 
 - **step**: the step's prompts (``step_problems``), ``OVERSAMPLE`` × ``samples_per_prompt`` rollouts of
-  each, infrastructure-failed trajectories masked out (counted, never scored), GRPO-RoC per problem down to
+  each, infrastructure-failed trajectories masked out (counted, never scored), stale ones (generated with
+  weights older than ``rollout.max_staleness`` allows, ``staleness.py``) regenerated once on re-synced
+  engines and dropped if still stale (counted, logged, never trained on), GRPO-RoC per problem down to
   ``samples_per_prompt``, the batch written to ``<work_dir>/step-<n>/batch.jsonl`` (one line a kept
   trajectory: prompt, response, reward, advantage, tokens), then ``trainer.learner_command`` writes the
   next weights to ``<work_dir>/step-<n>/weights`` and every engine loads them (``weights.py``); a
   ``checkpoint_after`` step then checkpoints. Without a ``learner_command`` the step only rolls out.
+  Engines colocated with this trainer (``ORCH_COLOCATED_ENGINES``) sleep while the learner runs.
 - **checkpoint**: the current weights directory is copied into the plan's checkpoint.
 - **filter**: ``samples`` rollouts of every still-active problem; per problem the correct ones.
 
@@ -40,12 +43,17 @@ from orchestrator.spec.dataset import Problem, read_problems
 from orchestrator.worker.roc import resample_on_correct
 from orchestrator.worker.rollouts import Trajectory
 from orchestrator.worker.session import TrainerSession
+from orchestrator.worker.staleness import current_version, split_stale, stale_engines
 from orchestrator.worker.weights import (
+    COLOCATED_ENV,
     checkpoint_weights,
+    colocated_urls,
     local_path,
     reload_engines,
     run_learner,
     save_checkpoint,
+    sleep_engines,
+    wake_engines,
 )
 
 __all__ = ["OVERSAMPLE", "WORK_DIR_ENV", "ReferenceTrainer", "StepReport", "batch_lines", "step_problems"]
@@ -100,6 +108,14 @@ class StepReport:
     weights: Path | None
     reasons: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def stale_dropped(self) -> int:
+        return self.outcome.stale_dropped
+
+    @property
+    def stale_regenerated(self) -> int:
+        return self.outcome.stale_regenerated
+
 
 class ReferenceTrainer:
     """The loop of ``orch worker`` over one session (see the module docstring)."""
@@ -124,6 +140,9 @@ class ReferenceTrainer:
             raise OrchError("dataset.uri is not set: the reference trainer reads its prompts from it")
         self.problems = read_problems(self.spec.dataset.uri)
         self.reports: list[StepReport] = []
+        # The newest weights version the engines have reported (see staleness.py); None: none said.
+        self.weights_version: int | None = None
+        self.colocated = colocated_urls(self.env.get(COLOCATED_ENV, ""), session.engine_urls)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ReferenceTrainer:
@@ -173,13 +192,15 @@ class ReferenceTrainer:
         self._serve_resumed_weights()
         chosen = step_problems(self.problems, plan.step, spec.rollout.prompts_per_step, plan.dropped_problems)
         started = time.monotonic()
+        limits = {"max_response_tokens": plan.max_response_tokens, "max_turns": plan.max_turns}
+        seed = _step_seed(spec.seed, plan.step)
         trajectories: list[Trajectory] = self.session.rollouts(
             [problem for _, problem in chosen],
             samples=spec.rollout.samples_per_prompt * self.oversample,
-            max_response_tokens=plan.max_response_tokens,
-            max_turns=plan.max_turns,
-            seed=_step_seed(spec.seed, plan.step),
+            seed=seed,
+            **limits,
         )
+        trajectories, regenerated, dropped = self._on_policy(trajectories, plan.step, seed, limits)
         rollout_seconds = time.monotonic() - started
         scored = [t for t in trajectories if not t.infra_failed]
         reasons: dict[str, int] = {}
@@ -199,8 +220,21 @@ class ReferenceTrainer:
         started = time.monotonic()
         if spec.trainer.learner_command:
             new = step_dir / "weights"
-            run_learner(spec.trainer.learner_command, batch, self.weights, new, env=self.env, cwd=step_dir)
-            reload_engines(self.session.engine_urls, spec.rollout.engine.kind, new)
+            kind = spec.rollout.engine.kind
+            if self.colocated:
+                log.info(
+                    "step %d: %d colocated engine(s) sleep while the learner runs",
+                    plan.step,
+                    len(self.colocated),
+                )
+            sleep_engines(self.colocated, kind)
+            try:
+                run_learner(
+                    spec.trainer.learner_command, batch, self.weights, new, env=self.env, cwd=step_dir
+                )
+            finally:
+                wake_engines(self.colocated, kind)
+            reload_engines(self.session.engine_urls, kind, new)
             self.weights = new
         train_seconds = time.monotonic() - started
         checkpoint_seconds = self.checkpoint(plan.checkpoint_uri) if plan.checkpoint_after else 0.0
@@ -217,6 +251,14 @@ class ReferenceTrainer:
             correct=sum(t.correct for t in scored),
             gpu_busy_seconds=rollout_seconds * engine_gpus + train_seconds * trainer_gpus,
             gpu_held_seconds=wall * (engine_gpus + trainer_gpus),
+            turns=sum(t.turns for t in scored),
+            tool_calls=sum(t.tool_calls for t in scored),
+            tool_errors=sum(t.tool_errors for t in scored),
+            reward_sum=sum(t.reward for t in scored),
+            infra_masked=len(trajectories) - len(scored),
+            stale_dropped=dropped,
+            stale_regenerated=regenerated,
+            weights_version=current_version(None, scored),
         )
         report = StepReport(outcome, len(trajectories) - len(scored), len(kept), batch, self.weights, reasons)
         (step_dir / "report.json").write_text(
@@ -229,6 +271,9 @@ class ReferenceTrainer:
                     "infra_reasons": reasons,
                     "kept": report.kept,
                     "correct": outcome.correct,
+                    "stale_regenerated": regenerated,
+                    "stale_dropped": dropped,
+                    "weights_version": outcome.weights_version,
                     "weights": None if self.weights is None else str(self.weights),
                 },
                 indent=2,
@@ -265,6 +310,48 @@ class ReferenceTrainer:
         return FilterOutcome(correct, seconds, seconds * gpus, seconds * (gpus + self.spec.trainer.gpus))
 
     # ---- helpers ----------------------------------------------------------------------------------
+
+    def _on_policy(
+        self, trajectories: Sequence[Trajectory], step: int, seed: int, limits: Mapping[str, int]
+    ) -> tuple[list[Trajectory], int, int]:
+        """The trajectories with the stale ones (``staleness.py``) regenerated once on re-synced engines,
+        those still stale left out: (trajectories, regenerated, dropped). Infrastructure failures are
+        masked later, not regenerated here."""
+        limit = self.spec.rollout.max_staleness
+        self.weights_version = current_version(self.weights_version, trajectories)
+        usable = [t for t in trajectories if not t.infra_failed]
+        stale = split_stale(usable, self.weights_version, limit).stale
+        if not stale:
+            return list(trajectories), 0, 0
+        current = self.weights_version
+        engines = stale_engines(stale, current, limit)
+        if self.weights is not None:  # engines that serve older weights load the trainer's again
+            urls = [self.session.engine_urls[i] for i in engines if i < len(self.session.engine_urls)]
+            reload_engines(urls, self.spec.rollout.engine.kind, self.weights)
+        by_id = {problem.id: problem for problem in self.problems}
+        again: list[Trajectory] = self.session.rollouts(
+            [], pairs=[(by_id[t.problem_id], t.sample) for t in stale], seed=seed, **limits
+        )
+        self.weights_version = current_version(self.weights_version, again)
+        still = split_stale([t for t in again if not t.infra_failed], self.weights_version, limit).stale
+        dropped_keys = {(t.problem_id, t.sample) for t in still}
+        replaced = {
+            (t.problem_id, t.sample): t for t in again if (t.problem_id, t.sample) not in dropped_keys
+        }
+        log.warning(
+            "step %d: %d trajectories generated with weights older than version %s - max_staleness %d "
+            "(engines %s, %s): %d regenerated, %d still stale and dropped",
+            step, len(stale), current, limit, engines,
+            "re-synced" if self.weights is not None else "not re-synced: no local weights known",
+            len(stale), len(still),
+        )  # fmt: skip
+        stale_keys = {(t.problem_id, t.sample) for t in stale}
+        kept = [
+            replaced[(t.problem_id, t.sample)] if (t.problem_id, t.sample) in stale_keys else t
+            for t in trajectories
+            if (t.problem_id, t.sample) not in stale_keys or (t.problem_id, t.sample) in replaced
+        ]
+        return kept, len(stale), len(still)
 
     def _roc(self, scored: Sequence[Trajectory], step: int) -> list[tuple[Trajectory, float]]:
         """GRPO-RoC per problem group; (trajectory, advantage) of those kept."""

@@ -8,6 +8,12 @@
   ``rollout.engine.kind``: SGLang ``POST /update_weights_from_disk`` ``{"model_path": DIR}``; vLLM (and
   ``kind: command``, which orch cannot tell apart) ``POST /collective_rpc``
   ``{"method": "reload_weights", "kwargs": {"weights_path": DIR}}`` (the fake engine documents both).
+- ``sleep_engines`` / ``wake_engines``: engines that share the trainer's GPUs free their memory for the
+  learner and take it back: vLLM ``POST /sleep?level=1`` and ``POST /wake_up``
+  (``vllm/entrypoints/serve/dev/sleep/api_router.py``, served with ``--enable-sleep-mode``); SGLang
+  ``POST /release_memory_occupation`` and ``POST /resume_memory_occupation`` with ``{}``
+  (``sglang/srt/entrypoints/http_server.py``). ``colocated_urls`` picks those engines' URLs out of
+  ``ORCH_ENGINE_URLS`` by the member names in ``ORCH_COLOCATED_ENGINES``.
 - ``save_checkpoint``: the weights directory is copied into ``<checkpoint>/weights``, where a resumed
   attempt finds it (``checkpoint_weights``).
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -30,23 +37,32 @@ from orchestrator.errors import OrchError
 
 __all__ = [
     "BATCH_ENV",
+    "COLOCATED_ENV",
     "WEIGHTS_IN_ENV",
     "WEIGHTS_OUT_ENV",
     "LearnerError",
     "WeightSyncError",
     "checkpoint_weights",
+    "colocated_urls",
     "local_path",
     "reload_engines",
     "reload_request",
     "run_learner",
     "save_checkpoint",
+    "sleep_engines",
+    "sleep_request",
+    "wake_engines",
+    "wake_request",
 ]
 
 BATCH_ENV = "ORCH_BATCH"
 WEIGHTS_IN_ENV = "ORCH_WEIGHTS_IN"
 WEIGHTS_OUT_ENV = "ORCH_WEIGHTS_OUT"
+UNREACHABLE_S = 180.0  # how long an engine restarting under its supervisor is waited for
 STDERR_TAIL = 2000  # characters of a failed learner's stderr kept in the error
 CHECKPOINT_WEIGHTS = "weights"
+COLOCATED_ENV = "ORCH_COLOCATED_ENGINES"  # on a trainer member: the engine members sharing its GPUs
+_ENGINE_MEMBER = re.compile(r"-engine-(\d+)-a\d+$")  # orchestrator.core.members.member_key
 
 
 class LearnerError(OrchError):
@@ -54,7 +70,7 @@ class LearnerError(OrchError):
 
 
 class WeightSyncError(OrchError):
-    """An engine did not load the new weights."""
+    """An engine did not do what the train phase asked: load new weights, sleep or wake."""
 
 
 def local_path(uri: str) -> Path:
@@ -105,15 +121,65 @@ def reload_request(kind: str, weights: Path) -> tuple[str, dict[str, object]]:
     return "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(weights)}}
 
 
-def reload_engines(
-    urls: Sequence[str], kind: str, weights: Path, *, timeout_s: float = 600, unreachable_s: float = 180
-) -> None:
-    """Every engine loads ``weights``; ``WeightSyncError`` naming the first that did not.
+def reload_engines(urls: Sequence[str], kind: str, weights: Path, *, timeout_s: float = 600) -> None:
+    """Every engine loads ``weights``; ``WeightSyncError`` naming the first that did not."""
+    _post_all(urls, *reload_request(kind, weights), timeout_s=timeout_s)
 
-    An engine that refuses connections is being restarted by its supervisor (``unreachable_s`` at most):
-    it is asked again every second until it answers, since it would otherwise serve its launch weights.
-    """
-    path, body = reload_request(kind, weights)
+
+def sleep_request(kind: str) -> tuple[str, dict[str, object]]:
+    """The path and JSON body that make an engine of ``kind`` free its GPU memory."""
+    if kind == "sglang":
+        return "/release_memory_occupation", {}
+    return "/sleep?level=1", {}  # level 1: weights to CPU memory, KV cache discarded
+
+
+def wake_request(kind: str) -> tuple[str, dict[str, object]]:
+    """The path and JSON body that make an engine of ``kind`` take its GPU memory back."""
+    if kind == "sglang":
+        return "/resume_memory_occupation", {}
+    return "/wake_up", {}
+
+
+def sleep_engines(urls: Sequence[str], kind: str, *, timeout_s: float = 600) -> None:
+    """Every engine in ``urls`` frees its GPU memory; ``WeightSyncError`` naming the first that did not."""
+    _post_all(urls, *sleep_request(kind), timeout_s=timeout_s)
+
+
+def wake_engines(urls: Sequence[str], kind: str, *, timeout_s: float = 600) -> None:
+    """Every engine in ``urls`` takes its GPU memory back; ``WeightSyncError`` naming the first that
+    did not."""
+    _post_all(urls, *wake_request(kind), timeout_s=timeout_s)
+
+
+def colocated_urls(names: str, urls: Sequence[str]) -> list[str]:
+    """The URLs of the engine members named in ``names`` (``ORCH_COLOCATED_ENGINES``: comma-separated
+    ``<run>-engine-<i>-a<attempt>``), engine ``i`` being ``urls[i]`` (``ORCH_ENGINE_URLS``' order)."""
+    found = []
+    for name in filter(None, (part.strip() for part in names.split(","))):
+        match = _ENGINE_MEMBER.search(name)
+        if match is None:
+            raise OrchError(f"{COLOCATED_ENV}: {name!r} is not an engine member name (<run>-engine-<i>-a<n>)")
+        index = int(match.group(1))
+        if index >= len(urls):
+            raise OrchError(
+                f"{COLOCATED_ENV}: {name!r} is engine {index}, but ORCH_ENGINE_URLS lists "
+                f"{len(urls)} engine(s)"
+            )
+        found.append(urls[index])
+    return found
+
+
+def _post_all(
+    urls: Sequence[str],
+    path: str,
+    body: Mapping[str, object],
+    *,
+    timeout_s: float,
+    unreachable_s: float = UNREACHABLE_S,
+) -> None:
+    """POST ``body`` to ``path`` of every engine. One that refuses connections is being restarted by its
+    supervisor: it is asked again every second, ``unreachable_s`` at most, since it would otherwise
+    serve its launch weights (or stay awake through the train phase)."""
     data = json.dumps(body).encode()
     for url in urls:
         request = urllib.request.Request(
