@@ -279,6 +279,11 @@ def test_the_ray_quickstart_succeeds_with_orch_worker_through_orch_submit_wait(
         for s in steps:  # real figures from the engines, not a simulator's
             assert s.rollouts > 0 and 0 < s.correct <= s.rollouts and s.generated_tokens > 0
             assert s.rollout_seconds > 0 and s.train_seconds > 0
+            assert s.turns >= s.rollouts and s.tool_errors <= s.tool_calls
+            assert s.reward_sum == s.correct and 0 < s.solve_rate <= 1
+            assert s.weights_version == s.step  # generated with the weights of the step before
+            assert (s.infra_masked, s.stale_dropped, s.stale_regenerated) == (0, 0, 0)
+        assert sum(s.tool_calls for s in steps) > 0  # some answers ran code in the sandbox
 
         # The learner wrote version 1 + step each step; the next step's rollouts were generated with it.
         for step in (1, 2, 3):
