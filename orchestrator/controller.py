@@ -32,6 +32,7 @@ from orchestrator.core.attribution import attribute_samples
 from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.core.failures import allowed_attempts, one_line, work_failed
 from orchestrator.core.idle import account_idle, idle_consequences
+from orchestrator.core.ports import ports_in_use
 from orchestrator.core.reconcile import cluster_diff, decide
 from orchestrator.core.results import record_checkpoint, record_filter, record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
@@ -298,6 +299,7 @@ class Controller:
             observed=observed,
             nodes=tuple(self.cluster.list_nodes()),
             used_by_others=dict(used),
+            ports_by_others=ports_in_use(w for w in live if w.run_id != run_id),
             last_checkpoint=last_checkpoint((c.step for c in checkpoints), run.steps_done),
             dropped_problems=self.store.dropped_problems(run_id),
         )

@@ -15,8 +15,9 @@ from orchestrator.core.after_step import checkpoint_after
 from orchestrator.core.failures import count_failure, give_up
 from orchestrator.core.feasibility import run_problems
 from orchestrator.core.lifecycle import check_transition
-from orchestrator.core.members import TRAINER, desired_members, workload_name
+from orchestrator.core.members import ENGINE, TRAINER, desired_members, workload_name
 from orchestrator.core.placement import place_all
+from orchestrator.core.ports import ENGINE_PORT_ENV, ENGINE_PORTS_ENV, assign_engine_ports
 from orchestrator.core.results import advance, release_workloads, run_patch, with_status
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import (
@@ -240,10 +241,19 @@ def _place(snapshot: RunSnapshot, stale: tuple[Workload, ...]) -> RunPatch | Non
     for member in members:
         if member.same_node_as:
             hosted.setdefault(member.same_node_as, []).append(member.key)
+    engines = sorted((m for m in members if m.role == ENGINE), key=lambda m: m.index)
+    ports = assign_engine_ports(
+        spec.rollout.engine.port, [placement.nodes[m.key] for m in engines], snapshot.ports_by_others
+    )
+    port_of = {m.key: port for m, port in zip(engines, ports, strict=True)}
     workloads = []
     for member in members:
         role, index = member.role, member.index
         env = _env(snapshot, role, index, attempt, trainers)
+        if role == ENGINE:
+            env[ENGINE_PORT_ENV] = str(port_of[member.key])
+        else:
+            env[ENGINE_PORTS_ENV] = ",".join(map(str, ports))
         if member.same_node_as:
             env["ORCH_COLOCATED_WITH"] = member.same_node_as
         if member.key in hosted:

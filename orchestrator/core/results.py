@@ -143,8 +143,7 @@ def record_step(snapshot: RunSnapshot, plan: StepPlan, outcome: StepOutcome) -> 
             "StepCompleted",
             f"step {plan.step}: {outcome.rollouts} rollouts, {outcome.generated_tokens} tokens at "
             f"{plan.max_response_tokens} max, rollout {outcome.rollout_seconds:.1f}s + train "
-            f"{outcome.train_seconds:.1f}s, {outcome.preemptions} preemption(s)"
-            + _left_out(outcome),
+            f"{outcome.train_seconds:.1f}s, {outcome.preemptions} preemption(s)" + _left_out(outcome),
             {"step": plan.step, "attempt": plan.attempt},
         )
     ]

@@ -32,6 +32,7 @@ class RunSnapshot:
     observed: Mapping[str, ObservedWorkload]
     nodes: tuple[NodeView, ...]
     used_by_others: Mapping[str, int] = field(default_factory=dict)
+    ports_by_others: Mapping[str, frozenset[int]] = field(default_factory=dict)  # engine ports per node
     last_checkpoint: int = 0
     dropped_problems: frozenset[int] = frozenset()
 

@@ -2,8 +2,9 @@
 
 - a trainer runs ``trainer.command`` (split as a shell would) with ``trainer.env``, its attempt's mailbox
   as ``ORCH_MAILBOX_DIR`` and the run's engine URLs as ``ORCH_ENGINE_URLS``;
-- engine ``i`` runs ``engine_launch(spec, stage)`` (``orchestrator.rollout.launch``) on port
-  ``rollout.engine.port + i``, so the engines of one box never share a port, with ``rollout.engine.env``.
+- engine ``i`` runs ``engine_launch(spec, stage)`` (``orchestrator.rollout.launch``) on the port the
+  placement gave it (``ORCH_ENGINE_PORT``, ``orchestrator.core.ports``: no two live engines of one node
+  share one; without it ``rollout.engine.port + i``), with ``rollout.engine.env``.
 
 The engines bind loopback and their URLs are ``http://127.0.0.1:<port>``: one box. ``ORCH_COMMAND`` in a
 workload's env (a shell command line) overrides the spec's command: tests and ad-hoc members use it.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.core.members import TRAINER
+from orchestrator.core.ports import ENGINE_PORT_ENV, ENGINE_PORTS_ENV
 from orchestrator.errors import OrchError
 from orchestrator.records import Workload
 from orchestrator.rollout.launch import engine_launch
@@ -38,10 +40,13 @@ class MemberLaunch:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-def engine_urls(spec: RunSpec) -> list[str]:
-    """The base URLs of the run's engines, by index."""
-    base = spec.rollout.engine.port
-    return [f"http://{ENGINE_HOST}:{base + index}" for index in range(spec.rollout.engines)]
+def engine_urls(spec: RunSpec, ports: str = "") -> list[str]:
+    """The base URLs of the run's engines, by index: on the ports the placement gave them
+    (``ORCH_ENGINE_PORTS``, comma-separated), else ``rollout.engine.port + index``."""
+    numbers = [int(port) for port in ports.split(",") if port.strip()]
+    if not numbers:
+        numbers = [spec.rollout.engine.port + index for index in range(spec.rollout.engines)]
+    return [f"http://{ENGINE_HOST}:{port}" for port in numbers]
 
 
 def member_launch(
@@ -52,7 +57,8 @@ def member_launch(
     if workload.role == TRAINER and mailbox is not None:
         env[MAILBOX_ENV] = str(mailbox)
     if spec is not None and workload.role == TRAINER:
-        env = {**spec.trainer.env, **env, ENGINES_ENV: ",".join(engine_urls(spec))}
+        urls = engine_urls(spec, env.get(ENGINE_PORTS_ENV, ""))
+        env = {**spec.trainer.env, **env, ENGINES_ENV: ",".join(urls)}
     override = env.get(COMMAND_ENV, "")
     if override.strip():
         return MemberLaunch(tuple(shlex.split(override)), env)
@@ -60,7 +66,11 @@ def member_launch(
         raise OrchError(f"{workload.name}: no command to run (no run spec, and no {COMMAND_ENV} in its env)")
     if workload.role == TRAINER:
         return MemberLaunch(tuple(shlex.split(spec.trainer.command)), env)
+    port = env.get(ENGINE_PORT_ENV, "")
     launch = engine_launch(
-        spec, stage_index, host=ENGINE_HOST, port=spec.rollout.engine.port + workload.index
+        spec,
+        stage_index,
+        host=ENGINE_HOST,
+        port=int(port) if port.isdigit() else spec.rollout.engine.port + workload.index,
     )
     return MemberLaunch(launch.argv, {**launch.env, **env})
