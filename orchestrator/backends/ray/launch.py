@@ -3,7 +3,8 @@
 - a trainer runs ``trainer.command`` (split as a shell would) with ``trainer.env``, its attempt's mailbox
   as ``ORCH_MAILBOX_DIR`` and the run's engine URLs as ``ORCH_ENGINE_URLS``;
 - engine ``i`` runs ``engine_launch(spec, stage)`` (``orchestrator.rollout.launch``) on port
-  ``rollout.engine.port + i``, so the engines of one box never share a port, with ``rollout.engine.env``.
+  ``rollout.engine.port + i``, so the engines of one box never share a port, with ``rollout.engine.env``
+  and the variables orch adds (``EngineLaunch.env``).
 
 The engines bind loopback and their URLs are ``http://127.0.0.1:<port>``: one box. ``ORCH_COMMAND`` in a
 workload's env (a shell command line) overrides the spec's command: tests and ad-hoc members use it.
