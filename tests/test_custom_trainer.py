@@ -30,7 +30,7 @@ def _result(mailbox: DirectoryTransport, key: str, process: subprocess.Popen[byt
 
 def test_the_custom_trainer_answers_step_filter_and_checkpoint_plans(
     tmp_path: Path,
-    weights: Path,
+    weights: Path,  # noqa: F811
     engines: list[str],  # noqa: F811
 ) -> None:
     mailbox = DirectoryTransport(tmp_path / "mailbox")

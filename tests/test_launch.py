@@ -2,9 +2,10 @@
 
 ``tests/data/engine_flags.json`` lists every flag orch emits or refuses, with the file and line it was read
 at, in the released wheels on PyPI:
-- vLLM 0.11.0 (vllm-0.11.0-cp38-abi3-manylinux1_x86_64.whl): vllm/engine/arg_utils.py
+- vLLM 0.16.0 (vllm-0.16.0-cp38-abi3-manylinux_2_31_x86_64.whl): vllm/engine/arg_utils.py
   (EngineArgs.add_cli_args), vllm/entrypoints/openai/cli_args.py (FrontendArgs, make_arg_parser),
-  vllm/entrypoints/cli/serve.py, vllm/entrypoints/openai/api_server.py (/health);
+  vllm/entrypoints/cli/serve.py, vllm/entrypoints/serve/instrumentator/health.py (/health), vllm/envs.py
+  (VLLM_SERVER_DEV_MODE, which vllm/entrypoints/serve/{rpc,sleep}/api_router.py need);
 - SGLang 0.5.5 (sglang-0.5.5-py3-none-any.whl): python/sglang/srt/server_args.py
   (ServerArgs.add_cli_args), python/sglang/launch_server.py, python/sglang/srt/entrypoints/http_server.py
   (/health).
@@ -28,10 +29,14 @@ FLAGS = json.loads((ROOT / "tests" / "data" / "engine_flags.json").read_text())
 QUICKSTART: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
 
 
-def spec_with(engine: dict[str, Any] | None = None, **dataset: Any) -> RunSpec:
+def spec_with(engine: dict[str, Any] | None = None, *, colocated: bool = False, **dataset: Any) -> RunSpec:
+    """The quickstart spec with this engine; trainer and engines in separate pools unless ``colocated``."""
     data = json.loads(json.dumps(QUICKSTART))
     data["rollout"]["gpus_per_engine"] = 2
     data["rollout"]["engines"] = 4
+    if not colocated:
+        data["pools"]["rollout"] = dict(data["pools"][data["rollout"]["pool"]])
+        data["rollout"]["pool"] = "rollout"
     if engine is not None:
         data["rollout"]["engine"] = engine
     data["dataset"].update(dataset)
@@ -58,9 +63,12 @@ def test_every_flag_orch_sets_or_refuses_was_read_in_the_engines_parser(kind: st
     cli = ENGINE_CLIS[kind]
     verified = set(FLAGS[kind]["flags"])
     assert cli.version == f"{kind} {FLAGS[kind]['version']}"
-    argv = engine_launch(spec_with({"kind": kind}), 0).argv
-    assert argv[: len(cli.launcher)] == cli.launcher
-    assert set(flags_of(argv[len(cli.launcher) :])) <= verified
+    for colocated in (False, True):
+        launch = engine_launch(spec_with({"kind": kind}, colocated=colocated), 0)
+        assert launch.argv[: len(cli.launcher)] == cli.launcher
+        assert set(flags_of(launch.argv[len(cli.launcher) :])) <= verified
+        assert launch.env == {name: value for name, (value, *_) in FLAGS[kind]["env"].items()}
+    assert set(cli.colocated) <= verified
     assert cli.managed_flags <= verified
     assert cli.health_path == FLAGS[kind]["health"][0]
 
@@ -77,6 +85,27 @@ def test_vllm_serve_command_line() -> None:
         "--seed", "3",
     )  # fmt: skip
     assert (launch.port, launch.health_path, launch.image) == (8100, "/health", QUICKSTART["image"])
+    # /collective_rpc (the weight reload) and /sleep are served only in dev mode
+    assert launch.env == {"VLLM_SERVER_DEV_MODE": "1"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "flags"),
+    [
+        ("vllm", ("--enable-sleep-mode",)),
+        ("sglang", ("--enable-memory-saver", "--enable-weights-cpu-backup")),
+    ],
+)
+def test_an_engine_sharing_the_trainers_gpus_can_free_its_memory(kind: str, flags: tuple[str, ...]) -> None:
+    shared = engine_launch(spec_with({"kind": kind}, colocated=True), 0).argv
+    apart = engine_launch(spec_with({"kind": kind}), 0).argv
+    assert shared == (*apart, *flags)
+    assert not set(flags) & set(apart)
+
+
+def test_orch_keeps_vllm_dev_mode_on_over_the_spec_env() -> None:
+    launch = engine_launch(spec_with({"env": {"VLLM_SERVER_DEV_MODE": "0", "HF_HOME": "/hf"}}), 0)
+    assert launch.env == {"VLLM_SERVER_DEV_MODE": "1", "HF_HOME": "/hf"}
 
 
 def test_sglang_launch_server_command_line() -> None:
@@ -93,6 +122,7 @@ def test_sglang_launch_server_command_line() -> None:
     )  # fmt: skip
     assert "--disable-radix-cache" not in launch.argv  # SGLang's prefix (radix) cache is on by default
     assert launch.image == "lmsysorg/sglang:v0.5.5"
+    assert launch.env == {}
 
 
 def test_the_max_model_len_is_the_longest_prompt_plus_the_stage_limit() -> None:
@@ -164,6 +194,11 @@ def test_existing_specs_get_a_vllm_engine_and_orch_worker_by_default() -> None:
         ),
         pytest.param(
             {"args": ["-tp", "4"]}, ["rollout.engine.args:", "-tp is set by orch"], id="vllm-tp-alias"
+        ),
+        pytest.param(
+            {"args": ["--no-enable-sleep-mode"]},
+            ["rollout.engine.args:", "--no-enable-sleep-mode is set by orch"],
+            id="vllm-sleep-mode-off",
         ),
         pytest.param(
             {"kind": "sglang", "args": ["--disable-radix-cache"]},

@@ -35,7 +35,10 @@ def engine_launch(
     The context length is the longest prompt plus the stage's ``max_response_tokens``; the tensor
     parallel size is ``rollout.gpus_per_engine``. ``host`` is the address the engine binds (loopback
     unless the backend needs it reachable from other nodes); ``port`` replaces ``rollout.engine.port``
-    (a backend running several engines on one host gives each its own).
+    (a backend running several engines on one host gives each its own). When the spec is colocated the
+    engine gets the flag that lets it free its GPU memory for the learner (vLLM ``--enable-sleep-mode``,
+    SGLang ``--enable-memory-saver``); a vLLM engine always gets ``VLLM_SERVER_DEV_MODE=1``, without which
+    it serves neither ``/collective_rpc`` (the weight reload) nor ``/sleep``.
     """
     if not 0 <= stage_index < len(spec.curriculum):
         raise IndexError(f"stage {stage_index} is not in the curriculum (0..{len(spec.curriculum) - 1})")
@@ -48,6 +51,7 @@ def engine_launch(
         "tp": str(spec.rollout.gpus_per_engine),
         "max_model_len": str(spec.max_model_len(stage_index)),
     }
+    env = dict(engine.env)
     if engine.kind == "command":
         assert engine.command is not None  # the spec refuses kind command without one
         # Split first, then fill in: a model path with a space stays one argument.
@@ -68,12 +72,14 @@ def engine_launch(
             cli.max_model_len,
             values["max_model_len"],
             *cli.always,
+            *(cli.colocated if spec.colocated else ()),
         )
         health = cli.health_path
+        env.update(cli.env)
     return EngineLaunch(
         argv=(*argv, *engine.args),
         image=engine.image or spec.image,
         port=port,
         health_path=health,
-        env=dict(engine.env),
+        env=env,
     )

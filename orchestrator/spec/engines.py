@@ -32,6 +32,12 @@ class EngineCli:
     tensor_parallel: str
     max_model_len: str
     always: tuple[str, ...]  # flags orch always adds (prefix caching)
+    # Flags orch adds when the engines share the trainer's GPUs (``RunSpec.colocated``): the engine must be
+    # able to free its GPU memory while the learner runs.
+    colocated: tuple[str, ...]
+    # Environment variables orch sets on every engine (over ``rollout.engine.env``): what the weight reload
+    # and sleep endpoints need.
+    env: tuple[tuple[str, str], ...]
     # Other spellings of the flags above, and the flag that would turn prefix caching off: refused in
     # rollout.engine.args too.
     refused: tuple[str, ...]
@@ -45,17 +51,27 @@ class EngineCli:
 
 
 ENGINE_CLIS: dict[str, EngineCli] = {
-    # vLLM 0.11.0 (PyPI wheel vllm-0.11.0-cp38-abi3-manylinux1_x86_64.whl):
+    # vLLM 0.16.0 (PyPI wheel vllm-0.16.0-cp38-abi3-manylinux_2_31_x86_64.whl), the first release whose
+    # worker takes `reload_weights(weights_path=DIR)` (vllm/v1/worker/gpu_model_runner.py,
+    # GPUModelRunner.reload_weights; vllm/v1/worker/gpu_worker.py, Worker.reload_weights(*args, **kwargs));
+    # 0.11.0 to 0.15.1 have `reload_weights(self)` only, which re-reads the launch model.
     # - `vllm serve MODEL`: the positional `model_tag` in vllm/entrypoints/openai/cli_args.py
     #   (make_arg_parser); `--model` is the same setting (vllm/engine/arg_utils.py, EngineArgs.add_cli_args).
     # - `--host`, `--port`: FrontendArgs.host / FrontendArgs.port in vllm/entrypoints/openai/cli_args.py,
     #   turned into flags by `f"--{key.replace('_', '-')}"` in FrontendArgs.add_cli_args.
-    # - `--tensor-parallel-size` (alias `-tp`), `--max-model-len`, `--enable-prefix-caching`:
-    #   vllm/engine/arg_utils.py, EngineArgs.add_cli_args (ParallelConfig, ModelConfig, CacheConfig groups);
-    #   a bool field gets argparse.BooleanOptionalAction there, hence `--no-enable-prefix-caching`.
-    # - readiness: `@router.get("/health")` in vllm/entrypoints/openai/api_server.py.
+    # - `--tensor-parallel-size` (alias `-tp`), `--max-model-len`, `--enable-prefix-caching`,
+    #   `--enable-sleep-mode`: vllm/engine/arg_utils.py, EngineArgs.add_cli_args (ParallelConfig,
+    #   ModelConfig, CacheConfig groups); a bool field gets argparse.BooleanOptionalAction there, hence
+    #   `--no-enable-prefix-caching` / `--no-enable-sleep-mode`. Without `--enable-sleep-mode` the weights
+    #   and KV cache are not allocated in the CuMemAllocator pool (Worker._maybe_get_memory_pool_context),
+    #   so `POST /sleep` answers 200 and frees nothing.
+    # - `VLLM_SERVER_DEV_MODE=1` (vllm/envs.py, parsed with `bool(int(...))`): without it the `attach_router`
+    #   of vllm/entrypoints/serve/rpc/api_router.py (`/collective_rpc`) and
+    #   vllm/entrypoints/serve/sleep/api_router.py (`/sleep`, `/wake_up`, `/is_sleeping`) return early, so
+    #   those paths answer 404.
+    # - readiness: `@router.get("/health")` in vllm/entrypoints/serve/instrumentator/health.py.
     "vllm": EngineCli(
-        version="vllm 0.11.0",
+        version="vllm 0.16.0",
         launcher=("vllm", "serve"),
         model=None,
         host="--host",
@@ -63,7 +79,9 @@ ENGINE_CLIS: dict[str, EngineCli] = {
         tensor_parallel="--tensor-parallel-size",
         max_model_len="--max-model-len",
         always=("--enable-prefix-caching",),
-        refused=("--model", "-tp", "--no-enable-prefix-caching"),
+        colocated=("--enable-sleep-mode",),
+        env=(("VLLM_SERVER_DEV_MODE", "1"),),
+        refused=("--model", "-tp", "--no-enable-prefix-caching", "--no-enable-sleep-mode"),
         health_path="/health",
     ),
     # SGLang 0.5.5 (PyPI wheel sglang-0.5.5-py3-none-any.whl), python/sglang/srt/server_args.py,
@@ -71,7 +89,14 @@ ENGINE_CLIS: dict[str, EngineCli] = {
     # `--tensor-parallel-size`), `--context-length`. The radix (prefix) cache is on unless
     # `--disable-radix-cache` is given (ServerArgs.disable_radix_cache = False), so no flag turns it on.
     # The launcher is the module python/sglang/launch_server.py; readiness: `@app.get("/health")` in
-    # python/sglang/srt/entrypoints/http_server.py.
+    # python/sglang/srt/entrypoints/http_server.py. `--enable-memory-saver` (store_true): without it the
+    # scheduler's TorchMemorySaverAdapter is a no-op (python/sglang/srt/utils/torch_memory_saver_adapter.py),
+    # so `/release_memory_occupation` answers 200 and frees nothing; with it the engine needs the
+    # `torch_memory_saver` package. `--enable-weights-cpu-backup` (store_true; the weights region's
+    # `enable_cpu_backup` in python/sglang/srt/model_executor/model_runner.py) keeps the released weights in
+    # CPU memory, like vLLM's sleep level 1: without it a resumed engine whose reload never comes (the
+    # learner failed) would serve undefined weights. `/update_weights_from_disk` and the memory endpoints
+    # need no flag.
     "sglang": EngineCli(
         version="sglang 0.5.5",
         launcher=("python3", "-m", "sglang.launch_server"),
@@ -81,6 +106,8 @@ ENGINE_CLIS: dict[str, EngineCli] = {
         tensor_parallel="--tp-size",
         max_model_len="--context-length",
         always=(),
+        colocated=("--enable-memory-saver", "--enable-weights-cpu-backup"),
+        env=(),
         refused=("--tensor-parallel-size", "--disable-radix-cache"),
         health_path="/health",
     ),

@@ -16,15 +16,18 @@ and field ``weights_version``. It reloads through the engines' own endpoints (sa
 
 - vLLM ``POST /collective_rpc`` ``{"method": "reload_weights", "kwargs": {"weights_path": DIR}}`` →
   ``{"results": [null, ...]}`` (one per tensor-parallel worker); without ``weights_path`` it re-reads the
-  current directory. vLLM serves it only with ``VLLM_SERVER_DEV_MODE=1``
-  (``vllm/entrypoints/serve/dev/rpc/api_router.py``; ``Worker.reload_weights(*args, **kwargs)`` passes
-  ``weights_path`` to ``GPUModelRunner.reload_weights``, ``vllm/v1/worker/gpu_worker.py``).
-- SGLang ``POST /update_weights_from_disk`` ``{"model_path": DIR}`` → ``{"success", "message",
+  current directory. vLLM 0.16.0 serves it only with ``VLLM_SERVER_DEV_MODE=1``
+  (``vllm/entrypoints/serve/rpc/api_router.py``; ``Worker.reload_weights(*args, **kwargs)`` passes
+  ``weights_path`` to ``GPUModelRunner.reload_weights``, ``vllm/v1/worker/gpu_worker.py``; 0.15.1 and
+  earlier take no ``weights_path``).
+- SGLang 0.5.5 ``POST /update_weights_from_disk`` ``{"model_path": DIR}`` → ``{"success", "message",
   "num_paused_requests"}``, 400 on failure (``python/sglang/srt/entrypoints/http_server.py``).
 
-Sleep: vLLM ``POST /sleep?level=N``, ``POST /wake_up``, ``GET /is_sleeping`` → ``{"is_sleeping": bool}``
-(``vllm/entrypoints/serve/dev/sleep/api_router.py``); SGLang ``/release_memory_occupation`` and
-``/resume_memory_occupation`` (GET or POST). Asleep, completions get 503; ``/health`` still answers.
+Sleep: vLLM 0.16.0 ``POST /sleep?level=N``, ``POST /wake_up``, ``GET /is_sleeping`` → ``{"is_sleeping":
+bool}`` (``vllm/entrypoints/serve/sleep/api_router.py``, dev mode only); SGLang 0.5.5
+``/release_memory_occupation`` and ``/resume_memory_occupation`` (GET or POST). Asleep, completions get
+503; ``/health`` still answers. A real engine frees memory only when started with ``--enable-sleep-mode``
+(vLLM) or ``--enable-memory-saver`` (SGLang), and otherwise still answers 200; the fake always "frees".
 
 Answers: with a ``FakeModel`` (``orchestrator.testing.fake_model``; the process always has one) the text is
 a deterministic model's answer whose share of correct answers grows with the weights version; without

@@ -5,15 +5,22 @@
   ``ORCH_WEIGHTS_OUT`` (a new directory for the weights it writes). A non-zero exit is a ``LearnerError``
   carrying the tail of its stderr.
 - ``reload_engines``: every engine loads the new weights directory through its own endpoint, by
-  ``rollout.engine.kind``: SGLang ``POST /update_weights_from_disk`` ``{"model_path": DIR}``; vLLM (and
+  ``rollout.engine.kind``: SGLang 0.5.5 ``POST /update_weights_from_disk`` ``{"model_path": DIR}``
+  (``UpdateWeightFromDiskReqInput``, ``python/sglang/srt/managers/io_struct.py``); vLLM 0.16.0 (and
   ``kind: command``, which orch cannot tell apart) ``POST /collective_rpc``
-  ``{"method": "reload_weights", "kwargs": {"weights_path": DIR}}`` (the fake engine documents both).
+  ``{"method": "reload_weights", "kwargs": {"weights_path": DIR}}``
+  (``vllm/entrypoints/serve/rpc/api_router.py``, served only with ``VLLM_SERVER_DEV_MODE=1``;
+  ``GPUModelRunner.reload_weights(weights_path=...)``, ``vllm/v1/worker/gpu_model_runner.py``, new in 0.16.0).
+  The fake engine imitates both.
 - ``sleep_engines`` / ``wake_engines``: engines that share the trainer's GPUs free their memory for the
   learner and take it back: vLLM ``POST /sleep?level=1`` and ``POST /wake_up``
-  (``vllm/entrypoints/serve/dev/sleep/api_router.py``, served with ``--enable-sleep-mode``); SGLang
-  ``POST /release_memory_occupation`` and ``POST /resume_memory_occupation`` with ``{}``
-  (``sglang/srt/entrypoints/http_server.py``). ``colocated_urls`` picks those engines' URLs out of
-  ``ORCH_ENGINE_URLS`` by the member names in ``ORCH_COLOCATED_ENGINES``.
+  (``vllm/entrypoints/serve/sleep/api_router.py``, dev mode only; the memory is freed only when the engine
+  was started with ``--enable-sleep-mode``); SGLang ``POST /release_memory_occupation`` and
+  ``POST /resume_memory_occupation`` with ``{}`` (no ``tags``: weights, KV cache and CUDA graphs;
+  ``python/sglang/srt/entrypoints/http_server.py``; freed only with ``--enable-memory-saver``, and refused
+  while requests are running). ``orchestrator.rollout.launch`` adds those flags and the variable.
+  ``colocated_urls`` picks those engines' URLs out of ``ORCH_ENGINE_URLS`` by the member names in
+  ``ORCH_COLOCATED_ENGINES``.
 - ``save_checkpoint``: the weights directory is copied into ``<checkpoint>/weights``, where a resumed
   attempt finds it (``checkpoint_weights``).
 """

@@ -4,7 +4,8 @@
   as ``ORCH_MAILBOX_DIR`` and the run's engine URLs as ``ORCH_ENGINE_URLS``;
 - engine ``i`` runs ``engine_launch(spec, stage)`` (``orchestrator.rollout.launch``) on the port the
   placement gave it (``ORCH_ENGINE_PORT``, ``orchestrator.core.ports``: no two live engines of one node
-  share one; without it ``rollout.engine.port + i``), with ``rollout.engine.env``.
+  share one; without it ``rollout.engine.port + i``), with ``rollout.engine.env`` and the variables orch
+  adds (``EngineLaunch.env``).
 
 The engines bind loopback and their URLs are ``http://127.0.0.1:<port>``: one box. ``ORCH_COMMAND`` in a
 workload's env (a shell command line) overrides the spec's command: tests and ad-hoc members use it.
