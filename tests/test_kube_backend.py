@@ -15,8 +15,10 @@ from kubernetes import client
 from orchestrator import service
 from orchestrator.backends.base import BackendParts
 from orchestrator.controller import Controller
+from orchestrator.errors import SpecError
 from orchestrator.kube.backend import make_kube_backend
 from orchestrator.kube.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from orchestrator.kube.rbac import CONTROLLER_ACCOUNT, TRAINER_ACCOUNT, load_rbac_rules, rbac_allows
 from orchestrator.records import Phase, Run
 from orchestrator.state.store import Store
 from tests.conftest import spec_data, write_spec
@@ -49,15 +51,21 @@ class FakeCluster:
             self.node(name, pool="train")
         self.node("gen-0", pool="gen")
 
-    def backend(self) -> BackendParts:
+    def backend(self, trainer_service_account: str = TRAINER_ACCOUNT) -> BackendParts:
         backend = make_kube_backend(
-            self.server.api_client(), namespace=NAMESPACE, pool_label=POOL, watch_timeout_s=1
+            self.server.api_client(user=CONTROLLER_ACCOUNT),
+            namespace=NAMESPACE,
+            pool_label=POOL,
+            trainer_service_account=trainer_service_account,
+            watch_timeout_s=1,
         )
         self.backends.append(backend)
         return backend
 
-    def controller(self, store: Store, identity: str = "ctl-a") -> tuple[Controller, BackendParts]:
-        backend = self.backend()
+    def controller(
+        self, store: Store, identity: str = "ctl-a", trainer_service_account: str = TRAINER_ACCOUNT
+    ) -> tuple[Controller, BackendParts]:
+        backend = self.backend(trainer_service_account)
         controller = Controller(
             store,
             backend.cluster,
@@ -94,6 +102,7 @@ def cluster() -> Iterator[FakeCluster]:
     for backend in fake.backends:
         backend.close()
     kubelet.stop()
+    trainer.close()
     server.stop()
 
 
@@ -166,6 +175,15 @@ def test_the_quickstart_completes_on_kubernetes(store: Store, cluster: FakeClust
     assert len(hosted) == 8, "colocated engines run inside the trainer pod, not as pods of their own"
     [owner] = trainer["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"]) == ("ConfigMap", f"{run.id}-control")
+    assert trainer["spec"]["serviceAccountName"] == "orch-trainer"
+    assert trainer["spec"]["automountServiceAccountToken"] is True
+    # The trainer took its work through the API as that account, and its results are owned by the run.
+    assert {r.user for r in cluster.server.requests if r.name.startswith(run.id)} == {
+        CONTROLLER_ACCOUNT,
+        "orch-trainer",
+    }
+    results = cluster.configmaps_seen[f"{run.id}-a1-results"]
+    assert [o["name"] for o in results["metadata"]["ownerReferences"]] == [f"{run.id}-control"]
     assert cluster.server.list_objects("", "pods", NAMESPACE) == [], "finished runs leave no pods"
 
 
@@ -188,7 +206,10 @@ def test_a_gang_across_nodes_and_separate_engines_get_the_right_pods(
     assert [env_of(pods[n])["ORCH_RANK"] for n in trainers] == ["0", "1"]
     assert {env_of(pods[n])["ORCH_WORLD_SIZE"] for n in trainers} == {"2"}
     assert len({env_of(pods[n])["ORCH_MASTER_ADDR"] for n in trainers}) == 1
+    assert {pods[n]["spec"]["serviceAccountName"] for n in trainers} == {"orch-trainer"}
     for name in engines:
+        assert pods[name]["spec"]["automountServiceAccountToken"] is False, "engines never call the API"
+        assert "serviceAccountName" not in pods[name]["spec"]
         assert pods[name]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
         assert pods[name]["spec"]["nodeSelector"] == {POOL: "gen", "kubernetes.io/hostname": "gen-0"}
     service_name = f"{run.id}-a1"
@@ -274,7 +295,11 @@ def test_a_restarted_controller_relists_and_creates_nothing_twice(
     assert done.phase is Phase.SUCCEEDED
     assert done.attempt == 1, "the gang survived the controller restart"
     assert cluster.pod_creates() == 1 and list(cluster.pods_seen) == [f"{run.id}-trainer-0-a1"]
-    creates = Counter((r.resource, r.name) for r in cluster.server.requests if r.verb == "create")
+    creates = Counter(
+        (r.resource, r.name)
+        for r in cluster.server.requests
+        if r.verb == "create" and r.user == CONTROLLER_ACCOUNT
+    )
     assert creates == Counter({("pods", ""): 1, ("services", ""): 1, ("configmaps", ""): 1})
     assert [s.step for s in store.steps(run.id)] == list(range(1, 10))
 
@@ -360,14 +385,13 @@ def test_deleting_a_training_run_cancels_its_run_and_its_pods_go(store: Store, c
     assert cluster.server.get_object("", "configmaps", NAMESPACE, f"{run.id}-control") is None, "owner GC"
 
 
-def test_rbac_covers_every_call_the_backend_makes_and_grants_nothing_it_does_not_use(
+def test_rbac_covers_every_call_the_backend_and_the_trainers_make_and_grants_nothing_unused(
     store: Store, cluster: FakeCluster, tmp_path: Path
 ) -> None:
-    from orchestrator.kube.rbac import load_rbac_rules, rbac_allows
-
     cluster.split_pool_nodes()
     data = split_pools_data()
-    # Test-side objects go in without HTTP, so every logged request is the controller's own.
+    # Test-side objects go in without HTTP, so every logged request is the controller's or a trainer's,
+    # each calling as its ServiceAccount (the fake records the bearer token as the caller).
     cluster.server.put_object(training_run("math", data))
     cluster.server.put_object(training_run("bad", {**data, "image": ""}))
     controller, _ = cluster.controller(store, identity="ctl-1")
@@ -379,26 +403,59 @@ def test_rbac_covers_every_call_the_backend_makes_and_grants_nothing_it_does_not
     cluster.server.compact()
     drive(controller, store, run.id)
     controller.reconcile_once()
-
-    rules = load_rbac_rules(Path(__file__).resolve().parents[1] / "manifests" / "base")
-    calls = {(r.verb, r.group, r.resource, r.subresource, r.namespace != "") for r in cluster.server.requests}
-    for verb, group, resource, sub, namespaced in sorted(calls):
-        allowed = rbac_allows(rules["cluster"], verb, group, resource, sub) or (
-            namespaced and rbac_allows(rules["namespace"], verb, group, resource, sub)
-        )
-        assert allowed, f"RBAC forbids {verb} {group or 'core'}/{resource}{'/' + sub if sub else ''}"
-    for scope, scoped_rules in rules.items():
-        for rule in scoped_rules:
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    name, _, sub = resource.partition("/")
-                    for verb in rule["verbs"]:
-                        used = any(
-                            (v, g, r, s) == (verb, group, name, sub) and (namespaced or scope == "cluster")
-                            for v, g, r, s, namespaced in calls
-                        )
-                        assert used, f"{scope} rule grants {verb} {group or 'core'}/{resource}, never used"
     assert store.get_run(run.id).phase is Phase.SUCCEEDED
+
+    requests = cluster.server.requests
+    assert {r.user for r in requests} == {CONTROLLER_ACCOUNT, TRAINER_ACCOUNT}
+    manifests = Path(__file__).resolve().parents[1] / "manifests" / "base"
+    for account in (CONTROLLER_ACCOUNT, TRAINER_ACCOUNT):
+        rules = load_rbac_rules(manifests, account=account)
+        mine = [r for r in requests if r.user == account]
+        for r in mine:
+            allowed = rbac_allows(
+                rules["cluster"], r.verb, r.group, r.resource, r.subresource, name=r.name
+            ) or (
+                r.namespace != ""
+                and rbac_allows(rules["namespace"], r.verb, r.group, r.resource, r.subresource, name=r.name)
+            )
+            assert allowed, f"RBAC forbids {account}: {r.verb} {r.group or 'core'}/{r.resource} {r.name}"
+        calls = {(r.verb, r.group, r.resource, r.subresource, r.namespace != "") for r in mine}
+        for scope, scoped_rules in rules.items():
+            for rule in scoped_rules:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        name, _, sub = resource.partition("/")
+                        for verb in rule["verbs"]:
+                            used = any(
+                                (v, g, r, s) == (verb, group, name, sub)
+                                and (namespaced or scope == "cluster")
+                                for v, g, r, s, namespaced in calls
+                            )
+                            assert used, f"{account}: {scope} rule grants {verb} {group or 'core'}/{resource}"
+    trainer_calls = {(r.verb, r.name.removeprefix(run.id)) for r in requests if r.user == TRAINER_ACCOUNT}
+    # Both attempts' trainers read the control ConfigMap and created, read and patched their results.
+    assert trainer_calls == {
+        ("get", "-control"),
+        ("create", ""),
+        *{(verb, f"-a{attempt}-results") for verb in ("get", "patch") for attempt in (1, 2)},
+    }
+
+
+def test_trainer_pods_run_as_the_account_the_controller_is_given(
+    store: Store, cluster: FakeCluster, quickstart: Path
+) -> None:
+    cluster.node("gpu-0")
+    controller, _ = cluster.controller(store, trainer_service_account="team-a-trainer")
+    run = service.submit(store, service.validate(quickstart))
+    drive(controller, store, run.id, until=lambda r: r.steps_done >= 1)
+    assert cluster.pods_seen[f"{run.id}-trainer-0-a1"]["spec"]["serviceAccountName"] == "team-a-trainer"
+    assert "team-a-trainer" in {r.user for r in cluster.server.requests}
+
+
+@pytest.mark.parametrize("name", ["", "Orch_Trainer", "a" * 254])
+def test_a_bad_trainer_service_account_is_refused_naming_the_setting(cluster: FakeCluster, name: str) -> None:
+    with pytest.raises(SpecError, match="ORCH_TRAINER_SERVICE_ACCOUNT"):
+        cluster.backend(trainer_service_account=name)
 
 
 FAILURES: dict[str, Callable[[FakeKubelet, str], None]] = {

@@ -693,3 +693,14 @@ def test_a_failing_behavior_surfaces_on_stop(kubelet: FakeKubelet) -> None:
     assert called.wait(5)
     with pytest.raises(RuntimeError, match="scripted trainer crashed"):
         kubelet.stop()
+
+
+def test_request_log_records_the_bearer_token_as_the_caller(server: FakeKubeServer) -> None:
+    server.clear_requests()
+    with server.api_client(user="orch-trainer") as trainer, server.api_client() as anonymous:
+        client.CoreV1Api(trainer).create_namespaced_config_map(NS, {"metadata": {"name": "c"}})
+        client.CoreV1Api(anonymous).read_namespaced_config_map("c", NS)
+    assert server.requests == [
+        ApiRequest("create", "", "configmaps", "", NS, "", "orch-trainer"),
+        ApiRequest("get", "", "configmaps", "", NS, "c", ""),
+    ]

@@ -34,7 +34,7 @@ from orchestrator.kube.crd import (
     training_run_schema,
 )
 from orchestrator.kube.manifests import dump_yaml
-from orchestrator.kube.rbac import load_rbac_rules, rbac_allows
+from orchestrator.kube.rbac import TRAINER_ACCOUNT, load_rbac_rules, rbac_allows
 from orchestrator.spec import load_spec_data, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -398,6 +398,28 @@ def test_rbac_allows_matches_like_the_apiserver() -> None:
     assert rbac_allows(rules, "update", "coordination.k8s.io", "leases", name="orch")
     assert not rbac_allows(rules, "update", "coordination.k8s.io", "leases", name="other")
     assert not rbac_allows(rules, "update", "coordination.k8s.io", "leases")
+
+
+TRAINER_NEEDED = {("namespace", verb, "", "configmaps", "") for verb in ("get", "create", "patch")}
+
+
+def test_the_trainer_account_may_only_get_create_and_patch_configmaps() -> None:
+    rules = load_rbac_rules(MANIFESTS / "base", account=TRAINER_ACCOUNT)
+    granted = {
+        (scope, verb, group, resource.partition("/")[0], resource.partition("/")[2])
+        for scope, scoped_rules in rules.items()
+        for rule in scoped_rules
+        for verb in rule["verbs"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert granted == TRAINER_NEEDED
+    for verb in ("list", "watch", "update", "delete", "deletecollection"):
+        assert not rbac_allows(rules["namespace"], verb, "", "configmaps")
+    assert not rbac_allows(rules["namespace"], "get", "", "secrets")
+    assert not rbac_allows(rules["namespace"], "get", "", "pods")
+    account = one(rendered("base"), "ServiceAccount", TRAINER_ACCOUNT)
+    assert account.get("automountServiceAccountToken", True) is True, "trainers need their token"
 
 
 def test_the_agent_account_has_no_rules_and_no_token() -> None:

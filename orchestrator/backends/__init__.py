@@ -65,11 +65,14 @@ def make_backend(
         return make_ray_backend(pool_label=os.environ.get(POOL_LABEL_ENV))
     from orchestrator.kube.backend import make_kube_backend
     from orchestrator.kube.cluster import DEFAULT_NAMESPACE, DEFAULT_POOL_LABEL, api_client_from_environment
+    from orchestrator.kube.objects import TRAINER_SERVICE_ACCOUNT, TRAINER_SERVICE_ACCOUNT_ENV
 
     return make_kube_backend(
         api_client_from_environment(),
         namespace=os.environ.get(NAMESPACE_ENV, DEFAULT_NAMESPACE),
         pool_label=os.environ.get(POOL_LABEL_ENV, DEFAULT_POOL_LABEL),
+        trainer_service_account=os.environ.get(TRAINER_SERVICE_ACCOUNT_ENV, "").strip()
+        or TRAINER_SERVICE_ACCOUNT,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from orchestrator.backends.base import BackendParts
 from orchestrator.kube.cluster import KubeCluster, transient_kube_error
 from orchestrator.kube.mailbox import KubeExecutor
+from orchestrator.kube.objects import TRAINER_SERVICE_ACCOUNT
 from orchestrator.kube.training_runs import TrainingRunMirror
 from orchestrator.telemetry.scrape import AgentScrapeFeed
 
@@ -17,10 +18,24 @@ AGENT_URLS_ENV = "ORCH_AGENT_URLS"  # comma-separated agent (or agent Service en
 
 
 def make_kube_backend(
-    api_client: Any, *, namespace: str, pool_label: str, watch_timeout_s: int = 5
+    api_client: Any,
+    *,
+    namespace: str,
+    pool_label: str,
+    trainer_service_account: str = TRAINER_SERVICE_ACCOUNT,
+    watch_timeout_s: int = 5,
 ) -> BackendParts:
-    """The Kubernetes backend over an ``ApiClient``: pods, the trainer mailbox and TrainingRuns."""
-    cluster = KubeCluster(api_client, namespace, pool_label, watch_timeout_s=watch_timeout_s)
+    """The Kubernetes backend over an ``ApiClient``: pods, the trainer mailbox and TrainingRuns.
+
+    Trainer pods run as ``trainer_service_account`` (``orch-trainer``, which manifests/base binds to the
+    ConfigMap calls of their mailbox)."""
+    cluster = KubeCluster(
+        api_client,
+        namespace,
+        pool_label,
+        trainer_service_account=trainer_service_account,
+        watch_timeout_s=watch_timeout_s,
+    )
     mirror = TrainingRunMirror(api_client, cluster)
     urls = [url for url in os.environ.get(AGENT_URLS_ENV, "").split(",") if url.strip()]
     feed = AgentScrapeFeed(urls) if urls else None

@@ -42,6 +42,8 @@ from orchestrator.kube.objects import (
     MERGE_PATCH,
     ROLE_LABEL,
     RUN_LABEL,
+    TRAINER_SERVICE_ACCOUNT,
+    check_service_account,
     closed_key,
     control_configmap,
     control_name,
@@ -85,11 +87,13 @@ class KubeCluster:
         namespace: str = DEFAULT_NAMESPACE,
         pool_label: str = DEFAULT_POOL_LABEL,
         *,
+        trainer_service_account: str = TRAINER_SERVICE_ACCOUNT,
         watch_timeout_s: int = 5,
     ) -> None:
         self.core = client.CoreV1Api(api_client)
         self.namespace = namespace
         self.pool_label = pool_label
+        self.trainer_service_account = check_service_account(trainer_service_account)
         self.changes = Changes()
         informer = {"changes": self.changes, "watch_timeout_s": watch_timeout_s}
         self.pods = Informer(self.core.list_namespaced_pod, namespace, label_selector=RUN_LABEL, **informer)
@@ -165,7 +169,14 @@ class KubeCluster:
                 self.core.create_namespaced_service, rendezvous_service(workload, self.namespace, owner)
             )
         return self._create(
-            self.core.create_namespaced_pod, pod_manifest(workload, self.namespace, self.pool_label, owner)
+            self.core.create_namespaced_pod,
+            pod_manifest(
+                workload,
+                self.namespace,
+                self.pool_label,
+                owner,
+                trainer_service_account=self.trainer_service_account,
+            ),
         )
 
     def delete_workload(self, name: str) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from orchestrator.errors import SpecError
 from orchestrator.hardware import GPU_TYPE_ENV, GPU_TYPES, H100_80GB, gpu_resource_names
 from orchestrator.records import Workload
 from orchestrator.worker.transport import CONFIGMAP_MAILBOX, MAILBOX_KIND_ENV
@@ -22,6 +24,9 @@ __all__ = [
     "ROLE_LABEL",
     "RUN_LABEL",
     "SPEC_KEY",
+    "TRAINER_SERVICE_ACCOUNT",
+    "TRAINER_SERVICE_ACCOUNT_ENV",
+    "check_service_account",
     "closed_key",
     "control_configmap",
     "control_name",
@@ -48,10 +53,26 @@ SPEC_KEY, PLAN_KEY = "spec.json", "plan.json"  # the control ConfigMap's keys
 # takes its work through the API (``orchestrator.kube.trainer_transport``) in this namespace.
 NAMESPACE_ENV = "ORCH_NAMESPACE"
 PRIORITY_CLASSES = {"trainer": "orch-training", "engine": "orch-rollout"}
+# Trainer pods run as this ServiceAccount: the mailbox needs the API (manifests/base/rbac.yaml grants it
+# the ConfigMap calls ``trainer_transport`` makes). Engine pods never call the API and get no token.
+TRAINER_SERVICE_ACCOUNT = "orch-trainer"
+TRAINER_SERVICE_ACCOUNT_ENV = "ORCH_TRAINER_SERVICE_ACCOUNT"  # the controller's setting; default above
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # Container states that never recover on their own: the member has failed even though the pod is Pending.
 STUCK_REASONS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff", "CreateContainerConfigError"}
 )
+
+
+def check_service_account(name: str) -> str:
+    """``name`` if it can name a ServiceAccount (a DNS subdomain), else a ``SpecError`` naming the setting."""
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        raise SpecError(
+            f"{TRAINER_SERVICE_ACCOUNT_ENV}: {name!r} is not a ServiceAccount name (lowercase letters, "
+            f"digits, '-' and '.', at most 253); set it to the trainers' account, "
+            f"e.g. {TRAINER_SERVICE_ACCOUNT}"
+        )
+    return name
 
 
 def control_name(run_id: str) -> str:
@@ -137,9 +158,18 @@ def gpu_resource(workload: Workload) -> str:
 
 
 def pod_manifest(
-    workload: Workload, namespace: str, pool_label: str, owner: dict[str, Any]
+    workload: Workload,
+    namespace: str,
+    pool_label: str,
+    owner: dict[str, Any],
+    *,
+    trainer_service_account: str = TRAINER_SERVICE_ACCOUNT,
 ) -> dict[str, Any]:
-    """One gang member or engine, pinned to the node placement chose, with its GPUs and env."""
+    """One gang member or engine, pinned to the node placement chose, with its GPUs and env.
+
+    Trainers run as ``trainer_service_account``, with its token mounted, to reach their mailbox through
+    the API; engines never call the API, so they get no token at all.
+    """
     service = rendezvous_name(workload.run_id, workload.attempt)
     env = dict(workload.env)
     if workload.role == "trainer":
@@ -167,11 +197,17 @@ def pod_manifest(
     }
     if "ORCH_COLOCATED_ENGINES" in workload.env:
         metadata["annotations"] = {COLOCATED_ANNOTATION: workload.env["ORCH_COLOCATED_ENGINES"]}
+    identity: dict[str, Any] = (
+        {"serviceAccountName": trainer_service_account, "automountServiceAccountToken": True}
+        if workload.role == "trainer"
+        else {"automountServiceAccountToken": False}
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": metadata,
         "spec": {
+            **identity,
             "restartPolicy": "Never",
             "hostname": workload.name,
             "subdomain": service,

@@ -1,8 +1,8 @@
-"""Kubernetes RBAC, read from the shipped manifests: what may the controller's ServiceAccount do?
+"""Kubernetes RBAC, read from the shipped manifests: what may the controller's (or trainers') account do?
 
 ``rbac_allows`` matches one request against PolicyRule dicts the way the apiserver's RBAC authorizer does
 (``*`` wildcards, ``*/subresource``, ``resourceNames``), so a test can replay every API call the kube backend
-made against a fake apiserver and prove the shipped Role and ClusterRole are sufficient.
+and the trainers made against a fake apiserver and prove the shipped Roles and ClusterRole are sufficient.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CONTROLLER_ACCOUNT", "load_rbac_rules", "rbac_allows"]
+from orchestrator.kube.objects import TRAINER_SERVICE_ACCOUNT
+
+__all__ = ["CONTROLLER_ACCOUNT", "TRAINER_ACCOUNT", "load_rbac_rules", "rbac_allows"]
 
 CONTROLLER_ACCOUNT = "orch-controller"
+TRAINER_ACCOUNT = TRAINER_SERVICE_ACCOUNT  # what trainer pods run as unless the controller is told otherwise
 
 
 def _matches(values: Iterable[str], wanted: str) -> bool:

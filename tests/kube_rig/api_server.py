@@ -8,7 +8,9 @@ patches, label and field selectors, owner-reference garbage collection and final
 Deliberate simplifications: namespaces need not exist before objects are created in them; deletion is
 immediate (no grace period) unless finalizers are set; strategic-merge patches are applied as JSON merge
 patches (lists are replaced, not merged by key); `limit`/`continue` are ignored; no admission, no defaulting
-beyond what is documented on `_INITIAL_STATUS`.
+beyond what is documented on `_INITIAL_STATUS`. Nobody is authenticated and nothing is forbidden: a bearer
+token is taken as the caller's ServiceAccount name and recorded with each request (`ApiRequest.user`), so a
+test can check each caller's calls against the RBAC rules bound to its account.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class ResourceType:
 
 @dataclass(frozen=True)
 class ApiRequest:
-    """One API call as RBAC sees it (verb in RBAC terms; group "" for core)."""
+    """One API call as RBAC sees it (verb in RBAC terms; group "" for core), and who made it: the bearer
+    token, which the fake takes as the caller's ServiceAccount name ("" without one)."""
 
     verb: str
     group: str
@@ -97,6 +100,7 @@ class ApiRequest:
     subresource: str
     namespace: str
     name: str
+    user: str = ""
 
 
 @dataclass(frozen=True)
@@ -1116,19 +1120,24 @@ class FakeKubeServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def configuration(self) -> kubernetes.client.Configuration:
-        """A client Configuration pointing at this server, no auth."""
+    def configuration(self, user: str = "") -> kubernetes.client.Configuration:
+        """A client Configuration pointing at this server; ``user``, if given, goes as the bearer token,
+        which the request log records as the caller (``ApiRequest.user``)."""
         from kubernetes import client
 
         configuration = client.Configuration()
         configuration.host = self.url
+        if user:
+            configuration.api_key = {"authorization": user}
+            configuration.api_key_prefix = {"authorization": "Bearer"}
         return configuration
 
-    def api_client(self) -> kubernetes.client.ApiClient:
-        """A fresh ApiClient for this server; the caller closes it."""
+    def api_client(self, user: str = "") -> kubernetes.client.ApiClient:
+        """A fresh ApiClient for this server, calling as ``user`` (see ``configuration``); the caller
+        closes it."""
         from kubernetes import client
 
-        return client.ApiClient(self.configuration())
+        return client.ApiClient(self.configuration(user))
 
     def write_kubeconfig(self, path: str | Path) -> Path:
         """Write a kubeconfig (JSON, which is YAML) whose only context points at this server."""
@@ -1238,8 +1247,15 @@ class FakeKubeServer:
             return 200, discovery
         target = self._target(segments)
         verb = self._verb(method, target, query)
+        scheme, _, token = (headers.get("Authorization") or "").partition(" ")
         request = ApiRequest(
-            verb, target.rt.group, target.rt.plural, target.subresource, target.namespace, target.name
+            verb,
+            target.rt.group,
+            target.rt.plural,
+            target.subresource,
+            target.namespace,
+            target.name,
+            token.strip() if scheme.lower() == "bearer" else "",
         )
         self._log(request)
         for hook in list(self.before_serve):
