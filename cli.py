@@ -13,6 +13,7 @@ import orchestrator
 from orchestrator import service
 from orchestrator.backends import check_backend_name, make_backend
 from orchestrator.commands.common import OUTPUT, Context, pass_context, port_option
+from orchestrator.commands.doctor import doctor
 from orchestrator.commands.gpus import gpus, top
 from orchestrator.commands.logs import logs
 from orchestrator.commands.manifests import manifests
@@ -272,7 +273,7 @@ def upgrade(obj: Context) -> None:
     click.echo(f"database at revision {service.upgrade_database(obj.database_url)}")
 
 
-for command in (logs, gpus, top, agent, router, tools, manifests, worker):
+for command in (logs, gpus, top, agent, router, tools, manifests, worker, doctor):
     main.add_command(command)
 
 if __name__ == "__main__":

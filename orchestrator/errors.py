@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "EXIT_CHECKS_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_RUN_CANCELLED",
     "EXIT_RUN_FAILED",
@@ -24,6 +25,7 @@ __all__ = [
 EXIT_RUN_FAILED = 8
 EXIT_RUN_CANCELLED = 9
 EXIT_RUN_SUSPENDED = 10
+EXIT_CHECKS_FAILED = 11  # ``orch doctor``: at least one preflight check failed
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from orchestrator.errors import EXIT_CHECKS_FAILED
+
 __all__ = [
+    "Check",
+    "CheckOutcome",
     "Checkpoint",
     "Event",
     "GpuReading",
@@ -22,6 +27,7 @@ __all__ = [
     "Step",
     "Workload",
     "WorkloadStatus",
+    "checks_exit_code",
 ]
 
 
@@ -291,3 +297,30 @@ class GpuReading:
 
     sample: GpuSample
     received_at: float
+
+
+class CheckOutcome(str, Enum):
+    """How one ``orch doctor`` check ended; ``skip`` (not configured, or not reachable) is no failure."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Check:
+    """One preflight check: what it looked at, what it found and, when it failed, what to do."""
+
+    name: str
+    outcome: CheckOutcome
+    detail: str
+    fix: str = ""
+
+
+def checks_exit_code(checks: Sequence[Check]) -> int:
+    """0 when no check failed, else ``EXIT_CHECKS_FAILED``."""
+    failed = any(check.outcome is CheckOutcome.FAIL for check in checks)
+    return EXIT_CHECKS_FAILED if failed else 0

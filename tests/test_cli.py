@@ -26,7 +26,7 @@ from rich.console import Console
 
 import orchestrator
 from cli import main, package_version
-from orchestrator.errors import IllegalTransition, NotFound, OrchError, SpecError
+from orchestrator.errors import EXIT_CHECKS_FAILED, IllegalTransition, NotFound, OrchError, SpecError
 from orchestrator.records import RunPatch
 from orchestrator.render.runs import summary_table as cli_summary_table
 from orchestrator.state.migrations_runner import head_revision
@@ -310,6 +310,25 @@ def test_table_output_is_for_people(orch: Orch) -> None:
     assert status.exit_code == 0, status.stderr
     assert f"run {run}" in status.stdout
     assert "0 of 9" in status.stdout
+
+
+def test_doctor_without_a_cluster_fails_its_api_check_and_still_pings_the_database(
+    orch: Orch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(orch.folder / "no-such-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    result = orch("doctor")
+    lines = result.stdout.splitlines()
+    assert result.exit_code == EXIT_CHECKS_FAILED, result.stdout
+    assert [line.split(":")[0] for line in lines] == [
+        "FAIL api",
+        "skip crd",
+        "skip nodes",
+        "skip rbac",
+        "skip pull-secret",
+        "ok   database",
+    ]
+    assert lines[0].endswith("; fix: set KUBECONFIG to a kubeconfig for the cluster, or run inside it")
 
 
 def test_db_upgrade_prints_the_head_revision(orch: Orch) -> None:

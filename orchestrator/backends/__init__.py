@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
+    "IMAGE_PULL_SECRET_ENV",
     "NAMESPACE_ENV",
     "POOL_LABEL_ENV",
     "SIM_PACE_ENV",
@@ -27,6 +28,7 @@ __all__ = [
 BACKEND_ENV = "ORCH_BACKEND"
 NAMESPACE_ENV = "ORCH_NAMESPACE"
 POOL_LABEL_ENV = "ORCH_POOL_LABEL"
+IMAGE_PULL_SECRET_ENV = "ORCH_IMAGE_PULL_SECRET"  # the Secret pods pull orch's images with (kube)
 SIM_PACE_ENV = "ORCH_SIM_PACE"
 BACKENDS = ("sim", "kube", "ray")
 

@@ -5,5 +5,5 @@
 objects ≡ ``orch submit``) and ``objects`` (the pure builders and readers of the objects orch writes) run
 it. ``trainer_transport`` is the trainer's side of the mailbox, run in the trainer pod. ``crd`` (the
 TrainingRun CRD, its group, version and plural), ``manifests`` (rendering ``manifests/``) and ``rbac``
-(what the controller's account may do) describe it.
+(what the controller's account may do) describe it; ``doctor`` checks a cluster is ready for it.
 """

@@ -8,17 +8,73 @@ and the trainers made against a fake apiserver and prove the shipped Roles and C
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from orchestrator.kube.crd import GROUP, PLURAL
 from orchestrator.kube.objects import TRAINER_SERVICE_ACCOUNT
 
-__all__ = ["CONTROLLER_ACCOUNT", "TRAINER_ACCOUNT", "load_rbac_rules", "rbac_allows"]
+__all__ = [
+    "CONTROLLER_ACCOUNT",
+    "CONTROLLER_PERMISSIONS",
+    "TRAINER_ACCOUNT",
+    "Permission",
+    "granted_permissions",
+    "load_rbac_rules",
+    "rbac_allows",
+]
 
 CONTROLLER_ACCOUNT = "orch-controller"
 TRAINER_ACCOUNT = TRAINER_SERVICE_ACCOUNT  # what trainer pods run as unless the controller is told otherwise
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One verb on one resource; ``cluster_wide`` for requests made in no namespace (all of them)."""
+
+    verb: str
+    group: str
+    resource: str
+    subresource: str = ""
+    cluster_wide: bool = False
+
+    def __str__(self) -> str:
+        kind = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+        where = " (all namespaces)" if self.cluster_wide else ""
+        return f"{self.verb} {kind}{f'.{self.group}' if self.group else ''}{where}"
+
+
+def _permissions(scope_wide: bool, group: str, resource: str, *verbs: str) -> tuple[Permission, ...]:
+    name, _, sub = resource.partition("/")
+    return tuple(Permission(verb, group, name, sub, scope_wide) for verb in verbs)
+
+
+# What the controller's calls need (the shipped manifests/base/rbac.yaml grants exactly this: a test checks).
+CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
+    *_permissions(True, "", "nodes", "list", "watch"),
+    *_permissions(True, "", "pods", "list", "watch"),
+    *_permissions(False, "", "pods", "create", "delete"),
+    *_permissions(False, "", "services", "create"),
+    *_permissions(False, "", "configmaps", "list", "watch", "create", "patch", "delete"),
+    *_permissions(False, GROUP, PLURAL, "list", "watch"),
+    *_permissions(False, GROUP, f"{PLURAL}/status", "patch"),
+)
+
+
+def granted_permissions(rules: dict[str, list[dict[str, Any]]]) -> set[Permission]:
+    """Every verb × group × resource that explicit rules (``load_rbac_rules``' result) grant; wildcards are
+    kept as written."""
+    granted = set()
+    for scope, scoped in rules.items():
+        for rule in scoped:
+            for verb in rule.get("verbs", ()):
+                for group in rule.get("apiGroups", ()):
+                    for resource in rule.get("resources", ()):
+                        granted.update(_permissions(scope == "cluster", group, resource, verb))
+    return granted
 
 
 def _matches(values: Iterable[str], wanted: str) -> bool:

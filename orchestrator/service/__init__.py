@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from orchestrator.service.agent import gpu_agent, scrape_once, serve_agent
 from orchestrator.service.control import build_controller, run_controller
+from orchestrator.service.doctor import DoctorReport, run_doctor
 from orchestrator.service.embedded import run_to_completion, settled
 from orchestrator.service.logs import RunLogs, run_logs
 from orchestrator.service.runs import (
@@ -26,6 +27,7 @@ from orchestrator.service.runs import (
 )
 
 __all__ = [
+    "DoctorReport",
     "OtherRun",
     "RunLogs",
     "RunReport",
@@ -41,6 +43,7 @@ __all__ = [
     "report",
     "resume_run",
     "run_controller",
+    "run_doctor",
     "run_logs",
     "run_to_completion",
     "scrape_once",

@@ -17,7 +17,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.errors import DatabaseUnavailable, OrchError
 
-__all__ = ["DATABASE_URL_ENV", "Sessions", "default_database_url", "lost", "make_engine", "unavailable"]
+__all__ = [
+    "DATABASE_URL_ENV",
+    "DATABASE_URL_SETTING",
+    "Sessions",
+    "default_database_url",
+    "lost",
+    "make_engine",
+    "shown_url",
+    "unavailable",
+]
 
 DATABASE_URL_ENV = "ORCH_DATABASE_URL"
 DATABASE_URL_SETTING = "ORCH_DATABASE_URL / --database-url"
@@ -43,8 +52,13 @@ def default_database_url() -> str:
     return f"sqlite:///{directory / 'orch.db'}"
 
 
+def shown_url(url: str) -> str:
+    """``url`` with its password masked, fit to print."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def unavailable(url: str, error: DBAPIError) -> DatabaseUnavailable:
-    where = make_url(url).render_as_string(hide_password=True)
+    where = shown_url(url)
     reason = " ".join(str(error.orig or error).split())
     return DatabaseUnavailable(where, reason)
 

@@ -3,7 +3,8 @@
 It speaks the apiserver's HTTP+JSON protocol closely enough that the unmodified `kubernetes` client
 (CoreV1Api, CustomObjectsApi, kubernetes.watch.Watch) runs against it: list + watch with resourceVersion,
 409 AlreadyExists / Conflict, 404, 410 Expired for stale watches, the status subresource, merge and JSON
-patches, label and field selectors, owner-reference garbage collection and finalizers.
+patches, label and field selectors, owner-reference garbage collection and finalizers. It answers
+SelfSubjectAccessReviews (allowed, unless a test called `deny` for that verb and resource).
 
 Deliberate simplifications: namespaces need not exist before objects are created in them; deletion is
 immediate (no grace period) unless finalizers are set; strategic-merge patches are applied as JSON merge
@@ -461,6 +462,11 @@ class _Store:
             self.types[rt.key] = rt
             self.objects.setdefault(rt.key, {})
 
+    def unregister(self, group: str, plural: str) -> None:
+        with self.cond:
+            self.types.pop((group, plural), None)
+            self.objects.pop((group, plural), None)
+
     def type_for(self, group: str, plural: str) -> ResourceType:
         try:
             return self.types[(group, plural)]
@@ -822,6 +828,8 @@ def _group_list(types: Iterable[ResourceType]) -> Obj:
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
 
+_ACCESS_REVIEWS = ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]
+
 _VERSION_INFO = {
     "major": "1",
     "minor": "31",
@@ -1052,6 +1060,7 @@ _BUILTINS = (
     ResourceType("", "v1", "pods", "Pod"),
     ResourceType("", "v1", "services", "Service"),
     ResourceType("", "v1", "configmaps", "ConfigMap", status_subresource=False, delete_returns_object=False),
+    ResourceType("", "v1", "secrets", "Secret", status_subresource=False, delete_returns_object=False),
     ResourceType("", "v1", "events", "Event", status_subresource=False, delete_returns_object=False),
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, delete_returns_object=False),
     ResourceType(
@@ -1075,6 +1084,10 @@ class FakeKubeServer:
         # Test hooks called with each API request before it is served (on the server's thread): a test
         # changes the stored objects there to force a race, e.g. a 409 Conflict on the request's write.
         self.before_serve: list[Callable[[ApiRequest], None]] = []
+        # (verb, group, resource[/subresource]) a SelfSubjectAccessReview answers "not allowed" for.
+        self._denied: set[tuple[str, str, str]] = set()
+        # What each SelfSubjectAccessReview asked: (the Impersonate-User header or "", resourceAttributes).
+        self.access_reviews: list[tuple[str, Obj]] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         for rt in _BUILTINS:
@@ -1174,6 +1187,15 @@ class FakeKubeServer:
         self._store.register(rt)
         return rt
 
+    def unregister(self, group: str, plural: str) -> None:
+        """Stop serving a resource and forget its objects (e.g. a custom resource whose CRD was deleted)."""
+        self._store.unregister(group, plural)
+
+    def deny(self, verb: str, group: str, resource: str, subresource: str = "") -> None:
+        """Make SelfSubjectAccessReviews of ``verb`` on ``group``/``resource``[/``subresource``] not allowed
+        (in every namespace, for every user); the API calls themselves are still served."""
+        self._denied.add((verb, group, f"{resource}/{subresource}" if subresource else resource))
+
     def compact(self) -> None:
         """Drop all retained history: any watch from an RV before now gets 410 Expired."""
         self._store.compact()
@@ -1245,6 +1267,8 @@ class FakeKubeServer:
             if method != "GET":
                 raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
             return 200, discovery
+        if segments == _ACCESS_REVIEWS:
+            return self._access_review(method, headers, body)
         target = self._target(segments)
         verb = self._verb(method, target, query)
         scheme, _, token = (headers.get("Authorization") or "").partition(" ")
@@ -1265,6 +1289,24 @@ class FakeKubeServer:
     def _log(self, request: ApiRequest) -> None:
         with self._requests_lock:
             self._requests.append(request)
+
+    def _access_review(self, method: str, headers: Any, body: Any) -> tuple[int, Obj]:
+        """A SelfSubjectAccessReview (authorization.k8s.io/v1): allowed unless ``deny``-ed."""
+        if method != "POST":
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the resource")
+        if not isinstance(body, dict) or body.get("kind") != "SelfSubjectAccessReview":
+            raise ApiError(400, "BadRequest", "the request body must be a SelfSubjectAccessReview")
+        attributes = (body.get("spec") or {}).get("resourceAttributes") or {}
+        self._log(ApiRequest("create", "authorization.k8s.io", "selfsubjectaccessreviews", "", "", ""))
+        self.access_reviews.append((headers.get("Impersonate-User") or "", dict(attributes)))
+        resource = attributes.get("resource", "")
+        if attributes.get("subresource"):
+            resource = f"{resource}/{attributes['subresource']}"
+        denied = (attributes.get("verb", ""), attributes.get("group", ""), resource) in self._denied
+        status = {"allowed": not denied}
+        if denied:
+            status["reason"] = "denied by the fake API server's deny()"
+        return 201, {**body, "metadata": {"creationTimestamp": None}, "status": status}
 
     def _discovery(self, segments: list[str]) -> Obj | None:
         types = list(self._store.types.values())
