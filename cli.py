@@ -12,7 +12,14 @@ import click
 import orchestrator
 from orchestrator import service
 from orchestrator.backends import check_backend_name, make_backend
-from orchestrator.commands.common import OUTPUT, Context, pass_context, port_option
+from orchestrator.commands.common import (
+    OUTPUT,
+    Context,
+    endpoint_options,
+    guard_from_options,
+    pass_context,
+    port_option,
+)
 from orchestrator.commands.doctor import doctor
 from orchestrator.commands.gpus import gpus, top
 from orchestrator.commands.logs import logs
@@ -227,6 +234,7 @@ def stage(obj: Context, run: str, advance: bool, output: str) -> None:
 @click.option("--lease-seconds", default=15.0, show_default=True, help="how long a run's lease lasts")
 @click.option("--exit-when-idle", is_flag=True, help="exit once no unfinished run is left but Suspended ones")
 @click.option("--http-port", type=int, default=None, help="serve /healthz, /readyz and /metrics on this port")
+@endpoint_options("ORCH_CONTROLLER_TOKEN", "--http-port")
 @click.option(
     "--db-outage-seconds",
     type=click.FloatRange(min=0),
@@ -243,9 +251,17 @@ def controller(
     lease_seconds: float,
     exit_when_idle: bool,
     http_port: int | None,
+    host: str,
+    token_file: str | None,
+    allowed_hosts: tuple[str, ...],
     db_outage_seconds: float,
 ) -> None:
-    """Run the reconcile loop (Ctrl-C stops it cleanly)."""
+    """Run the reconcile loop (Ctrl-C stops it cleanly).
+
+    With --http-port, /metrics needs the token when one is set; /healthz and /readyz are open (ok, not ok)."""
+    guard = None
+    if http_port is not None:
+        guard = guard_from_options("ORCH_CONTROLLER_TOKEN", host, token_file, allowed_hosts)
     with port_option("--http-port"):
         report = service.run_controller(
             lambda: obj.store,
@@ -255,6 +271,7 @@ def controller(
             lease_seconds=lease_seconds,
             exit_when_idle=exit_when_idle,
             http_port=http_port,
+            http_guard=guard,
             db_outage_seconds=db_outage_seconds,
         )
     if report is not None:

@@ -1,15 +1,14 @@
 """The controller's HTTP endpoint: /healthz (the loop is alive), /readyz (the database answers), /metrics.
 
-Served from a daemon thread with the standard library; ``/metrics`` is prometheus-client's
-exposition of the default registry.
+Served by ``orchestrator.httpserver`` (one thread, timeouts, a bounded pool) behind
+``orchestrator.httpguard``; ``/metrics`` is prometheus-client's exposition of the default registry.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,9 +19,12 @@ from prometheus_client import (
     generate_latest,
 )
 
-from orchestrator.errors import PortUnavailable
+from orchestrator.httpguard import GuardConfig, guard_config
+from orchestrator.httpserver import Headers, HttpServer, Reply
 
-__all__ = ["PASSES", "HealthServer", "LoopHeartbeat"]
+__all__ = ["PASSES", "TOKEN_ENV", "HealthServer", "LoopHeartbeat"]
+
+TOKEN_ENV = "ORCH_CONTROLLER_TOKEN"
 
 PASSES = Counter("orch_controller_passes_total", "Reconcile passes the controller completed")
 LAST_PASS = Gauge("orch_controller_last_pass_timestamp_seconds", "Unix time of the last completed pass")
@@ -45,56 +47,41 @@ class LoopHeartbeat:
 
 
 class HealthServer:
-    """``/healthz`` from the heartbeat, ``/readyz`` from ``ready()``, ``/metrics`` for Prometheus."""
+    """``/healthz`` from the heartbeat, ``/readyz`` from ``ready()``, ``/metrics`` for Prometheus.
+
+    The probes stay open (kubelet cannot send a token) and say only ``ok`` or ``not ok``; ``/metrics`` needs
+    the guard's token when one is set."""
 
     def __init__(
         self,
         port: int,
         heartbeat: LoopHeartbeat,
         ready: Callable[[], bool],
-        host: str = "0.0.0.0",
+        host: str = "127.0.0.1",
         registry: CollectorRegistry = REGISTRY,
+        guard: GuardConfig | None = None,
     ) -> None:
         checks = {"/healthz": heartbeat.alive, "/readyz": ready}
+        guard = guard or guard_config(host, None, env_name=TOKEN_ENV)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(
-                self, format: str, *args: object
-            ) -> None:  # quiet: probes hit this every few seconds
-                pass
+        def answer(path: str, headers: Headers) -> Reply:
+            if path == "/metrics":
+                return Reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            if path in checks:
+                ok = _safely(checks[path])
+                return Reply(200 if ok else 503, b"ok\n" if ok else b"not ok\n")
+            return Reply(404, b"not found\n")
 
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif self.path in checks:
-                    ok = _safely(checks[self.path])
-                    self._reply(200 if ok else 503, b"ok\n" if ok else b"not ok\n", "text/plain")
-                else:
-                    self._reply(404, b"not found\n", "text/plain")
-
-            def _reply(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as error:
-            raise PortUnavailable("health checks and metrics", host, port, error) from error
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="orch-health", daemon=True)
+        guard = replace(guard, open_paths=guard.open_paths | frozenset(checks))
+        self._server = HttpServer("health checks and metrics", host, port, answer, guard)
+        self.port = self._server.port
 
     def start(self) -> HealthServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
 
 def _safely(check: Callable[[], bool]) -> bool:

@@ -45,6 +45,7 @@ K8S_VERSION = kubernetes_validate.latest_version()
 CUSTOM = {(API_VERSION, KIND), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 KUBECTL = shutil.which("kubectl")
 Doc = dict[str, Any]
+TOKENS = "orch-endpoint-tokens"  # the Secret with the bearer tokens of the controller's and agents' endpoints
 
 
 # ---- rendering ----------------------------------------------------------------------------------
@@ -464,6 +465,11 @@ def test_the_controller_is_hardened_probed_and_sized(overlay: str, replicas: int
         "name": "orch-database",
         "key": "ORCH_DATABASE_URL",
     }
+    assert container["args"][-6:] == [
+        "--http-port",
+        "8080",
+        *listens_with_token(container, pod, "controller"),
+    ]
     probes = {kind: container[kind]["httpGet"] for kind in ("livenessProbe", "readinessProbe")}
     assert probes["livenessProbe"] == {"path": "/healthz", "port": "http"}
     assert probes["readinessProbe"] == {"path": "/readyz", "port": "http"}
@@ -475,6 +481,31 @@ def test_the_controller_is_hardened_probed_and_sized(overlay: str, replicas: int
     assert service["spec"]["selector"].items() <= labels.items()
     assert service["spec"]["ports"] == [
         {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def listens_with_token(container: Doc, pod: Doc, key: str) -> list[str]:
+    """The server arguments of a pod that listens on all addresses with its token mounted from the Secret."""
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    mount = mounts["/var/run/secrets/orch"]
+    assert mount["readOnly"] is True
+    volume = {volume["name"]: volume for volume in pod["volumes"]}[mount["name"]]
+    assert volume["secret"] == {"secretName": TOKENS, "items": [{"key": key, "path": "token"}]}
+    return ["--host", "0.0.0.0", "--token-file", "/var/run/secrets/orch/token"]
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_prometheus_sends_each_endpoints_token(overlay: str) -> None:
+    docs = rendered(overlay)
+    for name, key in (("orch-controller", "controller"), ("orch-agent", "agent")):
+        [endpoint] = one(docs, "ServiceMonitor", name)["spec"]["endpoints"]
+        assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": TOKENS, "key": key}}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_overlay_ships_a_placeholder_token(overlay: str) -> None:
+    assert not [
+        doc for doc in rendered(overlay) if doc["kind"] == "Secret" and doc["metadata"]["name"] == TOKENS
     ]
 
 
@@ -503,7 +534,9 @@ def test_the_agent_runs_only_on_gpu_nodes_and_takes_no_gpu(overlay: str) -> None
     assert not pod.get("hostNetwork") and not pod.get("hostPID")
     [container] = pod["containers"]
     hardened(container, pod)
-    assert container["args"] == ["agent", "--port", "9400"]
+    assert container["args"] == ["agent", "--port", "9400", *listens_with_token(container, pod, "agent")]
+    for probe in ("livenessProbe", "readinessProbe"):  # open without a token; /metrics is not
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
     for amounts in container["resources"].values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from orchestrator import service
-from orchestrator.commands.common import port_option
+from orchestrator.commands.common import endpoint_options, guard_from_options, port_option
 from orchestrator.errors import SpecError
 from orchestrator.spec import HYPHENATED_POLICIES, resolve_dispatch_policy
 
@@ -25,18 +25,29 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 @click.command()
 @click.option("--port", type=int, default=9400, show_default=True, help="serve /metrics on this port")
-@click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
+@endpoint_options("ORCH_AGENT_TOKEN", "/metrics")
 @click.option("--interval", default="1s", show_default=True, callback=_interval, help="1s, 500ms or 0.1")
 @click.option("--node", envvar="NODE_NAME", default=None, help="node label (default $NODE_NAME or hostname)")
 @click.option("--simulate", is_flag=True, help="read 8 simulated H100-80GB GPUs instead of NVML")
 @click.option("--dcgm", "dcgm_url", default=None, help="read a dcgm-exporter's /metrics URL instead of NVML")
 @click.option("--once", is_flag=True, help="print one scrape's metrics to stdout and exit")
 def agent(
-    port: int, host: str, interval: float, node: str | None, simulate: bool, dcgm_url: str | None, once: bool
+    port: int,
+    host: str,
+    token_file: str | None,
+    allowed_hosts: tuple[str, ...],
+    interval: float,
+    node: str | None,
+    simulate: bool,
+    dcgm_url: str | None,
+    once: bool,
 ) -> None:
-    """Export this node's GPU telemetry (NVML, dcgm-exporter or simulated) for Prometheus."""
+    """Export this node's GPU telemetry (NVML, dcgm-exporter or simulated) for Prometheus.
+
+    /metrics needs the token when one is set (Prometheus sends it); /healthz is open and says only ok."""
     import socket
 
+    guard = None if once else guard_from_options("ORCH_AGENT_TOKEN", host, token_file, allowed_hosts)
     node = node or socket.gethostname()
     gpu_agent = service.gpu_agent(node, interval, simulate=simulate, dcgm_url=dcgm_url)
     if once:
@@ -47,7 +58,7 @@ def agent(
         click.echo(f"serving {gpus} GPUs of {node} on {url} every {interval:g}s")
 
     with port_option("--port"):
-        service.serve_agent(gpu_agent, port, host, ready)
+        service.serve_agent(gpu_agent, port, host, ready, guard)
 
 
 # ---- rollout router ---------------------------------------------------------------------------
@@ -77,7 +88,7 @@ def _dispatch_policy(value: str, param: click.Parameter) -> str:
     "(policies/dispatch/*.yaml; the router forwards whole requests, so the file's chunk_tokens is unused)",
 )
 @click.option("--port", type=int, default=8000, show_default=True, help="port to serve the router on")
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@endpoint_options("ORCH_ROUTER_TOKEN", "the router")
 @click.option(
     "--kv-tokens",
     type=click.IntRange(min=0),
@@ -113,12 +124,16 @@ def router(
     policy: str,
     port: int,
     host: str,
+    token_file: str | None,
+    allowed_hosts: tuple[str, ...],
     kv_tokens: int,
     kind: str,
     max_tokens: int,
     gpus: tuple[str, ...],
 ) -> None:
-    """Serve one OpenAI-compatible endpoint that queues and balances requests over inference engines."""
+    """Serve one OpenAI-compatible endpoint that queues and balances requests over inference engines.
+
+    Every path needs the token when one is set; /health is open and without it says only ok."""
     import asyncio
     from contextlib import suppress
 
@@ -133,6 +148,8 @@ def router(
         engine_gpus = [parse_engine_gpu(text) for text in gpus] if gpus else None
     except ValueError as error:
         raise click.BadParameter(str(error).split(": ", 1)[1], param_hint="--gpu") from error
+
+    guard = guard_from_options("ORCH_ROUTER_TOKEN", host, token_file, allowed_hosts)
 
     def ready(url: str) -> None:
         click.echo(f"routing {url}/v1/completions over {len(engines)} engine(s) with {policy}")
@@ -149,6 +166,7 @@ def router(
                 kind=kind,  # type: ignore[arg-type]
                 ready=ready,
                 gpus=engine_gpus,
+                guard=guard,
             )
         )
 
@@ -165,7 +183,7 @@ def tools() -> None:
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8900, show_default=True, help="port to listen on"
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@endpoint_options("ORCH_TOOLS_TOKEN", "the tool service")
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -186,14 +204,25 @@ def tools() -> None:
     show_default=True,
     help="accepted, unanswered calls; beyond it callers get 429 busy, retry after",
 )
-def tools_serve(port: int, host: str, workers: int | None, ray_address: str | None, max_pending: int) -> None:
-    """Serve POST /v1/exec, /v1/exec/batch, /v1/verify, GET /v1/results/ID and /metrics."""
+def tools_serve(
+    port: int,
+    host: str,
+    token_file: str | None,
+    allowed_hosts: tuple[str, ...],
+    workers: int | None,
+    ray_address: str | None,
+    max_pending: int,
+) -> None:
+    """Serve POST /v1/exec, /v1/exec/batch, /v1/verify, GET /v1/results/ID and /metrics.
+
+    Every path needs the token when one is set; /healthz is open and without it says only ok."""
     import asyncio
     import os
     from contextlib import suppress
 
     from orchestrator.tools.server import serve_tools
 
+    guard = guard_from_options("ORCH_TOOLS_TOKEN", host, token_file, allowed_hosts)
     count = workers or os.cpu_count() or 1
 
     def ready(url: str, service: object) -> None:
@@ -209,5 +238,6 @@ def tools_serve(port: int, host: str, workers: int | None, ray_address: str | No
                 ray_address=ray_address,
                 max_pending=max_pending,
                 ready=ready,
+                guard=guard,
             )
         )

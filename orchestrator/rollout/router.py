@@ -13,6 +13,10 @@ that answers neither is unhealthy until it does.
 Optional request headers ``X-Rollout-Id`` and ``X-Rollout-Turn`` name the rollout a turn belongs to, so
 ``prefix_affinity`` can send a rollout's next turn to the engine that served its last one. Every answer
 carries ``X-Orch-Engine``: the index of the engine that produced it.
+
+Who may call (``orchestrator.httpguard``): no browser (``Origin``: 403), no foreign ``Host`` (403), and with a
+token (``ORCH_ROUTER_TOKEN`` or ``--token-file``) ``Authorization: Bearer TOKEN`` on every path but /health
+(401; without it /health answers only ``{"ok"}``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import signal
 import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -32,14 +37,27 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request, make_dispatcher
 from orchestrator.errors import PortUnavailable
+from orchestrator.httpguard import GuardConfig, guard_config
 from orchestrator.rollout.engine import COMPLETIONS, EngineRejected, EngineUnavailable
 from orchestrator.rollout.engine_gpu import EngineGpu
 from orchestrator.rollout.flights import AttemptsExhausted, FlightLedger
 from orchestrator.rollout.http_engine import EngineKind, HttpEngine
 from orchestrator.telemetry.names import ROUTER_METRICS
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
+from orchestrator.webguard import guard_middleware
 
-__all__ = ["ROUTER_METRICS", "BadRequest", "Router", "estimate_tokens", "serve_router"]
+__all__ = [
+    "OPEN_PATHS",
+    "ROUTER_METRICS",
+    "TOKEN_ENV",
+    "BadRequest",
+    "Router",
+    "estimate_tokens",
+    "serve_router",
+]
+
+TOKEN_ENV = "ORCH_ROUTER_TOKEN"
+OPEN_PATHS = ("/health",)  # kubelet probes send no token: without it /health says only {"ok"}
 
 
 log = logging.getLogger(__name__)
@@ -206,6 +224,7 @@ class Router:
         registry: CollectorRegistry | None = None,
         run: str = "",
         gpus: Sequence[EngineGpu | None] | None = None,
+        guard: GuardConfig | None = None,
     ) -> None:
         if not engines:
             raise ValueError("a router needs at least one engine")
@@ -240,6 +259,7 @@ class Router:
             )
         self._last_engine: OrderedDict[int, int] = OrderedDict()  # rollout -> engine of its last turn
         self._runner: web.AppRunner | None = None
+        self.guard = replace(guard or GuardConfig(), open_paths=frozenset(OPEN_PATHS))
         self.app = self._make_app()
 
     @property
@@ -250,7 +270,7 @@ class Router:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[guard_middleware(self.guard)])
         app.router.add_post(COMPLETIONS, self._completions)
         app.router.add_post(CHAT, self._chat)
         app.router.add_get("/health", self._health)
@@ -259,7 +279,9 @@ class Router:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host:port`` (0: an ephemeral port); the base URL."""
+        """Serve on ``host:port`` (0: an ephemeral port); the base URL. Beyond loopback the guard needs a
+        token (``InsecureEndpoint`` otherwise)."""
+        guard_config(host, self.guard.token, env_name=TOKEN_ENV)
         # Bound before the app starts, so a taken port fails before any engine is polled.
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -458,12 +480,18 @@ async def serve_router(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     gpus: Sequence[EngineGpu | None] | None = None,
+    guard: GuardConfig | None = None,
 ) -> None:
-    """Run a router until ``stop`` is set (or forever); ``ready`` gets its URL once it listens."""
+    """Run a router until ``stop`` is set (or forever); ``ready`` gets its URL once it listens.
+
+    ``guard``: who may call (default: no token, so ``host`` must be loopback; ``InsecureEndpoint`` else)."""
+    guard = guard or guard_config(host, None, env_name=TOKEN_ENV)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         engines = [HttpEngine(url, session, kind, kv_total_tokens=kv_total_tokens) for url in engine_urls]
-        router = Router(engines, policy, kv_total_tokens, max_new_tokens_default, poll_interval, gpus=gpus)
+        router = Router(
+            engines, policy, kv_total_tokens, max_new_tokens_default, poll_interval, gpus=gpus, guard=guard
+        )
         url = await router.start(host, port)
         try:
             if ready is not None:

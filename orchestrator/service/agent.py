@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
+from orchestrator.httpguard import GuardConfig
 from orchestrator.telemetry.exporter import Agent
 
 __all__ = ["gpu_agent", "scrape_once", "serve_agent"]
@@ -39,7 +40,13 @@ def scrape_once(agent: Agent) -> str:
     return text
 
 
-def serve_agent(agent: Agent, port: int, host: str, ready: Callable[[str, int], None]) -> None:
+def serve_agent(
+    agent: Agent,
+    port: int,
+    host: str,
+    ready: Callable[[str, int], None],
+    guard: GuardConfig | None = None,
+) -> None:
     """Sample and serve ``/metrics`` until Ctrl-C or SIGTERM (a DaemonSet pod's stop); ``ready(url, gpus)``
     is called once it listens (a port in use raises ``PortUnavailable`` before)."""
     stop = threading.Event()
@@ -47,7 +54,7 @@ def serve_agent(agent: Agent, port: int, host: str, ready: Callable[[str, int], 
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         agent.start()
-        server = agent.serve(port, host)
+        server = agent.serve(port, host, guard)
         ready(server.url, len(agent.latest()))
         while not stop.wait(3600):
             pass

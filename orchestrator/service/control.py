@@ -19,6 +19,7 @@ from orchestrator.controller import (
 )
 from orchestrator.errors import OrchError
 from orchestrator.health import HealthServer, LoopHeartbeat
+from orchestrator.httpguard import GuardConfig
 from orchestrator.state.store import Store
 from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
@@ -60,13 +61,15 @@ def run_controller(
     lease_seconds: float = 15.0,
     exit_when_idle: bool = False,
     http_port: int | None = None,
+    http_guard: GuardConfig | None = None,
     db_outage_seconds: float,
 ) -> PassReport | None:
     """``orch controller``: one pass (``once``; its report), or the loop until Ctrl-C, until no run is left
     to drive (``exit_when_idle``) or until the database has been away for ``db_outage_seconds``.
 
     ``open_store`` is retried while the database is unreachable; ``http_port`` serves /healthz, /readyz
-    and /metrics (a port in use raises ``PortUnavailable``)."""
+    and /metrics on ``http_guard.host`` to the callers it admits (default: loopback, no token; a port in use
+    raises ``PortUnavailable``)."""
     rollout_metrics = RolloutMetrics(REGISTRY) if http_port is not None else None
     parts = make_backend(backend, rollout_metrics=rollout_metrics)
     if once and parts.in_process:
@@ -94,7 +97,8 @@ def run_controller(
         if http_port is not None:
             REGISTRY.register(SchedulerCollector(store))
             REGISTRY.register(GpuCollector(store.latest_gpu_samples))
-            health = HealthServer(http_port, heartbeat, store.ping).start()
+            guard = http_guard or GuardConfig()
+            health = HealthServer(http_port, heartbeat, store.ping, guard.host, guard=guard).start()
         ctl.run(until=until, stop=stop, after_pass=heartbeat.beat, outage=outage)
     except KeyboardInterrupt:
         stop.set()

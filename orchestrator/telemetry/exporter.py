@@ -14,20 +14,22 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from http.server import ThreadingHTTPServer
+from dataclasses import replace
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 
 from orchestrator.errors import PortUnavailable
+from orchestrator.httpguard import GuardConfig, guard_config
+from orchestrator.httpserver import Headers, HttpServer, Reply
 from orchestrator.telemetry.gpu_series import GAUGE_FIELDS, gauge_value
 from orchestrator.telemetry.names import GPU_LABELS, GPU_METRICS
 from orchestrator.telemetry.sample import GpuSample, TelemetrySource
 
 __all__ = [
     "THROTTLE_REASONS",
+    "TOKEN_ENV",
     "Agent",
     "GpuCollector",
     "MetricsPortUnavailable",
@@ -54,6 +56,8 @@ THROTTLE_REASONS = (
 )
 
 Labels = tuple[str, ...]
+
+TOKEN_ENV = "ORCH_AGENT_TOKEN"
 
 
 def labels_of(sample: GpuSample) -> Labels:
@@ -178,23 +182,30 @@ class MetricsPortUnavailable(PortUnavailable):
 
 
 class MetricsServer:
-    """prometheus-client's exposition of ``registry`` on every path, with a clean ``close()``."""
+    """``registry`` on ``/metrics`` and an open ``/healthz`` (``ok``, for kubelet probes) with a clean
+    ``close()``; ``/metrics`` needs the guard's token when one is set."""
 
-    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
-        handler = MetricsHandler.factory(registry)
-        handler.timeout = 10  # a client that connects and never asks cannot hold close() forever
-        try:
-            self._server = ThreadingHTTPServer((host, port), handler)
-        except OSError as error:
-            raise MetricsPortUnavailable("metrics", host, port, error) from error
-        self._server.daemon_threads = False  # close() joins the request threads: nothing leaks
-        self._server.block_on_close = True
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        port: int,
+        host: str = "127.0.0.1",
+        guard: GuardConfig | None = None,
+    ) -> None:
+        guard = guard or guard_config(host, None, env_name=TOKEN_ENV)
+        guard = replace(guard, open_paths=guard.open_paths | {"/healthz"})
+
+        def answer(path: str, headers: Headers) -> Reply:
+            if path == "/metrics":
+                return Reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            if path == "/healthz":
+                return Reply(200, b"ok\n")
+            return Reply(404, b"not found: /metrics or /healthz\n")
+
+        self._server = HttpServer("metrics", host, port, answer, guard, unavailable=MetricsPortUnavailable)
+        self._server.start()
         self.host = host
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.1,), name="orch-metrics", daemon=True
-        )  # polls for shutdown every 0.1 s, so close() is quick
-        self._thread.start()
+        self.port: int = self._server.port
 
     @property
     def url(self) -> str:
@@ -202,14 +213,14 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> MetricsServer:
+def serve_metrics(
+    registry: CollectorRegistry, port: int, host: str = "127.0.0.1", guard: GuardConfig | None = None
+) -> MetricsServer:
     """Serve ``registry`` on ``host:port`` (port 0: any free port, see ``.port``) until ``.close()``."""
-    return MetricsServer(registry, port, host)
+    return MetricsServer(registry, port, host, guard)
 
 
 # ---- the agent -----------------------------------------------------------------------------------------
@@ -258,8 +269,8 @@ class Agent:
         self._thread.start()
         return self
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> MetricsServer:
-        server = serve_metrics(self.registry, port, host)
+    def serve(self, port: int, host: str = "127.0.0.1", guard: GuardConfig | None = None) -> MetricsServer:
+        server = serve_metrics(self.registry, port, host, guard)
         self._servers.append(server)
         return server
 

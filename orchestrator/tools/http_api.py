@@ -10,8 +10,10 @@
     POST /v1/verify/batch  {"pairs": [{"response", "reference"}, ...]} → 200 {"results": [...]}
     GET  /metrics, /healthz
 
-A bad request gets 400 (413 for code over the size limit) with {"error": "<field>: <what is wrong>"}; a full
-service gets 429 with a ``Retry-After`` header and {"error", "retry_after_s"}.
+Who may call (``orchestrator.httpguard``): no browser (``Origin``: 403), no foreign ``Host`` (403), and with a
+token (``ORCH_TOOLS_TOKEN`` or ``--token-file``) ``Authorization: Bearer TOKEN`` on every path but /healthz
+(401). A bad request gets 400 (413 for code over the size limit) with {"error": "<field>: <what is wrong>"};
+a full service gets 429 with a ``Retry-After`` header and {"error", "retry_after_s"}.
 """
 
 from __future__ import annotations
@@ -19,17 +21,22 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from orchestrator.httpguard import GuardConfig
 from orchestrator.tools.admission import Busy, ToolService
 from orchestrator.tools.api import MAX_CODE_BYTES
 from orchestrator.tools.grading import check_answers
+from orchestrator.webguard import guard_middleware
 
-__all__ = ["MAX_BODY_BYTES", "make_app"]
+__all__ = ["MAX_BODY_BYTES", "OPEN_PATHS", "TOKEN_ENV", "make_app"]
+
+TOKEN_ENV = "ORCH_TOOLS_TOKEN"
+OPEN_PATHS = ("/healthz",)  # kubelet probes send no token: without it /healthz says only {"ok"}
 
 MAX_BODY_BYTES = 64 * 2**20  # a batch of many snippets; larger bodies get 413 from aiohttp
 MAX_BATCH = 4096
@@ -41,9 +48,11 @@ class _BadRequest(Exception):
         self.status = status
 
 
-def make_app(service: ToolService) -> web.Application:
-    """An aiohttp application serving ``service`` (started and closed by the caller)."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+def make_app(service: ToolService, guard: GuardConfig | None = None) -> web.Application:
+    """An aiohttp application serving ``service`` (started and closed by the caller) to the callers
+    ``guard`` admits (default: loopback, no token); ``/healthz`` is open to probes."""
+    guard = replace(guard or GuardConfig(), open_paths=frozenset(OPEN_PATHS))
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard_middleware(guard)])
     handlers = _Handlers(service)
     app.router.add_post("/v1/exec", handlers.exec_one)
     app.router.add_post("/v1/exec/batch", handlers.exec_batch)

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from aiohttp import web
 
 from orchestrator.errors import PortUnavailable
+from orchestrator.httpguard import GuardConfig, guard_config
 from orchestrator.tools.admission import ToolService
 from orchestrator.tools.api import CodeExecutor
 from orchestrator.tools.executors import ray_pool_class
-from orchestrator.tools.http_api import make_app
+from orchestrator.tools.http_api import TOKEN_ENV, make_app
 
 __all__ = ["serve_tools"]
 
@@ -27,8 +28,12 @@ async def serve_tools(
     max_pending: int = 65_536,
     ready: Callable[[str, ToolService], None] | None = None,
     stop: asyncio.Event | None = None,
+    guard: GuardConfig | None = None,
 ) -> None:
-    """Serve the HTTP API until ``stop`` is set (or SIGTERM); ``ready`` gets the URL once it listens."""
+    """Serve the HTTP API until ``stop`` is set (or SIGTERM); ``ready`` gets the URL once it listens.
+
+    ``guard``: who may call (default: no token, so ``host`` must be loopback; ``InsecureEndpoint`` else)."""
+    guard = guard or guard_config(host, None, env_name=TOKEN_ENV)
     executor: CodeExecutor
     if ray_address:
         executor = ray_pool_class("--ray")(ray_address)
@@ -39,7 +44,7 @@ async def serve_tools(
     async with executor:  # type: ignore[attr-defined]
         concurrency = max(workers, int(getattr(executor, "capacity", workers)))
         async with ToolService(executor, concurrency=concurrency, max_pending=max_pending) as service:
-            runner = web.AppRunner(make_app(service), access_log=None)
+            runner = web.AppRunner(make_app(service, guard), access_log=None)
             await runner.setup()
             try:
                 try:
