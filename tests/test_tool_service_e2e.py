@@ -106,7 +106,7 @@ def test_a_worker_killed_during_a_burst_leaves_every_accepted_request_exactly_on
             results = await asyncio.gather(*(service.wait(call_id) for call_id in ids))
             stats = service.stats()
             assert stats.answered == calls + 1 and stats.pending == 0
-            assert [service.result(call_id) for call_id in ids] == results  # kept, unchanged
+            assert stats.unfetched == 0  # each answer was given once, to its wait
             killed = [i for i, result in enumerate(results) if result.verdict == "killed"]
             assert len(killed) <= 1  # at most the call that was running on the killed worker
             for index, result in enumerate(results):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from orchestrator import service
@@ -174,6 +176,44 @@ def router(
 # ---- tool-execution service -------------------------------------------------------------------
 
 
+def _max_limits(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]) -> object:
+    """``--max-limit NAME=VALUE`` (repeated) over the service's default maxima, as ``Limits``."""
+    from dataclasses import fields
+
+    from orchestrator.tools.api import MAX_LIMITS, SERVICE_MAX_LIMITS
+
+    kinds = {
+        field.name: type(getattr(SERVICE_MAX_LIMITS, field.name)) for field in fields(SERVICE_MAX_LIMITS)
+    }
+    overrides: dict[str, int | float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in kinds:
+            raise click.BadParameter(f"{item!r}: use NAME=VALUE with NAME one of {', '.join(kinds)}")
+        try:
+            overrides[name] = kinds[name](text)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: {name} must be a {kinds[name].__name__}") from None
+    try:
+        chosen = SERVICE_MAX_LIMITS.merged(overrides)
+        chosen.check_within(MAX_LIMITS)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return chosen
+
+
+def _max_limit_help() -> str:
+    from dataclasses import asdict
+
+    from orchestrator.tools.api import SERVICE_MAX_LIMITS
+
+    defaults = ", ".join(f"{name}={value}" for name, value in asdict(SERVICE_MAX_LIMITS).items())
+    return (
+        "the most a call may ask for (repeat per limit; above it: 400; a lower maximum lowers the "
+        f"default with it). Defaults: {defaults}"
+    )
+
+
 @click.group()
 def tools() -> None:
     """The sandboxed code-execution service for tool calls and reward checks."""
@@ -202,7 +242,43 @@ def tools() -> None:
     type=click.IntRange(min=1),
     default=65_536,
     show_default=True,
-    help="accepted, unanswered calls; beyond it callers get 429 busy, retry after",
+    help="accepted calls not answered, or answered and not fetched; beyond it callers get 429, retry after",
+)
+@click.option(
+    "--max-limit",
+    "max_limits",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=_max_limits,
+    help=_max_limit_help(),
+)
+@click.option(
+    "--result-ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help='seconds an unfetched answer of a "wait": false call is kept',
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=64 * 2**20,
+    show_default=True,
+    help="largest request body of /v1/exec*; above it: 413",
+)
+@click.option(
+    "--max-verify-bytes",
+    type=click.IntRange(min=1),
+    default=8 * 2**20,
+    show_default=True,
+    help="largest request body of /v1/verify*; above it: 413",
+)
+@click.option(
+    "--body-bytes-in-flight",
+    type=click.IntRange(min=1),
+    default=256 * 2**20,
+    show_default=True,
+    help="request-body bytes read and checked at once, all callers; beyond it: 429, retry after",
 )
 def tools_serve(
     port: int,
@@ -212,6 +288,11 @@ def tools_serve(
     workers: int | None,
     ray_address: str | None,
     max_pending: int,
+    max_limits: Any,
+    result_ttl: float,
+    max_body_bytes: int,
+    max_verify_bytes: int,
+    body_bytes_in_flight: int,
 ) -> None:
     """Serve POST /v1/exec, /v1/exec/batch, /v1/verify, GET /v1/results/ID and /metrics.
 
@@ -220,9 +301,15 @@ def tools_serve(
     import os
     from contextlib import suppress
 
+    from orchestrator.tools.http_api import BodyLimits
     from orchestrator.tools.server import serve_tools
 
     guard = guard_from_options("ORCH_TOOLS_TOKEN", host, token_file, allowed_hosts)
+    try:
+        body_limits = BodyLimits(max_body_bytes, max_verify_bytes, body_bytes_in_flight)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--body-bytes-in-flight") from None
+
     count = workers or os.cpu_count() or 1
 
     def ready(url: str, service: object) -> None:
@@ -237,6 +324,9 @@ def tools_serve(
                 workers=count,
                 ray_address=ray_address,
                 max_pending=max_pending,
+                max_limits=max_limits,
+                keep_results_s=result_ttl,
+                body_limits=body_limits,
                 ready=ready,
                 guard=guard,
             )

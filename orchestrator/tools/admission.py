@@ -1,12 +1,14 @@
 """The tool-execution service: bounded admission in front of a ``CodeExecutor``, one answer per request.
 
-``accept`` checks a request (code size, limits) and admits it only while fewer than ``max_pending``
-requests (and ``max_pending_bytes`` of code) are accepted and unanswered; otherwise it raises ``Busy``
-with a retry-after estimate, so a burst costs bounded memory instead of an unbounded queue. Accepted
-requests wait in one FIFO queue; ``concurrency`` runner tasks feed them to the executor. Every accepted
-request is answered exactly once: with the executor's result, or, if the executor raises (its worker
-or Ray actor died under it, a bug), with a ``killed`` result that says why. Answers of requests
-submitted without waiting are kept ``keep_results_s`` seconds for ``result(id)``.
+``accept`` checks a request (code size, limits no higher than the service's ``max_limits``) and admits
+it only while fewer than ``max_pending`` requests are accepted and unanswered or answered and not yet
+fetched (and ``max_pending_bytes`` of their code and kept output); otherwise it raises ``Busy`` with a
+retry-after estimate, so a burst costs bounded memory instead of an unbounded queue. Accepted requests
+wait in one FIFO queue; ``concurrency`` runner tasks feed them to the executor. Every accepted request
+is answered exactly once: with the executor's result, or, if the executor raises (its worker or Ray
+actor died under it, a bug), with a ``killed`` result that says why. Answers of requests submitted
+without waiting are kept for ``result(id)`` until fetched once or ``keep_results_s`` seconds passed;
+their ids are random (128 bits), so one client cannot read another's answer by guessing.
 
 Reward checks (``verify``) are pure and fast (``orchestrator.tools.grading``): they run inline, batched,
 and are counted in the same metrics.
@@ -15,7 +17,7 @@ and are counted in the same metrics.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -25,7 +27,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from orchestrator.telemetry.names import TOOL_METRICS
-from orchestrator.tools.api import MAX_CODE_BYTES, MAX_LIMITS, CodeExecutor, ExecResult, Limits
+from orchestrator.tools.api import (
+    MAX_CODE_BYTES,
+    MAX_LIMITS,
+    SERVICE_MAX_LIMITS,
+    CodeExecutor,
+    ExecResult,
+    Limits,
+)
 
 __all__ = ["Busy", "ServiceStats", "ToolService"]
 
@@ -35,8 +44,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class Busy(Exception):
     """Admission is full: retry after ``retry_after_s`` seconds."""
 
-    def __init__(self, pending: int, retry_after_s: float) -> None:
-        super().__init__(f"busy: {pending} requests pending; retry after {retry_after_s:.2f}s")
+    def __init__(self, pending: int, retry_after_s: float, message: str | None = None) -> None:
+        super().__init__(message or f"busy: {pending} requests pending; retry after {retry_after_s:.2f}s")
         self.pending = pending
         self.retry_after_s = retry_after_s
 
@@ -48,6 +57,7 @@ class ServiceStats:
     running: int
     answered: int
     rejected: int
+    unfetched: int  # answered without a waiting caller, kept until fetched or expired
 
 
 @dataclass
@@ -57,6 +67,7 @@ class _Call:
     limits: Limits
     accepted_at: float
     keep: bool  # keep the answer for result(id)
+    charge: int  # bytes counted against max_pending_bytes: the code, plus output_bytes when kept
     answer: asyncio.Future[ExecResult] = field(repr=False)
 
 
@@ -71,7 +82,7 @@ class ToolService:
         max_pending: int = 65_536,
         max_pending_bytes: int = 256 * 2**20,
         default_limits: Limits | None = None,
-        max_limits: Limits = MAX_LIMITS,
+        max_limits: Limits = SERVICE_MAX_LIMITS,
         keep_results_s: float = 300.0,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -88,12 +99,15 @@ class ToolService:
         # else the library defaults: a request without limits never runs under looser ones by surprise.
         inherited = getattr(executor, "default_limits", None)
         self.default_limits = default_limits or (inherited if isinstance(inherited, Limits) else Limits())
+        max_limits.check_within(MAX_LIMITS)
         self.default_limits.check_within(max_limits)
         self.max_limits = max_limits
+        if not keep_results_s > 0:
+            raise ValueError(f"keep_results_s: must be > 0 seconds, got {keep_results_s!r}")
         self.keep_results_s = keep_results_s
-        self._ids = itertools.count(1)
         self._calls: dict[str, _Call] = {}  # accepted and unanswered
-        self._kept: OrderedDict[str, tuple[float, ExecResult]] = OrderedDict()  # id -> (answered at, result)
+        # id -> (answered at, result, bytes charged), oldest first; counted in max_pending until taken
+        self._kept: OrderedDict[str, tuple[float, ExecResult, int]] = OrderedDict()
         self._queue: deque[_Call] = deque()
         self._wakeup: asyncio.Event | None = None
         self._runners: list[asyncio.Task[None]] = []
@@ -148,7 +162,10 @@ class ToolService:
         else:
             kind = type(limits).__name__
             raise ValueError(f"limits: must be an object of limit names to numbers, got {kind}")
-        chosen.check_within(self.max_limits)
+        try:
+            chosen.check_within(self.max_limits)
+        except ValueError as error:
+            raise ValueError(f"{error}; ask for less (the operator sets it with --max-limit)") from None
         return code, chosen
 
     def accept(self, code: Any, limits: Any = None) -> str:
@@ -173,19 +190,27 @@ class ToolService:
                 checked.append(self.check(code, limits))
             except ValueError as error:
                 raise ValueError(f"requests[{index}].{error}" if len(requests) > 1 else str(error)) from None
-        size = sum(len(code) for code, _ in checked)
+        charges = [len(code) + (limits.output_bytes if keep else 0) for code, limits in checked]
+        size = sum(charges)
+        if size > self.max_pending_bytes:  # could never be admitted: a bad request, not a busy service
+            raise ValueError(
+                f"requests: {size} bytes of code and kept output (output_bytes each when not waiting) is "
+                f"above the service's maximum of {self.max_pending_bytes} pending bytes; send a smaller batch"
+            )
+        self._expire()
         if (
-            len(self._calls) + len(checked) > self.max_pending
+            len(self._calls) + len(self._kept) + len(checked) > self.max_pending
             or self._pending_bytes + size > self.max_pending_bytes
         ):
             self._rejected += len(checked)
             self._metrics.rejected.inc(len(checked))
-            raise Busy(len(self._calls), self._retry_after())
+            raise Busy(len(self._calls) + len(self._kept), self._retry_after())
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         admitted: list[tuple[str, asyncio.Future[ExecResult]]] = []
-        for code, limits in checked:
-            call = _Call(f"t{next(self._ids)}", code, limits, now, keep, loop.create_future())
+        for (code, limits), charge in zip(checked, charges, strict=True):
+            call_id = secrets.token_urlsafe(16)  # 128 random bits: not guessable from another call's id
+            call = _Call(call_id, code, limits, now, keep, charge, loop.create_future())
             self._calls[call.id] = call
             self._queue.append(call)
             admitted.append((call.id, call.answer))
@@ -196,22 +221,25 @@ class ToolService:
     # ---- answers ----------------------------------------------------------------------------------
 
     async def wait(self, call_id: str) -> ExecResult:
-        """The answer of an ``accept``ed request (waits for it). KeyError for an unknown or expired id."""
+        """The answer of an ``accept``ed request (waits for it, and takes it: it is given once).
+        KeyError for an unknown, expired or already taken id."""
         call = self._calls.get(call_id)
         if call is not None:
-            return await asyncio.shield(call.answer)
-        result = self.result(call_id)  # answered already: kept, or KeyError
+            await asyncio.shield(call.answer)
+        result = self.result(call_id)
         assert result is not None
         return result
 
     def result(self, call_id: str) -> ExecResult | None:
-        """The kept answer, None while it runs; KeyError for an id never accepted or already expired."""
+        """The kept answer, taken (a second call raises KeyError), or None while it runs; KeyError for an
+        id never accepted, already taken or expired."""
         self._expire()
         if call_id in self._calls:
             return None
-        kept = self._kept.get(call_id)
+        kept = self._kept.pop(call_id, None)
         if kept is None:
             raise KeyError(call_id)
+        self._pending_bytes -= kept[2]
         return kept[1]
 
     async def execute(self, code: str, limits: Limits | None = None) -> ExecResult:
@@ -224,7 +252,9 @@ class ToolService:
         return list(await asyncio.gather(*(asyncio.shield(answer) for answer in answers)))
 
     def stats(self) -> ServiceStats:
-        return ServiceStats(len(self._calls), len(self._queue), self._running, self._answered, self._rejected)
+        return ServiceStats(
+            len(self._calls), len(self._queue), self._running, self._answered, self._rejected, len(self._kept)
+        )
 
     # ---- running ----------------------------------------------------------------------------------
 
@@ -253,29 +283,35 @@ class ToolService:
     def _answer(self, call: _Call, result: ExecResult) -> None:
         if self._calls.pop(call.id, None) is None:
             return  # already answered
-        self._pending_bytes -= len(call.code)
         now = time.monotonic()
         self._answered += 1
         self._recent.append(now)
         self._metrics.completed.labels("exec", result.verdict).inc()
         self._metrics.latency.labels("exec").observe(now - call.accepted_at)
-        if call.keep:
-            self._kept[call.id] = (now, result)
+        if call.keep:  # its bytes stay charged until the answer is taken or expires
+            self._kept[call.id] = (now, result, call.charge)
+        else:
+            self._pending_bytes -= call.charge
         if not call.answer.done():
             call.answer.set_result(result)
 
     def _expire(self) -> None:
         horizon = time.monotonic() - self.keep_results_s
         while self._kept and next(iter(self._kept.values()))[0] < horizon:
-            self._kept.popitem(last=False)
+            _, (_, _, charge) = self._kept.popitem(last=False)
+            self._pending_bytes -= charge
 
     def _retry_after(self) -> float:
         """Seconds until about a tenth of the pending requests are answered, at the recent answer rate."""
         recent = self._recent
-        if len(recent) < 2 or recent[-1] <= recent[0]:
-            return 1.0
-        rate = (len(recent) - 1) / (recent[-1] - recent[0])
-        return min(30.0, max(0.05, 0.1 * len(self._calls) / rate))
+        estimate = 1.0
+        if len(recent) >= 2 and recent[-1] > recent[0]:
+            rate = (len(recent) - 1) / (recent[-1] - recent[0])
+            estimate = min(30.0, max(0.05, 0.1 * len(self._calls) / rate))
+        if self._kept and not self._calls:  # full of unfetched answers: room when the oldest expires
+            oldest = next(iter(self._kept.values()))[0]
+            estimate = max(0.05, min(30.0, oldest + self.keep_results_s - time.monotonic()))
+        return estimate
 
     def count_verified(self, verdicts: Sequence[bool], started: float) -> None:
         """Metrics for a batch of reward checks answered inline."""

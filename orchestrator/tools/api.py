@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 __all__ = [
     "MAX_CODE_BYTES",
     "MAX_LIMITS",
+    "SERVICE_MAX_LIMITS",
     "VERDICTS",
     "CodeExecutor",
     "ExecResult",
@@ -61,6 +62,10 @@ class Limits:
             if value > most:
                 raise ValueError(f"limits.{field.name}: {value!r} is above the service's maximum {most!r}")
 
+    def capped(self, ceiling: Limits) -> Limits:
+        """These limits, each lowered to ``ceiling``'s where it is above it."""
+        return Limits(**{f.name: min(getattr(self, f.name), getattr(ceiling, f.name)) for f in fields(self)})
+
     def merged(self, overrides: dict[str, Any] | None) -> Limits:
         """These limits with ``overrides`` (from a request) applied; unknown names raise ValueError."""
         if not overrides:
@@ -80,6 +85,19 @@ MAX_LIMITS = Limits(
     processes=64,
     output_bytes=16 * 2**20,
     disk_bytes=2 * 2**30,
+)
+
+# What ``orch tools serve`` lets an (untrusted) caller ask for unless its operator raises it with
+# ``--max-limit``: the library defaults' processes, a few times their memory and time. Every field is
+# at most ``MAX_LIMITS``' (the sandbox's own ceiling).
+SERVICE_MAX_LIMITS = Limits(
+    wall_seconds=60.0,
+    cpu_seconds=60.0,
+    memory_bytes=2 * 2**30,
+    open_files=256,
+    processes=8,
+    output_bytes=2**20,
+    disk_bytes=256 * 2**20,
 )
 
 

@@ -12,9 +12,9 @@ from aiohttp import web
 from orchestrator.errors import PortUnavailable
 from orchestrator.httpguard import GuardConfig, guard_config
 from orchestrator.tools.admission import ToolService
-from orchestrator.tools.api import CodeExecutor
+from orchestrator.tools.api import SERVICE_MAX_LIMITS, CodeExecutor, Limits
 from orchestrator.tools.executors import ray_pool_class
-from orchestrator.tools.http_api import TOKEN_ENV, make_app
+from orchestrator.tools.http_api import TOKEN_ENV, BodyLimits, make_app
 
 __all__ = ["serve_tools"]
 
@@ -26,6 +26,9 @@ async def serve_tools(
     workers: int,
     ray_address: str | None = None,
     max_pending: int = 65_536,
+    max_limits: Limits = SERVICE_MAX_LIMITS,
+    keep_results_s: float = 300.0,
+    body_limits: BodyLimits | None = None,
     ready: Callable[[str, ToolService], None] | None = None,
     stop: asyncio.Event | None = None,
     guard: GuardConfig | None = None,
@@ -43,8 +46,17 @@ async def serve_tools(
         executor = SandboxPool(workers)
     async with executor:  # type: ignore[attr-defined]
         concurrency = max(workers, int(getattr(executor, "capacity", workers)))
-        async with ToolService(executor, concurrency=concurrency, max_pending=max_pending) as service:
-            runner = web.AppRunner(make_app(service, guard), access_log=None)
+        service = ToolService(
+            executor,
+            concurrency=concurrency,
+            max_pending=max_pending,
+            max_limits=max_limits,
+            # An operator who lowers a maximum lowers the default with it (a caller's ask is refused).
+            default_limits=getattr(executor, "default_limits", Limits()).capped(max_limits),
+            keep_results_s=keep_results_s,
+        )
+        async with service:
+            runner = web.AppRunner(make_app(service, guard, body_limits=body_limits), access_log=None)
             await runner.setup()
             try:
                 try:
