@@ -186,7 +186,19 @@ def tools() -> None:
     show_default=True,
     help="accepted, unanswered calls; beyond it callers get 429 busy, retry after",
 )
-def tools_serve(port: int, host: str, workers: int | None, ray_address: str | None, max_pending: int) -> None:
+@click.option(
+    "--allow-weak-isolation",
+    is_flag=True,
+    help="run even where the sandbox gets no namespaces (not root, no user namespaces): weak, see README",
+)
+def tools_serve(
+    port: int,
+    host: str,
+    workers: int | None,
+    ray_address: str | None,
+    max_pending: int,
+    allow_weak_isolation: bool,
+) -> None:
     """Serve POST /v1/exec, /v1/exec/batch, /v1/verify, GET /v1/results/ID and /metrics."""
     import asyncio
     import os
@@ -208,6 +220,7 @@ def tools_serve(port: int, host: str, workers: int | None, ray_address: str | No
                 workers=count,
                 ray_address=ray_address,
                 max_pending=max_pending,
+                allow_weak_isolation=allow_weak_isolation,
                 ready=ready,
             )
         )

@@ -8,7 +8,7 @@
     POST /v1/verify        {"response": str, "reference": str}
                            200 {"result": {"correct", "extracted", "reason"}}
     POST /v1/verify/batch  {"pairs": [{"response", "reference"}, ...]} → 200 {"results": [...]}
-    GET  /metrics, /healthz
+    GET  /metrics, /healthz   both say the sandbox's isolation ("namespaces" | "weak"; null: not a local pool)
 
 A bad request gets 400 (413 for code over the size limit) with {"error": "<field>: <what is wrong>"}; a full
 service gets 429 with a ``Retry-After`` header and {"error", "retry_after_s"}.
@@ -129,10 +129,25 @@ class _Handlers:
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.service.registry)
+        isolation = _isolation(self.service)
+        if isolation is not None:
+            body += (
+                "# HELP orch_tools_isolation The sandbox's isolation level in effect (1 for the level).\n"
+                f'# TYPE orch_tools_isolation gauge\norch_tools_isolation{{level="{isolation}"}} 1.0\n'
+            ).encode()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, **asdict(self.service.stats())})
+        return web.json_response(
+            {"ok": True, **asdict(self.service.stats()), "isolation": _isolation(self.service)}
+        )
+
+
+def _isolation(service: ToolService) -> str | None:
+    """The isolation level of a local sandbox pool behind ``service`` (None for other executors)."""
+    stats = getattr(service.executor, "stats", None)
+    level = getattr(stats, "isolation", None)
+    return level if isinstance(level, str) else None
 
 
 async def _answering(handler: Any) -> web.Response:

@@ -25,17 +25,18 @@ async def serve_tools(
     workers: int,
     ray_address: str | None = None,
     max_pending: int = 65_536,
+    allow_weak_isolation: bool = False,
     ready: Callable[[str, ToolService], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve the HTTP API until ``stop`` is set (or SIGTERM); ``ready`` gets the URL once it listens."""
     executor: CodeExecutor
     if ray_address:
-        executor = ray_pool_class("--ray")(ray_address)
+        executor = ray_pool_class("--ray")(ray_address, allow_weak_isolation=allow_weak_isolation)
     else:
         from orchestrator.tools.sandbox import SandboxPool
 
-        executor = SandboxPool(workers)
+        executor = SandboxPool(workers, allow_weak_isolation=allow_weak_isolation)
     async with executor:  # type: ignore[attr-defined]
         concurrency = max(workers, int(getattr(executor, "capacity", workers)))
         async with ToolService(executor, concurrency=concurrency, max_pending=max_pending) as service:
