@@ -708,7 +708,7 @@ async def main():
         stats = pool.stats
         assert (stats.network, stats.separate_uids, stats.private_tmp) == ("namespace", False, True), stats
         assert stats.isolation == "namespaces", stats  # through a user namespace of its own
-        assert (await pool.execute("import os; print(os.getuid())")).stdout == "0\\n"  # uid 0 of its own user namespace
+        assert (await pool.execute("import os; print(os.getuid())")).stdout == "0\\n"
         assert (await pool.execute("while True: pass", Limits(wall_seconds=0.3))).verdict == "timeout"
         blocked = await pool.execute("import socket; socket.socket().connect(('127.0.0.1', 9))")
         assert "Network is unreachable" in blocked.stderr, blocked
