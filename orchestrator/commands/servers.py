@@ -280,6 +280,11 @@ def tools() -> None:
     show_default=True,
     help="request-body bytes read and checked at once, all callers; beyond it: 429, retry after",
 )
+@click.option(
+    "--allow-weak-isolation",
+    is_flag=True,
+    help="run even where the sandbox gets no namespaces (not root, no user namespaces): weak, see README",
+)
 def tools_serve(
     port: int,
     host: str,
@@ -293,6 +298,7 @@ def tools_serve(
     max_body_bytes: int,
     max_verify_bytes: int,
     body_bytes_in_flight: int,
+    allow_weak_isolation: bool,
 ) -> None:
     """Serve POST /v1/exec, /v1/exec/batch, /v1/verify, GET /v1/results/ID and /metrics.
 
@@ -327,6 +333,7 @@ def tools_serve(
                 max_limits=max_limits,
                 keep_results_s=result_ttl,
                 body_limits=body_limits,
+                allow_weak_isolation=allow_weak_isolation,
                 ready=ready,
                 guard=guard,
             )

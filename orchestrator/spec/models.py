@@ -326,6 +326,8 @@ class ToolsSpec(_Strict):
     output_bytes: int = Field(default=64 * 1024, gt=0, le=16 * 2**20)  # stdout + stderr kept
     disk_mb: int = Field(default=64, gt=0, le=2048)  # scratch files in all (a tmpfs), and any one file
     service: str = "embedded"
+    # An embedded or Ray sandbox pool refuses to start where it gets no namespaces, unless this is true.
+    allow_weak_isolation: bool = False
 
     @field_validator("service")
     @classmethod

@@ -55,10 +55,15 @@ async def open_executor(tools: ToolsSpec, *, workers: int | None = None) -> Asyn
         return
     if tools.service.startswith("ray:"):
         pool_class = ray_pool_class(f"tools.service {tools.service!r}")
-        async with pool_class(tools.service.removeprefix("ray:"), default_limits=limits) as pool:
+        address = tools.service.removeprefix("ray:")
+        weak = tools.allow_weak_isolation
+        async with pool_class(address, default_limits=limits, allow_weak_isolation=weak) as pool:
             yield pool
         return
     from orchestrator.tools.sandbox import SandboxPool
 
-    async with SandboxPool(workers or os.cpu_count() or 1, default_limits=limits) as pool:
+    count = workers or os.cpu_count() or 1
+    async with SandboxPool(
+        count, default_limits=limits, allow_weak_isolation=tools.allow_weak_isolation
+    ) as pool:
         yield pool

@@ -8,7 +8,7 @@
     POST /v1/verify        {"response": str, "reference": str}
                            200 {"result": {"correct", "extracted", "reason"}}
     POST /v1/verify/batch  {"pairs": [{"response", "reference"}, ...]} → 200 {"results": [...]}
-    GET  /metrics, /healthz
+    GET  /metrics, /healthz   both say the sandbox's isolation ("namespaces" | "weak"; null: not a local pool)
 
 Who may call (``orchestrator.httpguard``): no browser (``Origin``: 403), no foreign ``Host`` (403), and with a
 token (``ORCH_TOOLS_TOKEN`` or ``--token-file``) ``Authorization: Bearer TOKEN`` on every path but /healthz
@@ -266,12 +266,26 @@ class _Handlers:
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.service.registry)
+        isolation = _isolation(self.service)
+        if isolation is not None:
+            body += (
+                "# HELP orch_tools_isolation The sandbox's isolation level in effect (1 for the level).\n"
+                f'# TYPE orch_tools_isolation gauge\norch_tools_isolation{{level="{isolation}"}} 1.0\n'
+            ).encode()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
         stats = asdict(self.service.stats())
         bodies = {"verifying": self.verifying, "body_bytes_in_flight": self.bodies.used}
-        return web.json_response({"ok": True, **stats, **bodies})
+        isolation = {"isolation": _isolation(self.service)}
+        return web.json_response({"ok": True, **stats, **bodies, **isolation})
+
+
+def _isolation(service: ToolService) -> str | None:
+    """The isolation level of a local sandbox pool behind ``service`` (None for other executors)."""
+    stats = getattr(service.executor, "stats", None)
+    level = getattr(stats, "isolation", None)
+    return level if isinstance(level, str) else None
 
 
 async def _answering(handler: Any, request: web.Request) -> web.StreamResponse:

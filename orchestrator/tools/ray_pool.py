@@ -60,16 +60,20 @@ class RayPoolError(OrchError):
 class _SandboxActor:
     """One node's ``SandboxPool``, run as an async Ray actor on that node."""
 
-    def __init__(self, workers: int, default_limits: Limits, network: NetworkMode) -> None:
-        self._settings = (workers, default_limits, network)
+    def __init__(
+        self, workers: int, default_limits: Limits, network: NetworkMode, allow_weak_isolation: bool = False
+    ) -> None:
+        self._settings = (workers, default_limits, network, allow_weak_isolation)
         self._pool: SandboxPool | None = None
         self._starting: asyncio.Future[None] | None = None
 
     async def start(self) -> int:
         """Start the sandbox workers (once, whoever asks first); the number of workers."""
         if self._starting is None:
-            workers, default_limits, network = self._settings
-            self._pool = SandboxPool(workers, default_limits=default_limits, network=network)
+            workers, default_limits, network, weak = self._settings
+            self._pool = SandboxPool(
+                workers, default_limits=default_limits, network=network, allow_weak_isolation=weak
+            )
             self._starting = asyncio.ensure_future(self._pool.start())
         await asyncio.shield(self._starting)
         return self._settings[0]
@@ -123,6 +127,7 @@ class RayPool:
         workers_per_node: int | None = None,
         default_limits: Limits = DEFAULT_LIMITS,
         network: NetworkMode = "auto",
+        allow_weak_isolation: bool = False,
     ) -> None:
         if workers_per_node is not None and (
             isinstance(workers_per_node, bool)
@@ -139,6 +144,7 @@ class RayPool:
         self.workers_per_node = workers_per_node
         self.default_limits = default_limits
         self._network: NetworkMode = network
+        self.allow_weak_isolation = allow_weak_isolation
         self._slots: list[_Slot] = []
         self._state: Literal["new", "started", "closed"] = "new"
         self._owns_ray = False
@@ -396,7 +402,7 @@ class RayPool:
             max_restarts=0,  # the pool replaces a dead actor itself, and never re-runs its calls
             max_task_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
-        ).remote(slot.workers, self.default_limits, self._network)
+        ).remote(slot.workers, self.default_limits, self._network, self.allow_weak_isolation)
 
     def _notify(self) -> None:
         if self._changed is not None:

@@ -6,6 +6,12 @@ commonly need. For every call it forks a child that confines itself and runs the
 call at a time, gives the zygote ``wall_seconds`` plus a grace to answer, and replaces a zygote that dies or
 stops answering; the call it held is answered "killed".
 
+Isolation (``SandboxStats.isolation``): "namespaces" where each worker got network, mount, IPC and PID
+namespaces and a read-only file system, as root or, without root, through an unprivileged user namespace;
+otherwise "weak", and then the pool refuses to start unless ``allow_weak_isolation`` (``orch tools serve
+--allow-weak-isolation``, ``tools.allow_weak_isolation`` in a run spec). Not done yet: a cgroup per call
+(memory and pids for the call as a whole); RLIMIT_AS still caps each process on its own.
+
 What holds when the service runs as root on Linux:
 
 - user: each worker runs its calls as a uid of its own (from 61000, claimed with a lock file in
@@ -23,6 +29,10 @@ What holds when the service runs as root on Linux:
   PostgreSQL, say), is an empty tmpfs; and a directory closed to other users above the Python
   installation (e.g. /root for pyenv) is shown as an empty one holding just that installation. No file
   may grow past ``disk_bytes`` (RLIMIT_FSIZE).
+- processes: the zygote is PID 1 of a PID namespace with a /proc of its own (hidepid=2), so a call sees
+  only its own processes, not the host's nor their command lines or environments, and everything a call
+  left running is killed at once at its end. The file system is read-only (mount_setattr, recursively)
+  but for the call's tmpfs.
 - environment: the zygote starts with PATH, LANG and LD_BIND_NOW only and the child gets PATH, LANG,
   HOME, TMPDIR and PYTHONDONTWRITEBYTECODE, so the service's secrets are not visible (not even in
   /proc/self/environ).
@@ -36,7 +46,11 @@ Throughput: fork, not interpreter start, is the cost of a call, and on a VM it g
 mappings and written pages. So the zygote runs without ``site`` (no .pth imports) and without threading,
 shutil or NSS libraries, makes the call's environment and std streams once, and is pinned to one CPU.
 
-Without root the snippet runs as the service's user: it can signal its worker (which is then replaced),
+Without root, where the kernel allows unprivileged user namespaces, the zygote is uid 0 of a user
+namespace of its own and gets all of the above but the separate uid: a call runs as that uid 0 with every
+capability dropped (an empty bounding set, no_new_privs), cannot see its zygote (not dumpable), and
+RLIMIT_NPROC counts the processes of that namespace. Without root and without user namespaces (weak)
+the snippet runs as the service's user: it can signal its worker (which is then replaced),
 ``processes`` is not enforced, /tmp, /run and IPC are shared, the scratch directory is a fresh one on
 disk (removed after the call; only single files are capped), cleanup reaches only the call's session and
 ``"auto"`` means "block". Needs Linux 5.3+ (pidfd).
@@ -82,6 +96,12 @@ ZYGOTE_FLAGS = ("-I", "-S", "-B")  # isolated, no site (.pth imports make every 
 ZYGOTE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LD_BIND_NOW": "1"}
 
 
+WEAK_REFUSED = (
+    "isolation is weak here: refused; run as root or where unprivileged user namespaces are allowed, "
+    "or accept weak isolation with --allow-weak-isolation (tools.allow_weak_isolation: true in a run spec)"
+)
+
+
 class SandboxError(OrchError):
     """The pool cannot run calls: it is not started, it is closed, or its workers do not start."""
 
@@ -102,6 +122,8 @@ class SandboxStats:
     network: Literal["namespace", "block"] | None  # the weakest in effect; None while no worker is alive
     separate_uids: bool  # calls run as a uid of their worker's own (the service runs as root)
     private_tmp: bool  # /tmp, /var/tmp, /dev/shm are the call's scratch dir, /run is hidden, IPC is private
+    isolation: Literal["namespaces", "weak"] | None = None  # the weakest in effect; None while none is alive
+    weak_because: str = ""  # what a weak worker lacks
 
 
 class _Worker:
@@ -116,8 +138,9 @@ class _Worker:
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
-    async def start(self, network: NetworkMode, scratch_root: Path) -> None:
-        """Start the zygote and read its hello; SandboxError if it does not come up."""
+    async def start(self, network: NetworkMode, scratch_root: Path, allow_weak: bool = False) -> None:
+        """Start the zygote and read its hello; SandboxError if it does not come up, or comes up with weak
+        isolation unless ``allow_weak``."""
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -135,6 +158,8 @@ class _Worker:
             hello = json.loads(frame)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, _WorkerLost, ValueError) as error:
             hello = {"error": f"no hello ({type(error).__name__}: {error})"}
+        if "error" not in hello and hello.get("isolation") != "namespaces" and not allow_weak:
+            hello = {"error": f"{WEAK_REFUSED} ({hello.get('weak_because', 'unknown')})"}
         if "error" in hello:
             await self.stop(graceful=False)
             raise SandboxError(f"sandbox worker {self.index} did not start: {hello['error']}")
@@ -268,6 +293,7 @@ class SandboxPool:
         *,
         default_limits: Limits = DEFAULT_LIMITS,
         network: NetworkMode = "auto",
+        allow_weak_isolation: bool = False,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers: must be a positive integer, got {workers!r}")
@@ -276,6 +302,7 @@ class SandboxPool:
         default_limits.check_within(MAX_LIMITS)
         self.default_limits = default_limits
         self._network: NetworkMode = network
+        self.allow_weak_isolation = allow_weak_isolation
         self._workers = [_Worker(index) for index in range(workers)]
         self._queue: asyncio.Queue[_Call | None] = asyncio.Queue()  # FIFO; None tells a driver to stop
         self._drivers: list[asyncio.Task[None]] = []
@@ -290,6 +317,12 @@ class SandboxPool:
         return self._scratch_root
 
     @property
+    def worker_pids(self) -> list[int | None]:
+        """The PID of each worker's process as the service sees it (None while stopped); with a PID
+        namespace the zygote proper is its only child."""
+        return [worker.process.pid if worker.alive and worker.process else None for worker in self._workers]
+
+    @property
     def stats(self) -> SandboxStats:
         """Workers alive, calls running and waiting, restarts and the isolation in effect, right now."""
         alive = [worker.hello for worker in self._workers if worker.alive]
@@ -302,6 +335,8 @@ class SandboxPool:
             network=min((hello["network"] for hello in alive), default=None),  # "block" < "namespace"
             separate_uids=bool(alive) and all(hello["as_root"] for hello in alive),
             private_tmp=bool(alive) and all(hello["private_tmp"] for hello in alive),
+            isolation=max((hello["isolation"] for hello in alive), default=None),  # "namespaces" < "weak"
+            weak_because="; ".join(sorted({hello["weak_because"] for hello in alive} - {""})),
         )
 
     async def start(self) -> None:
@@ -313,7 +348,10 @@ class SandboxPool:
         self._scratch_root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         self._scratch_root.chmod(0o711)
         results = await asyncio.gather(
-            *(worker.start(self._network, self._scratch_root) for worker in self._workers),
+            *(
+                worker.start(self._network, self._scratch_root, self.allow_weak_isolation)
+                for worker in self._workers
+            ),
             return_exceptions=True,
         )
         failures = [result for result in results if isinstance(result, BaseException)]
@@ -406,5 +444,5 @@ class SandboxPool:
     async def _replace(self, worker: _Worker) -> None:
         await worker.stop(graceful=False)
         assert self._scratch_root is not None
-        await worker.start(self._network, self._scratch_root)
+        await worker.start(self._network, self._scratch_root, self.allow_weak_isolation)
         self._restarts += 1

@@ -29,6 +29,7 @@ async def serve_tools(
     max_limits: Limits = SERVICE_MAX_LIMITS,
     keep_results_s: float = 300.0,
     body_limits: BodyLimits | None = None,
+    allow_weak_isolation: bool = False,
     ready: Callable[[str, ToolService], None] | None = None,
     stop: asyncio.Event | None = None,
     guard: GuardConfig | None = None,
@@ -39,11 +40,11 @@ async def serve_tools(
     guard = guard or guard_config(host, None, env_name=TOKEN_ENV)
     executor: CodeExecutor
     if ray_address:
-        executor = ray_pool_class("--ray")(ray_address)
+        executor = ray_pool_class("--ray")(ray_address, allow_weak_isolation=allow_weak_isolation)
     else:
         from orchestrator.tools.sandbox import SandboxPool
 
-        executor = SandboxPool(workers)
+        executor = SandboxPool(workers, allow_weak_isolation=allow_weak_isolation)
     async with executor:  # type: ignore[attr-defined]
         concurrency = max(workers, int(getattr(executor, "capacity", workers)))
         service = ToolService(

@@ -8,12 +8,20 @@ limits) a JSON header frame and an output frame (stdout bytes, then stderr bytes
 of stdin means the service is gone: the zygote kills its call and exits. It imports only the standard
 library, so it starts fast and a snippet sees no orch code.
 
-Per call the child starts a new session; as root it gets private mount and IPC namespaces with a tmpfs of
-its own as /tmp, /var/tmp, /dev/shm, cwd and HOME (without root: a fresh SCRATCH_ROOT/call-N directory);
-it applies the rlimits, drops to the worker's own uid (no groups, no new privileges) and runs the snippet
-in a fresh ``__main__``, writing stdout and stderr to sealed memory files. The zygote enforces the wall
-clock, kills every process left running as the worker's uid, reaps them, reads at most ``output_bytes``
-of output and removes the scratch directory, if any, before it answers.
+At start the zygote enters its namespaces: as root a mount and a network namespace; without root, where the
+kernel allows, a user namespace first (its uid mapped to 0 there, setgroups denied, as bubblewrap does)
+that gives it the same. Then it enters a PID namespace by forking: the child is the zygote proper, PID 1
+there, with a /proc of its own (hidepid=2) and the whole file system read-only; the parent only waits for
+it (it is the process the service started, and the child dies with it). The isolation it reached is its
+hello's ``isolation``: "namespaces" (all of the above) or "weak" (``weak_because`` says what is missing).
+
+Per call the child starts a new session; with namespaces it gets private mount and IPC namespaces with a
+tmpfs of its own as /tmp, /var/tmp, /dev/shm, cwd and HOME (weak: a fresh SCRATCH_ROOT/call-N directory);
+it applies the rlimits, drops to the worker's own uid (no groups) or, in a user namespace, drops every
+capability, sets no new privileges and runs the snippet in a fresh ``__main__``, writing stdout and
+stderr to sealed memory files. The zygote enforces the wall clock, kills every process left in its PID
+namespace (weak: as the worker's uid), reaps them, reads at most ``output_bytes`` of output and removes
+the scratch directory, if any, before it answers.
 """
 
 from __future__ import annotations
@@ -57,8 +65,18 @@ REAP_SECONDS = 2.0  # how long killed processes get to disappear
 LIVE_STATES = frozenset("RSD")  # running, sleeping, in a system call: may still fork or resume others
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
-PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 4, 36, 38
+CLONE_NEWUSER, CLONE_NEWPID = 0x10000000, 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x1000, 0x4000, 0x40000
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = (
+    1,
+    4,
+    24,
+    36,
+    38,
+)
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture (Linux 5.12+)
+AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 0x1
+CAPABILITY_VERSION_3 = 0x20080522
 AF_UNIX = 1
 
 # What the "block" network mode refuses: name lookups, non-Unix sockets, running programs (a fresh process
@@ -75,6 +93,27 @@ _unshare, _mount, _libc_prctl = _libc.unshare, _libc.mount, _libc.prctl
 _unshare.argtypes = [ctypes.c_int]
 _mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in ("attr_set", "attr_clr", "propagation", "userns_fd")]
+
+
+# capset(2) arguments that clear every capability, made once: a call's child in a user namespace uses them.
+_NO_CAPS = (ctypes.pointer(_CapHeader(CAPABILITY_VERSION_3, 0)), (_CapData * 2)())
+_capset = _libc.capset
 _NULL = [-1]  # an fd open on /dev/null, each call's stdin (set by prepare())
 _SHARED_TMP_BINDS: tuple[bytes, ...] = ()  # the SHARED_TMP directories besides /tmp that exist (prepare())
 _STD_STREAMS: tuple[Any, Any, Any] = (None, None, None)  # set by prepare()
@@ -89,6 +128,10 @@ class Worker(NamedTuple):
     as_root: bool
     network: str  # "namespace" | "block"
     private_tmp: bool
+    user_namespace: bool  # without root: the zygote is uid 0 of a user namespace of its own
+    pid_namespace: bool  # the zygote is PID 1 of a PID namespace with its own /proc, and / is read-only
+    isolation: str  # "namespaces" | "weak"
+    weak_because: str  # what is missing, "" when the isolation is "namespaces"
 
 
 # ---- frames ---------------------------------------------------------------------------------------
@@ -209,6 +252,70 @@ def _private_mounts(scratch_root: str) -> bool:
     return True
 
 
+def _user_namespace() -> bool:
+    """Enter a user namespace of our own where our uid and gid are 0 (setgroups denied), so that we may
+    make the other namespaces without root; False where the kernel refuses."""
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        _call("unshare", CLONE_NEWUSER)
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as file:
+                file.write(text)
+    except OSError:
+        return False
+    return True
+
+
+def _pid_namespace() -> bool:
+    """Become PID 1 of a new PID namespace: unshare, then fork; this parent waits for the child and exits
+    with it (it is the process the service started), the child returns True. Every process of the
+    namespace dies with its PID 1, and PID 1 dies with this parent (PDEATHSIG). False where refused."""
+    try:
+        _call("unshare", CLONE_NEWPID)
+    except OSError:
+        return False
+    pid = os.fork()
+    if pid:
+        for fd in (0, 1):  # the child answers the service; EOF must reach the service once the child is gone
+            os.close(fd)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A /proc for this namespace: the host's processes and their command lines are not in it; hidepid=2
+    # hides the zygote too from a call (another uid, or without capabilities while it is not dumpable).
+    _call("mount", b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, b"hidepid=2")
+    return True
+
+
+def _read_only_root() -> bool:
+    """Make every mount of our mount namespace read-only (mounts made later, a call's tmpfs, are not):
+    no call may change a file of the host, the service's own package among them. False where refused."""
+    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    result = _libc.syscall(
+        SYS_MOUNT_SETATTR,
+        AT_FDCWD,
+        b"/",
+        AT_RECURSIVE,
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    return result == 0
+
+
+def _drop_bounding_set() -> None:
+    """Empty the capability bounding set: nothing a call runs may gain a capability (done once: a call's
+    child then only has to clear its own capabilities)."""
+    with open("/proc/sys/kernel/cap_last_cap") as file:
+        last = int(file.read())
+    for capability in range(last + 1):
+        _prctl(PR_CAPBSET_DROP, capability)
+
+
 def _pin_to_one_cpu(slot: int) -> None:
     """Keep this zygote and its calls on one of the CPUs we may use (``slot`` modulo their number). A fork
     write-protects the zygote's memory, which flushes the TLB of every CPU the zygote ran on; on one CPU
@@ -241,19 +348,39 @@ def prepare(index: int, network: str, scratch_root: str, accounts: frozenset[int
     for name in PRELOAD:
         __import__(name)
     os.umask(0o022)
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a call come back to us, so we can reap them
     as_root = os.geteuid() == 0
+    user_namespace = not as_root and network != "block" and _user_namespace()
     uid = _claim_uid(index, accounts) if as_root else os.getuid()
     gid = uid if as_root else os.getgid()
     if as_root:
         _kill_uid(uid)  # whatever an earlier zygote with this uid left behind
+    elif user_namespace:
+        uid = gid = 0
     _pin_to_one_cpu(uid - UID_BASE if as_root else index)
-    private_tmp = as_root and _private_mounts(scratch_root)
-    if private_tmp:
-        _set_environment("/tmp")  # each call's /tmp is its scratch dir: set once here, not per call
+    private_tmp = (as_root or user_namespace) and _private_mounts(scratch_root)
     isolated = network != "block" and _network_namespace()
     if network == "namespace" and not isolated:
         raise OSError("the kernel refused a network namespace (unshare CLONE_NEWNET); use network='block'")
+    pid_namespace = private_tmp and _pid_namespace() and _read_only_root()
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a call come back to us, so we can reap them
+    if private_tmp:
+        _set_environment("/tmp")  # each call's /tmp is its scratch dir: set once here, not per call
+    if user_namespace:
+        _drop_bounding_set()
+        _prctl(PR_SET_DUMPABLE, 0)  # so a call without capabilities can neither see nor trace the zygote
+    missing = [
+        what
+        for what, there in (
+            (
+                "no user namespace (not root, and the kernel refused an unprivileged one)",
+                as_root or user_namespace,
+            ),
+            ("no network namespace", isolated),
+            ("no private mount namespace", private_tmp),
+            ("no PID namespace with a read-only file system", pid_namespace),
+        )
+        if not there
+    ]
     global _STD_STREAMS, _ZYGOTE_STREAMS, _SHARED_TMP_BINDS
     _SHARED_TMP_BINDS = tuple(path.encode() for path in SHARED_TMP[1:] if os.path.isdir(path))
     _NULL[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -261,7 +388,17 @@ def prepare(index: int, network: str, scratch_root: str, accounts: frozenset[int
     _ZYGOTE_STREAMS = (sys.stdin, sys.stdout, sys.stderr)  # so that a child replacing them frees nothing
     gc.collect()
     gc.freeze()  # children's collections skip what is here now, so they copy fewer pages on write
-    return Worker(uid, gid, as_root, "namespace" if isolated else "block", private_tmp)
+    return Worker(
+        uid,
+        gid,
+        as_root,
+        "namespace" if isolated else "block",
+        private_tmp,
+        user_namespace,
+        pid_namespace,
+        "weak" if missing else "namespaces",
+        "; ".join(missing),
+    )
 
 
 # ---- killing and reaping --------------------------------------------------------------------------
@@ -322,10 +459,14 @@ def _children() -> list[int]:
 
 
 def _kill_call(worker: Worker, pid: int) -> None:
-    """SIGKILL the call's processes: as root every process of the worker's uid, otherwise the child's
-    session and every child of ours."""
+    """SIGKILL the call's processes: in a PID namespace all but us (at once: no fork bomb outruns it), else
+    as root every process of the worker's uid, otherwise the child's session and every child of ours."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)  # it may not have dropped privileges yet
+    if worker.pid_namespace:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)  # from PID 1: every process of the namespace but itself
+        return
     if worker.as_root:
         _kill_uid(worker.uid)
         return
@@ -490,7 +631,7 @@ def plan(worker: Worker, request: dict[str, Any]) -> _Plan:
     """The child's work for ``request``: its mount options and rlimits, ready to apply."""
     limits = request["limits"]
     options = f"size={limits['disk_bytes']},mode=0700,uid={worker.uid},gid={worker.gid}".encode()
-    return _Plan(request["code"], request["scratch"], options, _rlimits(limits, worker.as_root))
+    return _Plan(request["code"], request["scratch"], options, _rlimits(limits, worker))
 
 
 def _child(worker: Worker, work: _Plan, files: tuple[int, int, int]) -> NoReturn:
@@ -530,6 +671,9 @@ def _confine(worker: Worker, work: _Plan) -> None:
         os.setresgid(worker.gid, worker.gid, worker.gid)
         os.setresuid(worker.uid, worker.uid, worker.uid)
         _prctl(PR_SET_DUMPABLE, 1)  # the uid change cleared it; without it /proc/self belongs to root
+    elif worker.user_namespace:
+        _checked(_capset(*_NO_CAPS), "capset")  # uid 0 of our namespace, with no capability left
+        _prctl(PR_SET_DUMPABLE, 1)  # the zygote is not dumpable; the call's processes may see each other
     _prctl(PR_SET_NO_NEW_PRIVS, 1)  # setuid programs cannot raise privileges again
     if not worker.private_tmp:  # otherwise the zygote's environment is already the call's (HOME=/tmp)
         _set_environment(os.getcwd())
@@ -549,9 +693,10 @@ def _set_environment(home: str) -> None:
     )
 
 
-def _rlimits(limits: dict[str, Any], as_root: bool) -> tuple[tuple[int, tuple[int, int]], ...]:
+def _rlimits(limits: dict[str, Any], worker: Worker) -> tuple[tuple[int, tuple[int, int]], ...]:
     """The (resource, (soft, hard)) pairs a call runs under; without root, capped at our own hard limits
     (which only root may raise)."""
+    as_root = worker.as_root
     cpu = math.ceil(limits["cpu_seconds"])
     wanted = {
         resource.RLIMIT_CORE: (0, 0),
@@ -563,6 +708,8 @@ def _rlimits(limits: dict[str, Any], as_root: bool) -> tuple[tuple[int, tuple[in
     if as_root:  # RLIMIT_NPROC counts every process of the real uid: only a uid of its own makes it per call
         wanted[resource.RLIMIT_NPROC] = (limits["processes"],) * 2
         return tuple(wanted.items())
+    if worker.user_namespace:  # counted per user namespace: the call's processes, the zygote and its parent
+        wanted[resource.RLIMIT_NPROC] = (limits["processes"] + 2,) * 2
     capped = []
     for kind, (soft, hard) in wanted.items():
         ceiling = resource.getrlimit(kind)[1]
