@@ -20,6 +20,8 @@ from orchestrator.kube.backend import make_kube_backend
 from orchestrator.kube.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from orchestrator.kube.rbac import CONTROLLER_ACCOUNT, TRAINER_ACCOUNT, load_rbac_rules, rbac_allows
 from orchestrator.records import Phase, Run
+from orchestrator.spec import parse_spec
+from orchestrator.spec.launch import engine_launch
 from orchestrator.state.store import Store
 from tests.conftest import spec_data, write_spec
 from tests.kube_rig.api_server import FakeKubeServer
@@ -127,7 +129,7 @@ def drive(
 
 
 def env_of(pod: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
 
 
 def split_pools_data() -> dict[str, Any]:
@@ -215,6 +217,17 @@ def test_a_gang_across_nodes_and_separate_engines_get_the_right_pods(
     service_name = f"{run.id}-a1"
     assert all(pods[n]["spec"]["subdomain"] == service_name for n in trainers)
     assert cluster.services_seen[service_name]["spec"]["clusterIP"] == "None"
+    # Engines run the spec's engine launch, named through the run's engine Service in the trainers' env.
+    spec = parse_spec(split_pools_data())
+    launch = engine_launch(spec, 0, host="0.0.0.0", port=spec.rollout.engine.port)
+    assert {tuple(pods[n]["spec"]["containers"][0]["command"]) for n in engines} == {launch.argv}
+    engine_service = cluster.services_seen[f"{run.id}-engines"]
+    assert all(pods[n]["spec"]["subdomain"] == f"{run.id}-engines" for n in engines)
+    assert engine_service["spec"]["selector"].items() <= pods[engines[0]]["metadata"]["labels"].items()
+    assert {env_of(pods[n])["ORCH_ENGINE_URLS"] for n in trainers} == {
+        ",".join(f"http://{run.id}-engine-{i}-a1.{run.id}-engines.{NAMESPACE}.svc:8000" for i in range(8))
+    }
+    assert {tuple(pods[n]["spec"]["containers"][0]["command"]) for n in trainers} == {("orch", "worker")}
     assert cluster.server.list_objects("", "services", NAMESPACE) == [], "a finished run's objects are swept"
     assert cluster.server.list_objects("", "configmaps", NAMESPACE) == []
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from orchestrator.errors import SpecError
-from orchestrator.rollout.launch import engine_launch
 from orchestrator.spec import ENGINE_CLIS, RunSpec, parse_spec
+from orchestrator.spec.launch import engine_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = json.loads((ROOT / "tests" / "data" / "engine_flags.json").read_text())

@@ -260,6 +260,8 @@ BAD = {
     "no pools at all": _set("pools", {}),
     "an empty image": _set("image", ""),
     "a float where an integer goes": _set("checkpoint.every_steps", 1.5),
+    "a memory that is not a quantity": _set("trainer.resources", {"requests": {"memory": "64GB"}}),
+    "a volume without a claim": _set("kubernetes", {"volumes": [{"name": "m", "mount_path": "/m"}]}),
 }
 
 

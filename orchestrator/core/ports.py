@@ -15,10 +15,18 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from orchestrator.records import Workload
 
-__all__ = ["ENGINE_PORTS_ENV", "ENGINE_PORT_ENV", "MAX_PORT", "assign_engine_ports", "ports_in_use"]
+__all__ = [
+    "ENGINE_PORTS_ENV",
+    "ENGINE_PORT_ENV",
+    "ENGINE_URLS_ENV",
+    "MAX_PORT",
+    "assign_engine_ports",
+    "ports_in_use",
+]
 
 ENGINE_PORT_ENV = "ORCH_ENGINE_PORT"  # an engine's port
 ENGINE_PORTS_ENV = "ORCH_ENGINE_PORTS"  # the trainer's view: every engine's port, by engine index
+ENGINE_URLS_ENV = "ORCH_ENGINE_URLS"  # the trainer's view: every engine's base URL, by engine index
 MAX_PORT = 65535
 
 

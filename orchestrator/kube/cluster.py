@@ -20,7 +20,7 @@ exactly what a gang must not do (a partial gang has to be torn down and recreate
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from kubernetes import client
@@ -47,6 +47,7 @@ from orchestrator.kube.objects import (
     closed_key,
     control_configmap,
     control_name,
+    engine_service,
     gpu_allocatable,
     gpu_request,
     observe_pod,
@@ -55,7 +56,7 @@ from orchestrator.kube.objects import (
     rendezvous_service,
 )
 from orchestrator.records import Workload
-from orchestrator.spec import PoolSpec
+from orchestrator.spec import PoolSpec, RunSpec
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -161,8 +162,26 @@ class KubeCluster:
         return observed
 
     def create_workload(self, workload: Workload) -> bool:
+        """Without a spec: the pod runs its image's own entry point (see ``create_workloads``)."""
+        return workload.colocated or self._create_member(workload, None, 0)
+
+    def create_workloads(
+        self, workloads: Sequence[Workload], *, spec: RunSpec | None = None, stage_index: int = 0
+    ) -> int:
+        """Create each member's pod, running what ``spec`` (their run's, at curriculum stage
+        ``stage_index``) launches (``pod_manifest``); returns how many pods were created (members
+        found by name, and colocated engines, are success but not created)."""
+        if spec is not None:
+            # One Service names all of a run's engine pods (their pod names carry the attempt).
+            for run_id in sorted({w.run_id for w in workloads if w.role == "engine" and not w.colocated}):
+                owner = self._run_owner(run_id)
+                body = engine_service(run_id, self.namespace, owner, spec.rollout.engine.port)
+                self._create(self.core.create_namespaced_service, body)
+        return sum(self._create_member(workload, spec, stage_index) for workload in workloads)
+
+    def _create_member(self, workload: Workload, spec: RunSpec | None, stage_index: int) -> bool:
         if workload.colocated:
-            return True  # runs inside its host pod, reported through the host's annotation
+            return False  # runs inside its host pod, reported through the host's annotation
         owner = self._run_owner(workload.run_id)
         if workload.role == "trainer":
             self._create(
@@ -175,6 +194,8 @@ class KubeCluster:
                 self.namespace,
                 self.pool_label,
                 owner,
+                spec=spec,
+                stage_index=stage_index,
                 trainer_service_account=self.trainer_service_account,
             ),
         )

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import re
+import shlex
 from typing import Any
 
+from orchestrator.core.members import ENGINE, TRAINER, desired_members, workload_name
+from orchestrator.core.ports import ENGINE_PORT_ENV, ENGINE_PORTS_ENV, ENGINE_URLS_ENV
 from orchestrator.errors import SpecError
 from orchestrator.hardware import GPU_TYPE_ENV, GPU_TYPES, H100_80GB, gpu_resource_names
 from orchestrator.records import Workload
+from orchestrator.spec import ResourcesSpec, RunSpec
+from orchestrator.spec.launch import engine_launch
 from orchestrator.worker.transport import CONFIGMAP_MAILBOX, MAILBOX_KIND_ENV
 
 __all__ = [
     "ATTEMPT_LABEL",
     "COLOCATED_ANNOTATION",
     "CONFIGMAP_MAILBOX",
+    "ENGINE_HOST",
+    "ENGINE_PORT_NAME",
     "GPU_RESOURCE",
     "GPU_TYPE_ENV",
     "INDEX_LABEL",
@@ -30,6 +38,9 @@ __all__ = [
     "closed_key",
     "control_configmap",
     "control_name",
+    "engine_service",
+    "engine_service_name",
+    "engine_urls",
     "gpu_allocatable",
     "gpu_request",
     "gpu_resource",
@@ -39,6 +50,7 @@ __all__ = [
     "rendezvous_name",
     "rendezvous_service",
     "results_name",
+    "security_context",
 ]
 
 MERGE_PATCH = "application/merge-patch+json"  # the Content-Type of a JSON merge patch
@@ -58,6 +70,16 @@ PRIORITY_CLASSES = {"trainer": "orch-training", "engine": "orch-rollout"}
 TRAINER_SERVICE_ACCOUNT = "orch-trainer"
 TRAINER_SERVICE_ACCOUNT_ENV = "ORCH_TRAINER_SERVICE_ACCOUNT"  # the controller's setting; default above
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+ENGINE_HOST = "0.0.0.0"  # engines are reached over the pod network, at their pod's own IP
+ENGINE_PORT_NAME = "http"
+SHM_VOLUME, CONTROL_VOLUME = "dshm", "orch-control"
+# The startup probe gives an engine ``rollout.engine.startup_timeout_s`` to answer its health path:
+# loading a large model from a volume, then compiling and capturing CUDA graphs, takes many minutes, and
+# until the startup probe passes the readiness probe does not run and no restart is counted. Past it the
+# kubelet kills the container, so with restartPolicy Never the pod fails and the gang is recreated.
+STARTUP_PERIOD_S = 10
+READINESS_PERIOD_S = 5
+PROBE_TIMEOUT_S = 5  # an engine under full load may answer /health slowly; the default 1 s flaps
 # Container states that never recover on their own: the member has failed even though the pod is Pending.
 STUCK_REASONS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff", "CreateContainerConfigError"}
@@ -128,6 +150,101 @@ def control_configmap(run_id: str, namespace: str, owner: dict[str, Any] | None)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {}}
 
 
+def engine_service_name(run_id: str) -> str:
+    """Headless Service in front of a run's engine pods: each is ``<pod>.<service>.<namespace>.svc``."""
+    return f"{run_id}-engines"
+
+
+def engine_service(run_id: str, namespace: str, owner: dict[str, Any], port: int) -> dict[str, Any]:
+    """The run's engines' Service (all attempts: pod names carry the attempt). Headless, so every engine
+    gets its own DNS name (pods set ``hostname`` and ``subdomain``) and the trainer picks the engine."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": engine_service_name(run_id),
+            "namespace": namespace,
+            "labels": {RUN_LABEL: run_id, ROLE_LABEL: ENGINE},
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "clusterIP": "None",
+            # Resolvable as soon as the pod has an IP: the trainer waits on each engine's health itself.
+            "publishNotReadyAddresses": True,
+            "selector": {RUN_LABEL: run_id, ROLE_LABEL: ENGINE},
+            "ports": [{"name": ENGINE_PORT_NAME, "port": port, "targetPort": ENGINE_PORT_NAME}],
+        },
+    }
+
+
+def engine_urls(spec: RunSpec, run_id: str, attempt: int, namespace: str, ports: str = "") -> list[str]:
+    """The base URLs of one attempt's engines, by index.
+
+    An engine pod has an IP of its own, so it listens on ``rollout.engine.port`` and is named through the
+    run's engine Service. A colocated engine lives in the pod of the trainer member that hosts it (the same
+    assignment as ``desired_members``), reached through the rendezvous Service on the port the placement
+    gave it (``ports``: ``ORCH_ENGINE_PORTS``, by engine index), since several share that pod's IP.
+    """
+    port = spec.rollout.engine.port
+    if not spec.colocated:
+        service = engine_service_name(run_id)
+        return [
+            f"http://{workload_name(run_id, ENGINE, index, attempt)}.{service}.{namespace}.svc:{port}"
+            for index in range(spec.rollout.engines)
+        ]
+    numbers = [int(each) for each in ports.split(",") if each.strip()]
+    if len(numbers) != spec.rollout.engines:
+        numbers = [port + index for index in range(spec.rollout.engines)]
+    hosts = {m.index: m.same_node_as for m in desired_members(spec, run_id, attempt) if m.role == ENGINE}
+    service = rendezvous_name(run_id, attempt)
+    return [
+        f"http://{hosts[index]}.{service}.{namespace}.svc:{numbers[index]}"
+        for index in range(spec.rollout.engines)
+    ]
+
+
+def security_context(spec: RunSpec | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod, container) securityContext: no privilege escalation, no capabilities, the runtime's seccomp
+    profile always; non-root and a uid where the spec says the image allows it (``kubernetes``)."""
+    pod: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    settings = spec.kubernetes if spec is not None else None
+    if settings is not None and settings.run_as_non_root:
+        pod["runAsNonRoot"] = True
+    if settings is not None and settings.run_as_user is not None:
+        uid = settings.run_as_user
+        pod.update(runAsUser=uid, runAsGroup=uid, fsGroup=uid)
+    container = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return pod, container
+
+
+def _resources(workload: Workload, resources: ResourcesSpec | None) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if resources is not None:
+        for amounts, out in ((resources.requests, requests), (resources.limits, limits)):
+            out.update({name: value for name, value in amounts.model_dump().items() if value is not None})
+    if workload.gpus:
+        requests[gpu_resource(workload)] = limits[gpu_resource(workload)] = str(workload.gpus)
+    return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def _env_list(env: dict[str, str], secrets: dict[str, str]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in sorted(env.items())]
+    for name, ref in sorted(secrets.items()):
+        secret, _, key = ref.partition("/")
+        items.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    return items
+
+
+def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": ENGINE_PORT_NAME},
+        "periodSeconds": period_s,
+        "timeoutSeconds": PROBE_TIMEOUT_S,
+        "failureThreshold": failures,
+    }
+
+
 def rendezvous_service(workload: Workload, namespace: str, owner: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -163,32 +280,83 @@ def pod_manifest(
     pool_label: str,
     owner: dict[str, Any],
     *,
+    spec: RunSpec | None = None,
+    stage_index: int = 0,
     trainer_service_account: str = TRAINER_SERVICE_ACCOUNT,
 ) -> dict[str, Any]:
-    """One gang member or engine, pinned to the node placement chose, with its GPUs and env.
+    """One gang member or engine, pinned to the node placement chose, running what ``spec`` launches.
 
-    Trainers run as ``trainer_service_account``, with its token mounted, to reach their mailbox through
-    the API; engines never call the API, so they get no token at all.
+    - a trainer runs ``trainer.command`` (split as a shell would) in ``trainer.image``, with
+      ``trainer.env``, its mailbox (the ConfigMap transport) and the engines' URLs (``engine_urls``), as
+      ``trainer_service_account`` with its token mounted, to reach the mailbox through the API;
+    - an engine runs ``engine_launch`` of curriculum stage ``stage_index``, bound to ``0.0.0.0`` on
+      ``rollout.engine.port``, with a startup and a readiness probe on its health path; it never calls the
+      API, so it gets no token at all, and it is named through the run's engine Service.
+
+    Both get their role's CPU and memory, a memory-backed ``/dev/shm``, their Secrets as env, the run's
+    volumes and pull secrets, and a locked-down securityContext (``security_context``). Without ``spec``
+    the pod runs the run's image's own entry point (a member created outside a controller pass).
     """
-    service = rendezvous_name(workload.run_id, workload.attempt)
+    trainer = workload.role == TRAINER
+    service = (
+        rendezvous_name(workload.run_id, workload.attempt)
+        if trainer
+        else engine_service_name(workload.run_id)
+    )
     env = dict(workload.env)
-    if workload.role == "trainer":
+    secrets: dict[str, str] = {}
+    container: dict[str, Any] = {"name": workload.role, "image": workload.image}
+    if trainer:
         master = workload.name.replace(f"-trainer-{workload.index}-", "-trainer-0-")
         env["ORCH_MASTER_ADDR"] = f"{master}.{service}.{namespace}.svc"
         env[MAILBOX_KIND_ENV] = CONFIGMAP_MAILBOX
         env[NAMESPACE_ENV] = namespace
-    container: dict[str, Any] = {
-        "name": workload.role,
-        "image": workload.image,
-        "env": [{"name": key, "value": value} for key, value in sorted(env.items())],
-        "volumeMounts": [{"name": "orch-control", "mountPath": "/etc/orch", "readOnly": True}],
-    }
-    resource = gpu_resource(workload)
-    if workload.gpus:
-        container["resources"] = {
-            "requests": {resource: str(workload.gpus)},
-            "limits": {resource: str(workload.gpus)},
-        }
+    if spec is not None and trainer:
+        urls = engine_urls(spec, workload.run_id, workload.attempt, namespace, env.get(ENGINE_PORTS_ENV, ""))
+        if not spec.colocated:
+            env[ENGINE_PORTS_ENV] = ",".join([str(spec.rollout.engine.port)] * spec.rollout.engines)
+        env = {**spec.trainer.env, **env, ENGINE_URLS_ENV: ",".join(urls)}
+        secrets = dict(spec.trainer.env_from_secrets)
+        container["image"] = spec.trainer.image or spec.image
+        container["command"] = shlex.split(spec.trainer.command)
+    elif spec is not None:
+        engine = spec.rollout.engine
+        launch = engine_launch(spec, stage_index, host=ENGINE_HOST, port=engine.port)
+        env = {**launch.env, **env, ENGINE_PORT_ENV: str(launch.port)}
+        secrets = dict(engine.env_from_secrets)
+        container.update(
+            image=launch.image,
+            command=list(launch.argv),
+            ports=[{"name": ENGINE_PORT_NAME, "containerPort": launch.port, "protocol": "TCP"}],
+            startupProbe=_probe(
+                launch.health_path, STARTUP_PERIOD_S, math.ceil(engine.startup_timeout_s / STARTUP_PERIOD_S)
+            ),
+            readinessProbe=_probe(launch.health_path, READINESS_PERIOD_S, 3),
+        )
+    role_spec = None if spec is None else spec.trainer if trainer else spec.rollout.engine
+    pod_security, container_security = security_context(spec)
+    container["env"] = _env_list(env, secrets)
+    resources = _resources(workload, None if role_spec is None else role_spec.resources)
+    if resources:
+        container["resources"] = resources
+    container["securityContext"] = container_security
+    mounts: list[dict[str, Any]] = [{"name": CONTROL_VOLUME, "mountPath": "/etc/orch", "readOnly": True}]
+    volumes: list[dict[str, Any]] = [
+        {"name": CONTROL_VOLUME, "configMap": {"name": control_name(workload.run_id)}}
+    ]
+    if role_spec is not None and spec is not None:
+        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+        volumes.append(
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": role_spec.shm_size}}
+        )
+        for volume in spec.kubernetes.volumes:
+            if workload.role in volume.roles:
+                mounts.append(
+                    {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
+                )
+                claim = {"claimName": volume.claim, "readOnly": volume.read_only}
+                volumes.append({"name": volume.name, "persistentVolumeClaim": claim})
+    container["volumeMounts"] = mounts
     metadata: dict[str, Any] = {
         "name": workload.name,
         "namespace": namespace,
@@ -199,25 +367,24 @@ def pod_manifest(
         metadata["annotations"] = {COLOCATED_ANNOTATION: workload.env["ORCH_COLOCATED_ENGINES"]}
     identity: dict[str, Any] = (
         {"serviceAccountName": trainer_service_account, "automountServiceAccountToken": True}
-        if workload.role == "trainer"
+        if trainer
         else {"automountServiceAccountToken": False}
     )
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": {
-            **identity,
-            "restartPolicy": "Never",
-            "hostname": workload.name,
-            "subdomain": service,
-            "priorityClassName": PRIORITY_CLASSES.get(workload.role, "orch-rollout"),
-            "nodeSelector": {pool_label: workload.pool, "kubernetes.io/hostname": workload.node},
-            "tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}],
-            "containers": [container],
-            "volumes": [{"name": "orch-control", "configMap": {"name": control_name(workload.run_id)}}],
-        },
+    pod_spec: dict[str, Any] = {
+        **identity,
+        "restartPolicy": "Never",
+        "hostname": workload.name,
+        "subdomain": service,
+        "priorityClassName": PRIORITY_CLASSES.get(workload.role, "orch-rollout"),
+        "nodeSelector": {pool_label: workload.pool, "kubernetes.io/hostname": workload.node},
+        "tolerations": [{"key": gpu_resource(workload), "operator": "Exists", "effect": "NoSchedule"}],
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": volumes,
     }
+    if spec is not None and spec.kubernetes.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.kubernetes.image_pull_secrets]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 
 def gpu_request(pod: dict[str, Any]) -> int:

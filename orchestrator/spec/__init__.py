@@ -25,6 +25,7 @@ from orchestrator.spec.models import (
     EngineSpec,
     EntryFilterSpec,
     IdlePolicySpec,
+    KubernetesSpec,
     ModelSpec,
     PoolSpec,
     RolloutSpec,
@@ -36,6 +37,7 @@ from orchestrator.spec.models import (
     canonical_policy_name,
     closest,
 )
+from orchestrator.spec.pods import ResourcesSpec, VolumeSpec
 from orchestrator.spec.problems import parse_spec
 
 __all__ = [
@@ -51,15 +53,18 @@ __all__ = [
     "EngineSpec",
     "EntryFilterSpec",
     "IdlePolicySpec",
+    "KubernetesSpec",
     "ModelSpec",
     "PoolSpec",
     "Problem",
+    "ResourcesSpec",
     "RolloutSpec",
     "RunSpec",
     "SchedulingSpec",
     "StageSpec",
     "ToolsSpec",
     "TrainerSpec",
+    "VolumeSpec",
     "canonical_policy_name",
     "closest",
     "load_dispatch_policy",

@@ -3,7 +3,7 @@
 Every flag name here was read in the engine's argument parser of the release named beside it (the wheels
 on PyPI); ``tests/test_launch.py`` checks the generated command lines against this table and
 ``tests/data/engine_flags.json`` (the same flags with the file and line each was read at). The spec uses it
-to refuse ``rollout.engine.args`` that would override a flag orch sets; ``orchestrator.rollout.launch``
+to refuse ``rollout.engine.args`` that would override a flag orch sets; ``orchestrator.spec.launch``
 builds the command lines from it.
 """
 

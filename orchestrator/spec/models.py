@@ -24,6 +24,15 @@ from pydantic import (
 
 from orchestrator.hardware import GPU_TYPES
 from orchestrator.spec.engines import COMMAND_PLACEHOLDERS, ENGINE_CLIS, EngineKind
+from orchestrator.spec.pods import (
+    ENGINE_RESOURCES,
+    TRAINER_RESOURCES,
+    KubernetesSpec,
+    Quantity,
+    ResourcesSpec,
+    check_secret_refs,
+    check_shm,
+)
 
 __all__ = [
     "DISPATCH_POLICIES",
@@ -36,6 +45,7 @@ __all__ = [
     "EngineSpec",
     "EntryFilterSpec",
     "IdlePolicySpec",
+    "KubernetesSpec",
     "ModelSpec",
     "PoolSpec",
     "RolloutSpec",
@@ -192,6 +202,19 @@ def _env_names(value: dict[str, str]) -> dict[str, str]:
 
 
 _Env = Annotated[dict[str, str], Field(default_factory=dict, description="environment variables to set")]
+_SecretEnv = Annotated[
+    dict[str, str],
+    Field(default_factory=dict, description='environment variables read from Secrets: {VAR: "secret/key"}'),
+]
+_SHM = Field(default="16Gi", description="size of the memory-backed /dev/shm (Kubernetes)")
+
+
+def _pod_settings(env: dict[str, str], secrets: dict[str, str], shm: str, resources: ResourcesSpec) -> None:
+    """What a role's pod settings must agree on: a variable comes from env or from a Secret, not both."""
+    both = sorted(set(env) & set(secrets))
+    if both:
+        raise ValueError(f"env_from_secrets: {both[0]} is also in env; set it in one of them")
+    check_shm(shm, resources)
 
 
 class TrainerSpec(_Strict):
@@ -206,9 +229,19 @@ class TrainerSpec(_Strict):
     env: _Env
     # Run once per step with the batch and a weights directory to write (the RL framework's gradient step).
     learner_command: str | None = None
+    # On Kubernetes (orchestrator.spec.pods): each trainer pod's CPU and memory, /dev/shm, and Secrets.
+    resources: ResourcesSpec = TRAINER_RESOURCES
+    shm_size: Quantity = _SHM
+    env_from_secrets: _SecretEnv
 
     _command = field_validator("command", "learner_command")(_optional_command_line)
     _env = field_validator("env")(_env_names)
+    _secrets = field_validator("env_from_secrets")(check_secret_refs)
+
+    @model_validator(mode="after")
+    def _pod(self) -> TrainerSpec:
+        _pod_settings(self.env, self.env_from_secrets, self.shm_size, self.resources)
+        return self
 
 
 def _template_placeholders(template: str) -> list[str]:
@@ -224,7 +257,7 @@ class EngineSpec(_Strict):
 
     For vllm and sglang orch sets the port, the tensor parallel size (``rollout.gpus_per_engine``), the
     max model length (the longest prompt plus the stage's ``max_response_tokens``) and prefix caching
-    (``orchestrator.rollout.launch``).
+    (``orchestrator.spec.launch``).
     """
 
     kind: EngineKind = "vllm"
@@ -237,8 +270,16 @@ class EngineSpec(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
     # kind: command only: a command line with {port}, {model}, {tp} and {max_model_len} placeholders.
     command: str | None = None
+    # On Kubernetes (orchestrator.spec.pods): each engine pod's CPU and memory, /dev/shm, and Secrets.
+    resources: ResourcesSpec = ENGINE_RESOURCES
+    shm_size: Quantity = _SHM
+    env_from_secrets: _SecretEnv
+    # On Kubernetes: how long an engine may take to answer its health path before it is failed (loading
+    # and compiling a large model takes minutes; an engine that never comes up must not hold GPUs forever).
+    startup_timeout_s: int = Field(default=1800, ge=60, le=6 * 3600)
 
     _env = field_validator("env")(_env_names)
+    _secrets = field_validator("env_from_secrets")(check_secret_refs)
 
     @field_validator("command")
     @classmethod
@@ -256,6 +297,7 @@ class EngineSpec(_Strict):
 
     @model_validator(mode="after")
     def _command_matches_kind(self) -> EngineSpec:
+        _pod_settings(self.env, self.env_from_secrets, self.shm_size, self.resources)
         if self.kind == "command" and self.command is None:
             raise ValueError(
                 "command: kind command needs a command template; add command (or pick vllm/sglang)"
@@ -460,6 +502,7 @@ class RunSpec(_Strict):
     checkpoint: CheckpointSpec
     scheduling: SchedulingSpec = SchedulingSpec()
     idle: IdlePolicySpec = IdlePolicySpec()
+    kubernetes: KubernetesSpec = KubernetesSpec()
     seed: int = 0
 
     @model_validator(mode="after")

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.core.ports import ENGINE_URLS_ENV
 from orchestrator.core.work import CheckpointPlan, FilterOutcome, FilterPlan, StepOutcome, StepPlan
 from orchestrator.errors import OrchError
 from orchestrator.spec import RunSpec
@@ -59,7 +60,7 @@ from orchestrator.worker.transport import (
 
 __all__ = ["ENGINES_ENV", "Outcome", "TrainerSession", "WorkItem"]
 
-ENGINES_ENV = "ORCH_ENGINE_URLS"
+ENGINES_ENV = ENGINE_URLS_ENV
 
 PlanMessage = StepPlanMessage | CheckpointPlanMessage | FilterPlanMessage
 ResultMessage = StepResultMessage | CheckpointResultMessage | FilterResultMessage

@@ -18,7 +18,7 @@
   was started with ``--enable-sleep-mode``); SGLang ``POST /release_memory_occupation`` and
   ``POST /resume_memory_occupation`` with ``{}`` (no ``tags``: weights, KV cache and CUDA graphs;
   ``python/sglang/srt/entrypoints/http_server.py``; freed only with ``--enable-memory-saver``, and refused
-  while requests are running). ``orchestrator.rollout.launch`` adds those flags and the variable.
+  while requests are running). ``orchestrator.spec.launch`` adds those flags and the variable.
   ``colocated_urls`` picks those engines' URLs out of ``ORCH_ENGINE_URLS`` by the member names in
   ``ORCH_COLOCATED_ENGINES``.
 - ``save_checkpoint``: the weights directory is copied into ``<checkpoint>/weights``, where a resumed

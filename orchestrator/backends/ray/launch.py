@@ -2,7 +2,7 @@
 
 - a trainer runs ``trainer.command`` (split as a shell would) with ``trainer.env``, its attempt's mailbox
   as ``ORCH_MAILBOX_DIR`` and the run's engine URLs as ``ORCH_ENGINE_URLS``;
-- engine ``i`` runs ``engine_launch(spec, stage)`` (``orchestrator.rollout.launch``) on the port the
+- engine ``i`` runs ``engine_launch(spec, stage)`` (``orchestrator.spec.launch``) on the port the
   placement gave it (``ORCH_ENGINE_PORT``, ``orchestrator.core.ports``: no two live engines of one node
   share one; without it ``rollout.engine.port + i``), with ``rollout.engine.env`` and the variables orch
   adds (``EngineLaunch.env``).
@@ -22,8 +22,8 @@ from orchestrator.core.members import TRAINER
 from orchestrator.core.ports import ENGINE_PORT_ENV, ENGINE_PORTS_ENV
 from orchestrator.errors import OrchError
 from orchestrator.records import Workload
-from orchestrator.rollout.launch import engine_launch
 from orchestrator.spec import RunSpec
+from orchestrator.spec.launch import engine_launch
 from orchestrator.worker.session import ENGINES_ENV
 from orchestrator.worker.transport import MAILBOX_ENV
 
