@@ -8,6 +8,10 @@ applies to a request before it reaches a handler. Pure functions over headers; s
 - With a token configured, every path but the open ones (health/readiness probes: kubelet cannot send a
   token) needs ``Authorization: Bearer <token>``, else 401. Open paths reveal nothing sensitive without it.
 - A server bound to anything but loopback refuses to start without a token (``guard_config``).
+
+Clients (``client_token``, ``bearer``, ``unauthorized``): orch's own callers of these endpoints send the token
+from ``$ORCH_<X>_TOKEN`` or the file ``$ORCH_<X>_TOKEN_FILE`` names, and turn a 401 into one ``Unauthorized``
+line naming the variable to set. Never a run spec field: specs are stored in the database.
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ __all__ = [
     "GuardConfig",
     "InsecureEndpoint",
     "Refusal",
+    "Unauthorized",
     "authenticated",
+    "bearer",
     "check_request",
+    "client_token",
     "guard_config",
     "is_loopback",
     "read_token",
+    "unauthorized",
 ]
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
@@ -37,6 +45,12 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 class InsecureEndpoint(OrchError):
     """An endpoint would listen beyond loopback without a token, or its token cannot be read."""
+
+    exit_code = 2
+
+
+class Unauthorized(OrchError):
+    """An orch endpoint answered 401 to one of orch's own clients: it sent no token, or not that one."""
 
     exit_code = 2
 
@@ -82,6 +96,36 @@ def read_token(env_name: str, token_file: str | os.PathLike[str] | None) -> str 
         return token
     token = os.environ.get(env_name, "").strip()
     return token or None
+
+
+def client_token(env_name: str) -> str | None:
+    """The token a client sends to an endpoint guarded by ``env_name``: the contents of the file
+    ``$<env_name>_FILE`` names when set, else ``$<env_name>``; None when neither is set."""
+    file_env = env_name + "_FILE"
+    path = os.environ.get(file_env, "").strip()
+    if not path:
+        return os.environ.get(env_name, "").strip() or None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as error:
+        raise Unauthorized(f"{file_env}: cannot read {path} ({error.strerror})") from None
+    if not token:
+        raise Unauthorized(f"{file_env}: {path} is empty; put the bearer token in it")
+    return token
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The ``Authorization`` header carrying ``token`` (none without one)."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def unauthorized(url: str, env_name: str, token: str | None) -> Unauthorized:
+    """The one-line error for a 401 from ``url``, naming the variable that holds its token."""
+    if token is None:
+        return Unauthorized(
+            f"{url} answered 401: it requires a bearer token; set {env_name} (or {env_name}_FILE) to it"
+        )
+    return Unauthorized(f"{url} answered 401: the token in {env_name} (or {env_name}_FILE) is not its token")
 
 
 def guard_config(

@@ -119,7 +119,8 @@ def _dispatch_policy(value: str, param: click.Parameter) -> str:
     multiple=True,
     metavar="AGENT_METRICS_URL#GPU",
     help="the GPU of each engine, in --engine order (an orch agent's /metrics and the GPU's index or UUID): "
-    "its NVML utilization places requests where the engine reports no load of its own",
+    "its NVML utilization places requests where the engine reports no load of its own; an agent with a "
+    "token is sent $ORCH_AGENT_TOKEN (or the file $ORCH_AGENT_TOKEN_FILE names)",
 )
 def router(
     engines: tuple[str, ...],
@@ -139,6 +140,7 @@ def router(
     import asyncio
     from contextlib import suppress
 
+    from orchestrator.httpguard import client_token
     from orchestrator.rollout.engine_gpu import parse_engine_gpu
     from orchestrator.rollout.router import serve_router
 
@@ -147,7 +149,8 @@ def router(
             f"{len(gpus)} given for {len(engines)} --engine; give one per engine", param_hint="--gpu"
         )
     try:
-        engine_gpus = [parse_engine_gpu(text) for text in gpus] if gpus else None
+        agent_token = client_token("ORCH_AGENT_TOKEN") if gpus else None
+        engine_gpus = [parse_engine_gpu(text, agent_token) for text in gpus] if gpus else None
     except ValueError as error:
         raise click.BadParameter(str(error).split(": ", 1)[1], param_hint="--gpu") from error
 

@@ -6,11 +6,12 @@ import os
 from typing import Any
 
 from orchestrator.backends.base import BackendParts
+from orchestrator.httpguard import client_token
 from orchestrator.kube.cluster import KubeCluster, transient_kube_error
 from orchestrator.kube.mailbox import KubeExecutor
 from orchestrator.kube.objects import TRAINER_SERVICE_ACCOUNT
 from orchestrator.kube.training_runs import TrainingRunMirror
-from orchestrator.telemetry.scrape import AgentScrapeFeed
+from orchestrator.telemetry.scrape import AGENT_TOKEN_ENV, AgentScrapeFeed
 
 __all__ = ["AGENT_URLS_ENV", "make_kube_backend"]
 
@@ -38,7 +39,7 @@ def make_kube_backend(
     )
     mirror = TrainingRunMirror(api_client, cluster)
     urls = [url for url in os.environ.get(AGENT_URLS_ENV, "").split(",") if url.strip()]
-    feed = AgentScrapeFeed(urls) if urls else None
+    feed = AgentScrapeFeed(urls, token=client_token(AGENT_TOKEN_ENV)) if urls else None
     return BackendParts(
         cluster,
         KubeExecutor(cluster),

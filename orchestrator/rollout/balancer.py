@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request
+from orchestrator.httpguard import Unauthorized
 from orchestrator.rollout.engine import COMPLETIONS, EngineRejected, EngineUnavailable, InferenceEngine
 from orchestrator.rollout.flights import FlightLedger
 from orchestrator.rollout.router import estimate_tokens
@@ -286,9 +287,12 @@ class Balancer:
             rollout.context_tokens += result.tokens
 
     async def _run_tool(self, call: ToolCall) -> ToolResult:
-        """The tool's result; a tool executor that raises becomes an ``error`` verdict the model sees."""
+        """The tool's result; a tool executor that raises becomes an ``error`` verdict the model sees, but
+        a tool service refusing orch's token (``Unauthorized``) ends the step."""
         try:
             return await self.tools.run(call)
+        except Unauthorized:  # every call would fail alike: end the step with the one line that says why
+            raise
         except Exception as error:  # a broken executor must not end every rollout of the step
             message = f"tool failed: {type(error).__name__}: {error}"
             tokens = estimate_tokens({"prompt": message}, COMPLETIONS)

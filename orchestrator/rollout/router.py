@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from orchestrator.core.dispatch import Dispatcher, EngineState, Request, make_dispatcher
 from orchestrator.errors import PortUnavailable
-from orchestrator.httpguard import GuardConfig, guard_config
+from orchestrator.httpguard import GuardConfig, Unauthorized, guard_config
 from orchestrator.rollout.engine import COMPLETIONS, EngineRejected, EngineUnavailable
 from orchestrator.rollout.engine_gpu import EngineGpu
 from orchestrator.rollout.flights import AttemptsExhausted, FlightLedger
@@ -258,6 +258,7 @@ class Router:
                 lambda index=index: self.dispatcher.outstanding(index)
             )
         self._last_engine: OrderedDict[int, int] = OrderedDict()  # rollout -> engine of its last turn
+        self._gpu_refused: set[int] = set()  # engines whose agent answered 401 (logged once)
         self._runner: web.AppRunner | None = None
         self.guard = replace(guard or GuardConfig(), open_paths=frozenset(OPEN_PATHS))
         self.app = self._make_app()
@@ -322,7 +323,7 @@ class Router:
     async def _poll(self, index: int) -> None:
         engine, gpu = self.engines[index], self.gpus[index]
         timeout = max(2.0, 4 * self.poll_interval)
-        utilization = None if gpu is None else await gpu.utilization(engine.session, timeout)
+        utilization = None if gpu is None else await self._utilization(index, gpu, timeout)
         try:
             load = await asyncio.wait_for(engine.load(), timeout=timeout)
         except (EngineUnavailable, asyncio.TimeoutError) as error:  # asyncio's: distinct on 3.10
@@ -355,6 +356,17 @@ class Router:
         self._set_health(index, True, update=False)
         if total:
             self._metrics.kv_free.labels(self._metrics.run, str(index)).set(state.kv_free_tokens / total)
+
+    async def _utilization(self, index: int, gpu: EngineGpu, timeout: float) -> float | None:
+        """The GPU's utilization; an agent refusing the token is logged once (it stays refused until the
+        router restarts with the right one) and counts as no figure."""
+        try:
+            return await gpu.utilization(self.engines[index].session, timeout)
+        except Unauthorized as error:
+            if index not in self._gpu_refused:
+                self._gpu_refused.add(index)
+                log.error("engine %d's GPU: %s", index, error)
+            return None
 
     def _set_health(self, index: int, healthy: bool, *, update: bool = True) -> None:
         if update and self.healthy[index] != healthy:

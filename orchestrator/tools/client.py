@@ -1,4 +1,8 @@
-"""A client of ``orch tools serve`` that is a ``CodeExecutor``: the balancer uses it like a local pool."""
+"""A client of ``orch tools serve`` that is a ``CodeExecutor``: the balancer uses it like a local pool.
+
+It sends ``Authorization: Bearer TOKEN`` when given a token (``open_executor``: ``$ORCH_TOOLS_TOKEN`` or the
+file ``$ORCH_TOOLS_TOKEN_FILE`` names); a 401 is ``httpguard.Unauthorized`` naming that variable, at once.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from typing import Any
 
 import aiohttp
 
+from orchestrator.httpguard import bearer, unauthorized
 from orchestrator.tools.api import ExecResult, Limits
 
-__all__ = ["ToolClient", "ToolServiceError"]
+__all__ = ["TOKEN_ENV", "ToolClient", "ToolServiceError"]
+
+TOKEN_ENV = "ORCH_TOOLS_TOKEN"  # the service's (``http_api.TOKEN_ENV``); a client reads it or ``..._FILE``
 
 
 class ToolServiceError(Exception):
@@ -23,12 +30,29 @@ class ToolClient:
     """Sends code to a tool service over HTTP; waits and retries while it answers busy (429)."""
 
     def __init__(
-        self, base_url: str, session: aiohttp.ClientSession, *, busy_deadline_s: float = 300.0
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        *,
+        busy_deadline_s: float = 300.0,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session
         self.busy_deadline_s = busy_deadline_s
         self.busy_retries = 0
+        self.token = token
+        self._headers = bearer(token)
+
+    async def check_token(self) -> None:
+        """``Unauthorized`` when the service refuses this client's token (or its lack of one); an
+        unreachable service passes: the calls themselves report it."""
+        try:
+            async with self.session.get(self.base_url + "/metrics", headers=self._headers) as response:
+                if response.status == 401:
+                    raise unauthorized(self.base_url, TOKEN_ENV, self.token)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return
 
     async def execute(self, code: str, limits: Limits | None = None) -> ExecResult:
         body: dict[str, Any] = {"code": code}
@@ -52,7 +76,10 @@ class ToolClient:
         deadline = time.monotonic() + self.busy_deadline_s
         while True:
             try:
-                async with self.session.post(self.base_url + path, json=body) as response:
+                post = self.session.post(self.base_url + path, json=body, headers=self._headers)
+                async with post as response:
+                    if response.status == 401:
+                        raise unauthorized(self.base_url + path, TOKEN_ENV, self.token)
                     answer = await response.json(content_type=None)
                     if response.status == 429 and time.monotonic() < deadline:
                         self.busy_retries += 1

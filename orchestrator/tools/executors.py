@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from orchestrator.errors import OrchError
+from orchestrator.httpguard import client_token
 from orchestrator.spec import ToolsSpec
 from orchestrator.tools.api import CodeExecutor, Limits
-from orchestrator.tools.client import ToolClient
+from orchestrator.tools.client import TOKEN_ENV, ToolClient
 
 if TYPE_CHECKING:
     from orchestrator.tools.ray_pool import RayPool
@@ -47,11 +48,17 @@ def limits_of(tools: ToolsSpec) -> Limits:
 @contextlib.asynccontextmanager
 async def open_executor(tools: ToolsSpec, *, workers: int | None = None) -> AsyncIterator[CodeExecutor]:
     """The executor ``tools.service`` names, started: an in-process sandbox pool (``embedded``), a client
-    of ``orch tools serve`` (``http://…``), or sandbox pools on Ray (``ray:ADDRESS``)."""
+    of ``orch tools serve`` (``http://…``), or sandbox pools on Ray (``ray:ADDRESS``).
+
+    A tool service's client sends the token from ``$ORCH_TOOLS_TOKEN`` (or the file ``$ORCH_TOOLS_TOKEN_FILE``
+    names) and checks it once here: a refused token is one ``Unauthorized`` before any rollout starts."""
     limits = limits_of(tools)
     if tools.service.startswith(("http://", "https://")):
+        token = client_token(TOKEN_ENV)
         async with aiohttp.ClientSession() as session:
-            yield ToolClient(tools.service, session)
+            client = ToolClient(tools.service, session, token=token)
+            await client.check_token()
+            yield client
         return
     if tools.service.startswith("ray:"):
         pool_class = ray_pool_class(f"tools.service {tools.service!r}")

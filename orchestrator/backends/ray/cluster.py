@@ -13,8 +13,9 @@
   An engine's process that exits is restarted by its actor (``member.RestartPolicy``): the gang stays; a
   trainer's that exits is a member failure (the gang's next attempt resumes from its checkpoint).
 - The argv and env come from the run spec (``launch.member_launch``: the trainer's command with its
-  attempt's mailbox, ``mailbox.py``; each engine's launch on its own port); ``ORCH_COMMAND`` in a
-  workload's env overrides the command.
+  attempt's mailbox, ``mailbox.py``, and, where the run's tools are a tool service, this controller's
+  ``ORCH_TOOLS_TOKEN`` / ``ORCH_TOOLS_TOKEN_FILE``; each engine's launch on its own port); ``ORCH_COMMAND``
+  in a workload's env overrides the command.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestrator.backends.base import ClusterEvent
-from orchestrator.backends.ray.launch import member_launch
+from orchestrator.backends.ray.launch import TOOLS_TOKEN_ENV, member_launch
 from orchestrator.backends.ray.mailbox import (
     close_mailbox,
     default_mailbox_root,
@@ -44,6 +45,7 @@ from orchestrator.backends.ray.paths import MEMBER_NAME, default_log_dir, member
 from orchestrator.core.members import ENGINE, TRAINER
 from orchestrator.core.placement import NodeView
 from orchestrator.core.snapshot import ObservedWorkload
+from orchestrator.httpguard import client_token
 from orchestrator.records import Workload
 from orchestrator.spec import PoolSpec, RunSpec
 
@@ -249,7 +251,9 @@ class RayCluster:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, bundle)
         info = {"run_id": workload.run_id, "role": workload.role, "node": workload.node}
         mailbox = mailbox_dir(self.mailbox_root, workload.run_id, workload.attempt)
-        launch = member_launch(workload, spec, stage_index=stage_index, mailbox=mailbox)
+        remote_tools = spec is not None and spec.tools.service.startswith(("http://", "https://"))
+        token = client_token(TOOLS_TOKEN_ENV) if workload.role == TRAINER and remote_tools else None
+        launch = member_launch(workload, spec, stage_index=stage_index, mailbox=mailbox, tools_token=token)
         try:
             MemberActor.options(**options).remote(
                 info,

@@ -1,7 +1,9 @@
 """What a Ray member runs: its argv and env, from the run spec (pure).
 
 - a trainer runs ``trainer.command`` (split as a shell would) with ``trainer.env``, its attempt's mailbox
-  as ``ORCH_MAILBOX_DIR`` and the run's engine URLs as ``ORCH_ENGINE_URLS``;
+  as ``ORCH_MAILBOX_DIR`` and the run's engine URLs as ``ORCH_ENGINE_URLS``; where the run's tools are an
+  ``orch tools serve`` (``tools.service: http…``), also the controller's tool-service token as
+  ``ORCH_TOOLS_TOKEN`` (``tools_token``: never in the spec, which is stored in the database);
 - engine ``i`` runs ``engine_launch(spec, stage)`` (``orchestrator.spec.launch``) on the port the
   placement gave it (``ORCH_ENGINE_PORT``, ``orchestrator.core.ports``: no two live engines of one node
   share one; without it ``rollout.engine.port + i``), with ``rollout.engine.env`` and the variables orch
@@ -24,10 +26,11 @@ from orchestrator.errors import OrchError
 from orchestrator.records import Workload
 from orchestrator.spec import RunSpec
 from orchestrator.spec.launch import engine_launch
+from orchestrator.tools.client import TOKEN_ENV as TOOLS_TOKEN_ENV
 from orchestrator.worker.session import ENGINES_ENV
 from orchestrator.worker.transport import MAILBOX_ENV
 
-__all__ = ["COMMAND_ENV", "MemberLaunch", "engine_urls", "member_launch"]
+__all__ = ["COMMAND_ENV", "TOOLS_TOKEN_ENV", "MemberLaunch", "engine_urls", "member_launch"]
 
 COMMAND_ENV = "ORCH_COMMAND"
 ENGINE_HOST = "127.0.0.1"
@@ -51,15 +54,23 @@ def engine_urls(spec: RunSpec, ports: str = "") -> list[str]:
 
 
 def member_launch(
-    workload: Workload, spec: RunSpec | None, *, stage_index: int = 0, mailbox: str | Path | None = None
+    workload: Workload,
+    spec: RunSpec | None,
+    *,
+    stage_index: int = 0,
+    mailbox: str | Path | None = None,
+    tools_token: str | None = None,
 ) -> MemberLaunch:
-    """The argv and env of ``workload`` (see the module docstring); ``mailbox`` is its attempt's."""
+    """The argv and env of ``workload`` (see the module docstring); ``mailbox`` is its attempt's;
+    ``tools_token`` the controller's ``ORCH_TOOLS_TOKEN`` (a trainer using a tool service gets it)."""
     env = dict(workload.env)
     if workload.role == TRAINER and mailbox is not None:
         env[MAILBOX_ENV] = str(mailbox)
     if spec is not None and workload.role == TRAINER:
         urls = engine_urls(spec, env.get(ENGINE_PORTS_ENV, ""))
         env = {**spec.trainer.env, **env, ENGINES_ENV: ",".join(urls)}
+        if tools_token is not None and spec.tools.service.startswith(("http://", "https://")):
+            env[TOOLS_TOKEN_ENV] = tools_token
     override = env.get(COMMAND_ENV, "")
     if override.strip():
         return MemberLaunch(tuple(shlex.split(override)), env)
