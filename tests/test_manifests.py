@@ -34,13 +34,15 @@ from orchestrator.kube.crd import (
     training_run_schema,
 )
 from orchestrator.kube.manifests import dump_yaml
+from orchestrator.kube.objects import ROLE_LABEL, pod_manifest
 from orchestrator.kube.rbac import TRAINER_ACCOUNT, load_rbac_rules, rbac_allows
+from orchestrator.records import Workload, WorkloadStatus
 from orchestrator.spec import load_spec_data, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 EXAMPLES = ROOT / "examples"
-OVERLAYS = ("base", "dev", "production")
+OVERLAYS = ("base", "dev", "production", "no-monitoring", "gvisor")
 K8S_VERSION = kubernetes_validate.latest_version()
 CUSTOM = {(API_VERSION, KIND), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 KUBECTL = shutil.which("kubectl")
@@ -93,7 +95,12 @@ def test_each_kustomization_renders_uniquely_named_objects(overlay: str) -> None
         for doc in docs
     ]
     assert len(ids) == len(set(ids)) > 10
-    assert all(doc["metadata"].get("namespace", "orch") == "orch" for doc in docs)
+    for doc in docs:  # the tool service alone lives in orch-tools, and only the overlays bring it
+        labels = doc["metadata"].get("labels", {})
+        wanted = "orch-tools" if labels.get("app.kubernetes.io/component") == "tools" else "orch"
+        assert doc["metadata"].get("namespace", wanted) == wanted, doc["metadata"]["name"]
+    has_tools = any(doc["metadata"].get("namespace") == "orch-tools" for doc in docs)
+    assert has_tools == (overlay != "base")
 
 
 # ---- schema validation -----------------------------------------------------------------------
@@ -505,10 +512,17 @@ def test_prometheus_sends_each_endpoints_token(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_no_overlay_ships_a_placeholder_token(overlay: str) -> None:
-    assert not [
-        doc for doc in rendered(overlay) if doc["kind"] == "Secret" and doc["metadata"]["name"] == TOKENS
-    ]
+def test_no_overlay_ships_a_secret(overlay: str) -> None:
+    """The database URL and the tokens are created by the operator: a re-apply never resets them."""
+    assert [doc["metadata"]["name"] for doc in rendered(overlay) if doc["kind"] == "Secret"] == []
+
+
+def test_only_the_no_monitoring_overlay_and_dev_leave_the_service_monitors_out() -> None:
+    for overlay in OVERLAYS:
+        monitors = {doc["metadata"]["name"] for doc in rendered(overlay) if doc["kind"] == "ServiceMonitor"}
+        assert monitors == (
+            set() if overlay in ("dev", "no-monitoring") else {"orch-controller", "orch-agent"}
+        )
 
 
 def test_dev_asks_for_less_than_production() -> None:
@@ -518,11 +532,6 @@ def test_dev_asks_for_less_than_production() -> None:
 
     assert requests("dev") == {"cpu": "100m", "memory": "256Mi"}
     assert requests("production") == {"cpu": "500m", "memory": "512Mi"}
-
-
-def test_production_ships_no_placeholder_secret() -> None:
-    assert not [doc for doc in rendered("production") if doc["kind"] == "Secret"]
-    assert one(rendered("base"), "Secret", "orch-database")["stringData"]["ORCH_DATABASE_URL"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -552,6 +561,148 @@ def test_priority_classes_rank_training_above_rollout() -> None:
     )
     assert training > rollout > 0
     assert training < 1_000_000_000  # below the system-* classes
+
+
+# ---- the tool service, Pod Security and NetworkPolicies ------------------------------------------
+
+TOOLS = "orch-tools"  # its namespace, Deployment, Service, NetworkPolicy and ServiceAccount
+WITH_TOOLS = [overlay for overlay in OVERLAYS if overlay != "base"]
+TOOL_CAPABILITIES = {"SYS_ADMIN", "SETUID", "SETGID", "KILL", "DAC_READ_SEARCH"}
+
+
+def option_values(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == flag]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_namespace_enforces_the_pod_security_level_its_pods_need(overlay: str) -> None:
+    docs = rendered(overlay)
+    labels = {
+        doc["metadata"]["name"]: doc["metadata"]["labels"] for doc in docs if doc["kind"] == "Namespace"
+    }
+    assert labels["orch"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    if overlay == "base":
+        assert TOOLS not in labels
+        return
+    # The sandbox adds CAP_SYS_ADMIN and runs AppArmor-unconfined, beyond "baseline": its own namespace is
+    # "privileged", and reports whatever else would break "baseline" there.
+    tools = labels[TOOLS]
+    assert tools["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert tools["pod-security.kubernetes.io/warn"] == tools["pod-security.kubernetes.io/audit"] == "baseline"
+    privileged = [
+        doc["metadata"]["name"]
+        for doc in docs
+        if doc["kind"] in ("Deployment", "DaemonSet")
+        and any(
+            container["securityContext"].get("capabilities", {}).get("add")
+            for container in doc["spec"]["template"]["spec"]["containers"]
+        )
+    ]
+    assert privileged == [TOOLS]
+
+
+@pytest.mark.parametrize("overlay", WITH_TOOLS)
+def test_the_tool_service_listens_with_a_token_and_refuses_weak_isolation(overlay: str) -> None:
+    docs = rendered(overlay)
+    deployment = one(docs, "Deployment", TOOLS)
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    args = container["args"]
+    assert args[:2] == ["tools", "serve"]
+    assert option_values(args, "--host") == ["0.0.0.0"]
+    assert option_values(args, "--token-file") == ["/var/run/secrets/orch/token"]
+    assert "--allow-weak-isolation" not in args
+    mount = {m["mountPath"]: m for m in container["volumeMounts"]}["/var/run/secrets/orch"]
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    assert mount["readOnly"] is True
+    assert volume["secret"] == {
+        "secretName": "orch-tools-token",
+        "items": [{"key": "token", "path": "token"}],
+    }
+    # Callers use the Service's DNS name, which the Host check must admit.
+    service = one(docs, "Service", TOOLS)
+    assert f"{TOOLS}.{service['metadata']['namespace']}.svc" in option_values(args, "--allowed-host")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert option_values(args, "--port") == [str(port)]
+    workers = int(option_values(args, "--workers")[0])
+    assert workers == int(container["resources"]["limits"]["cpu"])  # not the node's CPU count
+    context = container["securityContext"]
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert set(context["capabilities"]["add"]) == TOOL_CAPABILITIES
+    assert context["readOnlyRootFilesystem"] is True and context.get("privileged") is False
+    assert "allowPrivilegeEscalation" not in context  # the apiserver refuses false next to CAP_SYS_ADMIN
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["appArmorProfile"] == {"type": "Unconfined"}
+    assert pod["automountServiceAccountToken"] is False and not pod.get("hostNetwork")
+    assert pod.get("runtimeClassName") == ("gvisor" if overlay == "gvisor" else None)
+    account = one(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+    assert load_rbac_rules(MANIFESTS / "tools", account=TOOLS) == {"cluster": [], "namespace": []}
+
+
+def policy(docs: list[Doc], name: str, namespace: str, workload: Doc) -> Doc:
+    """The NetworkPolicy ``name``, checked to select ``workload``'s pods and to govern both directions."""
+    found = one([doc for doc in docs if doc["metadata"].get("namespace") == namespace], "NetworkPolicy", name)
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert found["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(found["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    return found["spec"]
+
+
+def from_monitoring_on(port: str) -> list[Doc]:
+    selector = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    return [{"from": [selector], "ports": [{"port": port, "protocol": "TCP"}]}]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_let_prometheus_scrape_and_the_controller_reach_only_what_it_calls(
+    overlay: str,
+) -> None:
+    docs = rendered(overlay)
+    controller = policy(docs, "orch-controller", "orch", one(docs, "Deployment", "orch-controller"))
+    assert controller["ingress"] == from_monitoring_on("http")
+    egress_ports = {
+        (port["port"], port["protocol"]) for rule in controller["egress"] for port in rule["ports"]
+    }
+    assert egress_ports == {(443, "TCP"), (6443, "TCP"), (5432, "TCP"), (53, "UDP"), (53, "TCP")}
+    [dns] = [
+        rule
+        for rule in controller["egress"]
+        if (53, "UDP") in {(p["port"], p["protocol"]) for p in rule["ports"]}
+    ]
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    agent = policy(docs, "orch-agent", "orch", one(docs, "DaemonSet", "orch-agent"))
+    assert agent["ingress"] == from_monitoring_on("metrics")
+    assert agent["egress"] == []  # it reads GPUs through the driver and calls nobody
+
+
+@pytest.mark.parametrize("overlay", WITH_TOOLS)
+def test_only_trainer_pods_reach_the_tool_service_and_it_reaches_nothing(overlay: str) -> None:
+    docs = rendered(overlay)
+    spec = policy(docs, TOOLS, TOOLS, one(docs, "Deployment", TOOLS))
+    assert spec["egress"] == []
+    [rule] = spec["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    [peer] = rule["from"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "orch"}}
+    # The selector matches the labels the controller gives trainer pods, and not an engine's.
+    trainer = pod_manifest(member("trainer"), "orch", "orch.dev/pool", {"uid": "u"})
+    engine = pod_manifest(member("engine"), "orch", "orch.dev/pool", {"uid": "u"})
+    wanted = peer["podSelector"]["matchLabels"]
+    assert wanted == {ROLE_LABEL: "trainer"}
+    assert wanted.items() <= trainer["metadata"]["labels"].items()
+    assert not wanted.items() <= engine["metadata"]["labels"].items()
+
+
+def member(role: str) -> Workload:
+    return Workload(f"r-{role}-0-a1", "r", role, 0, 1, "node", "n0", 1, WorkloadStatus.PENDING)
 
 
 # ---- CLI and image ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def manifests() -> None:
 @manifests.command("render")
 @click.option(
     "--overlay",
-    type=click.Choice(["base", "dev", "production"]),
+    type=click.Choice(["base", "dev", "production", "no-monitoring", "gvisor"]),  # kube.manifests.OVERLAYS
     default="base",
     show_default=True,
     help="which kustomization under manifests/ to render",
