@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,20 @@ import yaml
 
 from orchestrator.backends.ray.cluster import NAMESPACE, RayCluster
 from orchestrator.spec import load_spec_data
+from tests.process_checks import alive, describe, processes_mentioning, until, wait_gone
+
+__all__ = [
+    "ROOT",
+    "alive",
+    "describe",
+    "local_ray",
+    "member_pid",
+    "member_status",
+    "processes_mentioning",
+    "quickstart_spec",
+    "until",
+    "wait_gone",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,56 +47,6 @@ def local_ray(log_dir: Path) -> Iterator[RayCluster]:
         yield RayCluster(log_dir=str(log_dir))
     finally:
         ray.shutdown()
-
-
-def until(condition: Callable[[], bool], seconds: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting{': ' + what if what else ''}"
-        time.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    status = Path(f"/proc/{pid}/status")
-    try:
-        return "State:\tZ" not in status.read_text()
-    except OSError:
-        return False
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line or environment names ``text``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            seen = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if text.encode() in seen and alive(int(proc.name)):
-            found.append(int(proc.name))
-    return found
-
-
-def describe(pids: list[int]) -> str:
-    """The command lines of ``pids``, for a failure message."""
-    lines = []
-    for pid in pids:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            lines.append(f"{pid}: {b' '.join(argv).decode(errors='replace')}")
-        except OSError:
-            lines.append(f"{pid}: (gone)")
-    return "; ".join(lines)
-
-
-def wait_gone(text: str, seconds: float = 30.0) -> None:
-    """Wait until no live process mentions ``text``; fail naming those that still do."""
-    deadline = time.monotonic() + seconds
-    while found := processes_mentioning(text):
-        assert time.monotonic() < deadline, f"processes left mentioning {text}: {describe(found)}"
-        time.sleep(0.1)
 
 
 def member_pid(name: str) -> int:

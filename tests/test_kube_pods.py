@@ -11,8 +11,10 @@ import pytest
 
 from orchestrator.errors import SpecError
 from orchestrator.kube.objects import (
+    ENGINE_MAX_RESTARTS,
     engine_service,
     engine_urls,
+    observe_pod,
     pod_manifest,
     rendezvous_service,
 )
@@ -175,8 +177,51 @@ def test_engine_probes_wait_for_model_loading_then_track_readiness() -> None:
     probe = container(pod(short, member(short, "engine", 0)))["startupProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] == 600
     assert "livenessProbe" not in box, (
-        "restartPolicy Never: a liveness kill would fail the gang on a slow answer"
+        "a liveness kill would restart a slow-answering engine and drop its requests"
     )
+
+
+def test_engines_restart_in_place_and_trainers_never() -> None:
+    spec = split_spec()
+    assert pod(spec, member(spec, "engine", 0))["spec"]["restartPolicy"] == "Always"
+    assert pod(spec, member(spec, "trainer", 0))["spec"]["restartPolicy"] == "Never"
+
+
+def _status(phase: str, restarts: int, state: Doc, last: Doc | None = None) -> Doc:
+    container_status: Doc = {"name": "c", "restartCount": restarts, "state": state}
+    if last is not None:
+        container_status["lastState"] = last
+    return {"phase": phase, "containerStatuses": [container_status]}
+
+
+KILLED = {"terminated": {"reason": "Error", "exitCode": 137}}
+BACKOFF = "back-off 10s restarting failed container"
+BACKING_OFF = {"waiting": {"reason": "CrashLoopBackOff", "message": BACKOFF}}
+LOOPING = ENGINE_MAX_RESTARTS + 1
+KILLED_TEXT = "Error (exit code 137)"
+
+
+@pytest.mark.parametrize(
+    ("role", "status", "seen"),
+    [
+        ("engine", _status("Running", 1, {"running": {}}, KILLED), ("Running", "")),
+        ("engine", _status("Running", 2, BACKING_OFF, KILLED), ("Running", "")),
+        ("engine", _status("Running", ENGINE_MAX_RESTARTS, BACKING_OFF, KILLED), ("Running", "")),
+        (
+            "engine",
+            _status("Running", LOOPING, {"running": {}}, KILLED),
+            ("Failed", f"CrashLoopBackOff: container c restarted {LOOPING} times, last {KILLED_TEXT}"),
+        ),
+        ("trainer", _status("Failed", 0, KILLED), ("Failed", KILLED_TEXT)),
+        ("trainer", _status("Pending", 0, BACKING_OFF), ("Failed", f"CrashLoopBackOff: {BACKOFF}")),
+    ],
+)
+def test_a_restarted_engine_is_running_until_it_crash_loops_and_a_trainer_exit_is_a_failure(
+    role: str, status: Doc, seen: tuple[str, str]
+) -> None:
+    spec = split_spec()
+    observed = {**pod(spec, member(spec, role, 0)), "status": status}
+    assert observe_pod(observed) == seen
 
 
 def test_the_engine_service_names_each_engine_pod_of_the_run() -> None:

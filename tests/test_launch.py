@@ -135,13 +135,14 @@ def test_a_command_template_is_split_then_filled_in() -> None:
     engine = {
         "kind": "command",
         "model": "/models/my model",
-        "command": "python -m fake_engine --port {port} --model {model} --tp {tp} --len={max_model_len}",
+        "command": "python -m fake_engine --port {port} --model {model} --tp {tp} --len={max_model_len}"
+        " --host {host}",
         "env": {"FAKE_SEED": "1"},
     }
-    launch = engine_launch(spec_with(engine), 2)
+    launch = engine_launch(spec_with(engine), 2, host="0.0.0.0")
     assert launch.argv == (
         "python", "-m", "fake_engine", "--port", "8000", "--model", "/models/my model", "--tp", "2",
-        f"--len={400 + 12288}",
+        f"--len={400 + 12288}", "--host", "0.0.0.0",
     )  # fmt: skip
     assert launch.env == {"FAKE_SEED": "1"}
 
@@ -164,7 +165,7 @@ def test_existing_specs_get_a_vllm_engine_and_orch_worker_by_default() -> None:
             [
                 "rollout.engine.command:",
                 "unknown placeholder {gpus}",
-                "{port}, {model}, {tp}, {max_model_len}",
+                "{port}, {model}, {tp}, {max_model_len}, {host}",
             ],
             id="unknown-placeholder",
         ),

@@ -14,7 +14,9 @@
 
 Why pods and not Indexed Jobs / StatefulSets: the controller already is the level-triggered owner
 of every member, and a Job or StatefulSet would restart failed members on its own, which is
-exactly what a gang must not do (a partial gang has to be torn down and recreated as a whole).
+exactly what a gang must not do (a partial gang has to be torn down and recreated as a whole). The one
+restart orch wants is an engine's, in place: engine pods are ``restartPolicy: Always`` and a restarted
+engine is still a running member until it crash-loops (``objects.observe_pod``); trainers never restart.
 """
 
 from __future__ import annotations

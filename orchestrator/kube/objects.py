@@ -21,6 +21,7 @@ __all__ = [
     "COLOCATED_ANNOTATION",
     "CONFIGMAP_MAILBOX",
     "ENGINE_HOST",
+    "ENGINE_MAX_RESTARTS",
     "ENGINE_PORT_NAME",
     "GPU_RESOURCE",
     "GPU_TYPE_ENV",
@@ -75,15 +76,23 @@ ENGINE_PORT_NAME = "http"
 SHM_VOLUME, CONTROL_VOLUME = "dshm", "orch-control"
 # The startup probe gives an engine ``rollout.engine.startup_timeout_s`` to answer its health path:
 # loading a large model from a volume, then compiling and capturing CUDA graphs, takes many minutes, and
-# until the startup probe passes the readiness probe does not run and no restart is counted. Past it the
-# kubelet kills the container, so with restartPolicy Never the pod fails and the gang is recreated.
+# until the startup probe passes the readiness probe does not run. Past it the kubelet kills the container
+# and (restartPolicy Always) starts it again, which counts toward ``ENGINE_MAX_RESTARTS``.
 STARTUP_PERIOD_S = 10
 READINESS_PERIOD_S = 5
 PROBE_TIMEOUT_S = 5  # an engine under full load may answer /health slowly; the default 1 s flaps
 # Container states that never recover on their own: the member has failed even though the pod is Pending.
+# (CrashLoopBackOff is only the wait between restarts of a restartable pod: see ``observe_pod``.)
 STUCK_REASONS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff", "CreateContainerConfigError"}
 )
+# Engine pods are ``restartPolicy: Always``: an engine whose process exits is restarted in place by the
+# kubelet (its requests were handed to the other engines by the trainer's balancer) and the gang stays, as
+# on Ray (``backends/ray/member.RestartPolicy``, the same bound). Restarted more often than this, it is a
+# crash loop and observed as failed, which is a gang failure. Trainer pods are ``restartPolicy: Never``: a
+# trainer's exit is the gang's failure, resumed from the last checkpoint by a new attempt.
+ENGINE_MAX_RESTARTS = 5
+RESTART_POLICIES = {TRAINER: "Never", ENGINE: "Always"}
 
 
 def check_service_account(name: str) -> str:
@@ -372,7 +381,7 @@ def pod_manifest(
     )
     pod_spec: dict[str, Any] = {
         **identity,
-        "restartPolicy": "Never",
+        "restartPolicy": RESTART_POLICIES.get(workload.role, "Never"),
         "hostname": workload.name,
         "subdomain": service,
         "priorityClassName": PRIORITY_CLASSES.get(workload.role, "orch-rollout"),
@@ -408,22 +417,40 @@ def _terminated_reason(pod: dict[str, Any]) -> str:
     for status in pod.get("status", {}).get("containerStatuses") or []:
         terminated = (status.get("state") or {}).get("terminated")
         if terminated:
-            return f"{terminated.get('reason') or 'Error'} (exit code {terminated.get('exitCode', '?')})"
+            return _exit_text(terminated)
     return ""
 
 
-def _stuck_reason(pod: dict[str, Any]) -> str:
+def _exit_text(terminated: dict[str, Any]) -> str:
+    return f"{terminated.get('reason') or 'Error'} (exit code {terminated.get('exitCode', '?')})"
+
+
+def _stuck_reason(pod: dict[str, Any], restartable: bool) -> str:
     for status in pod.get("status", {}).get("containerStatuses") or []:
         waiting = (status.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in STUCK_REASONS:
-            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+        reason = waiting.get("reason")
+        if reason in STUCK_REASONS and not (restartable and reason == "CrashLoopBackOff"):
+            return f"{reason}: {waiting.get('message', '')}".rstrip(": ")
+    return ""
+
+
+def _crash_loop(pod: dict[str, Any]) -> str:
+    """Why a restartable pod has failed: a container restarted more than ``ENGINE_MAX_RESTARTS`` times."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        restarts = int(status.get("restartCount") or 0)
+        if restarts > ENGINE_MAX_RESTARTS:
+            last = (status.get("lastState") or {}).get("terminated")
+            tail = f", last {_exit_text(last)}" if last else ""
+            return f"CrashLoopBackOff: container {status.get('name', '')} restarted {restarts} times{tail}"
     return ""
 
 
 def observe_pod(pod: dict[str, Any]) -> tuple[str, str]:
     """(phase, reason) as orch sees a pod: Running, Pending, or Failed with the cluster's reason.
 
-    A member that exits is a failure too: gang members are expected to run until orch deletes them.
+    A member that exits is a failure too: gang members are expected to run until orch deletes them. A pod
+    the kubelet restarts in place (``restartPolicy: Always``, engines) is still running while it restarts,
+    until it has restarted more than ``ENGINE_MAX_RESTARTS`` times (a crash loop).
     """
     status = pod.get("status") or {}
     phase = status.get("phase", "Pending")
@@ -434,7 +461,8 @@ def observe_pod(pod: dict[str, Any]) -> tuple[str, str]:
         if status.get("message"):
             reason = f"{reason}: {status['message']}"
         return "Failed", reason
-    stuck = _stuck_reason(pod)
+    restartable = (pod.get("spec") or {}).get("restartPolicy") in ("Always", "OnFailure")
+    stuck = (_crash_loop(pod) if restartable else "") or _stuck_reason(pod, restartable)
     if stuck:
         return "Failed", stuck
     if phase == "Running":

@@ -16,8 +16,10 @@ __all__ = ["COMMAND_PLACEHOLDERS", "ENGINE_CLIS", "EngineCli", "EngineKind"]
 
 EngineKind = Literal["vllm", "sglang", "command"]
 
-# The names a ``kind: command`` template may use: ``{port}``, ``{model}``, ``{tp}``, ``{max_model_len}``.
-COMMAND_PLACEHOLDERS: tuple[str, ...] = ("port", "model", "tp", "max_model_len")
+# The names a ``kind: command`` template may use: ``{port}``, ``{model}``, ``{tp}``, ``{max_model_len}``,
+# and ``{host}``, the address the backend wants the engine bound to (``0.0.0.0`` in a Kubernetes pod,
+# where the engine is reached at its pod's IP; loopback elsewhere).
+COMMAND_PLACEHOLDERS: tuple[str, ...] = ("port", "model", "tp", "max_model_len", "host")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,6 +47,7 @@ def engine_launch(
     model = engine.model or spec.model.name
     port = engine.port if port is None else port
     values = {
+        "host": host,
         "port": str(port),
         "model": model,
         "tp": str(spec.rollout.gpus_per_engine),

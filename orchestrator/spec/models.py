@@ -268,7 +268,7 @@ class EngineSpec(_Strict):
     args: list[str] = Field(default_factory=list, description="extra command-line arguments, appended")
     env: _Env
     port: int = Field(default=8000, ge=1, le=65535)
-    # kind: command only: a command line with {port}, {model}, {tp} and {max_model_len} placeholders.
+    # kind: command only: a command line with {port}, {model}, {tp}, {max_model_len} and {host} placeholders.
     command: str | None = None
     # On Kubernetes (orchestrator.spec.pods): each engine pod's CPU and memory, /dev/shm, and Secrets.
     resources: ResourcesSpec = ENGINE_RESOURCES

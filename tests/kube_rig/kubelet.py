@@ -417,8 +417,7 @@ class FakeKubelet:
 
     def _bind(self, pod: Obj, node_name: str) -> None:
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
-        ip = f"10.244.{self._next_ip // 250}.{self._next_ip % 250 + 1}"
-        self._next_ip += 1
+        ip = self._pod_ip(*key)
 
         def change(p: Obj) -> None:
             if p["spec"].get("nodeName"):
@@ -434,8 +433,14 @@ class FakeKubelet:
 
         self._update_pod(pod, change)
 
-    @staticmethod
-    def _run_containers(pod: Obj) -> None:
+    def _pod_ip(self, namespace: str, name: str) -> str:
+        """The IP a newly bound pod gets."""
+        ip = f"10.244.{self._next_ip // 250}.{self._next_ip % 250 + 1}"
+        self._next_ip += 1
+        return ip
+
+    def _run_containers(self, pod: Obj) -> None:
+        """Its containers start (here at once, Running and Ready); called inside the binding's update."""
         status = pod["status"]
         status["phase"] = "Running"
         for kind in ("Initialized", "ContainersReady", "Ready"):
