@@ -8,7 +8,8 @@
     POST /v1/verify        {"response": str, "reference": str}
                            200 {"result": {"correct", "extracted", "reason"}}
     POST /v1/verify/batch  {"pairs": [{"response", "reference"}, ...]} → 200 {"results": [...]}
-    GET  /metrics, /healthz   both say the sandbox's isolation ("namespaces" | "weak"; null: not a local pool)
+    GET  /metrics, /healthz   both say the sandbox's isolation ("strong" | "namespaces" | "weak") and its
+                              call cgroups ("v2" | "v1" | "none"); null: not a local pool
 
 Who may call (``orchestrator.httpguard``): no browser (``Origin``: 403), no foreign ``Host`` (403), and with a
 token (``ORCH_TOOLS_TOKEN`` or ``--token-file``) ``Authorization: Bearer TOKEN`` on every path but /healthz
@@ -272,20 +273,34 @@ class _Handlers:
                 "# HELP orch_tools_isolation The sandbox's isolation level in effect (1 for the level).\n"
                 f'# TYPE orch_tools_isolation gauge\norch_tools_isolation{{level="{isolation}"}} 1.0\n'
             ).encode()
+        cgroup = _sandbox_stat(self.service, "cgroup")
+        if cgroup is not None:
+            body += (
+                "# HELP orch_tools_cgroup The cgroup kind limiting each sandbox call as a whole (1 for it).\n"
+                f'# TYPE orch_tools_cgroup gauge\norch_tools_cgroup{{kind="{cgroup}"}} 1.0\n'
+            ).encode()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
         stats = asdict(self.service.stats())
         bodies = {"verifying": self.verifying, "body_bytes_in_flight": self.bodies.used}
-        isolation = {"isolation": _isolation(self.service)}
+        isolation = {
+            "isolation": _isolation(self.service),
+            "cgroup": _sandbox_stat(self.service, "cgroup"),
+            "cgroup_because": _sandbox_stat(self.service, "cgroup_because"),
+        }
         return web.json_response({"ok": True, **stats, **bodies, **isolation})
 
 
 def _isolation(service: ToolService) -> str | None:
     """The isolation level of a local sandbox pool behind ``service`` (None for other executors)."""
-    stats = getattr(service.executor, "stats", None)
-    level = getattr(stats, "isolation", None)
-    return level if isinstance(level, str) else None
+    return _sandbox_stat(service, "isolation")
+
+
+def _sandbox_stat(service: ToolService, name: str) -> str | None:
+    """The string stat ``name`` of a local sandbox pool behind ``service`` (None for other executors)."""
+    value = getattr(getattr(service.executor, "stats", None), name, None)
+    return value if isinstance(value, str) else None
 
 
 async def _answering(handler: Any, request: web.Request) -> web.StreamResponse:

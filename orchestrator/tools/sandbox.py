@@ -8,9 +8,13 @@ stops answering; the call it held is answered "killed".
 
 Isolation (``SandboxStats.isolation``): "namespaces" where each worker got network, mount, IPC and PID
 namespaces and a read-only file system, as root or, without root, through an unprivileged user namespace;
-otherwise "weak", and then the pool refuses to start unless ``allow_weak_isolation`` (``orch tools serve
---allow-weak-isolation``, ``tools.allow_weak_isolation`` in a run spec). Not done yet: a cgroup per call
-(memory and pids for the call as a whole); RLIMIT_AS still caps each process on its own.
+"strong" where it also got a cgroup (``SandboxStats.cgroup``: "v2" where memory and pids are delegated to
+our cgroup, else "v1" where our memory and pids cgroups are writable, else "none" and
+``cgroup_because`` says why; see ``tools.cgroup``): one per worker, its limits set to each call's
+``memory_bytes`` (no swap) and ``processes`` before the call, so they hold for the call's processes
+together, not only for each one (RLIMIT_AS, still set); it is removed when the worker stops. Otherwise
+"weak", and then the pool refuses to start unless ``allow_weak_isolation`` (``orch tools serve
+--allow-weak-isolation``, ``tools.allow_weak_isolation`` in a run spec).
 
 What holds when the service runs as root on Linux:
 
@@ -76,6 +80,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from orchestrator.errors import OrchError
+from orchestrator.tools import cgroup as cgroups
 from orchestrator.tools import zygote
 from orchestrator.tools.api import MAX_CODE_BYTES, MAX_LIMITS, VERDICTS, ExecResult, Limits
 
@@ -96,6 +101,7 @@ ZYGOTE_FLAGS = ("-I", "-S", "-B")  # isolated, no site (.pth imports make every 
 ZYGOTE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LD_BIND_NOW": "1"}
 
 
+ISOLATION_RANK = {"strong": 0, "namespaces": 1, "weak": 2}
 WEAK_REFUSED = (
     "isolation is weak here: refused; run as root or where unprivileged user namespaces are allowed, "
     "or accept weak isolation with --allow-weak-isolation (tools.allow_weak_isolation: true in a run spec)"
@@ -122,17 +128,23 @@ class SandboxStats:
     network: Literal["namespace", "block"] | None  # the weakest in effect; None while no worker is alive
     separate_uids: bool  # calls run as a uid of their worker's own (the service runs as root)
     private_tmp: bool  # /tmp, /var/tmp, /dev/shm are the call's scratch dir, /run is hidden, IPC is private
-    isolation: Literal["namespaces", "weak"] | None = None  # the weakest in effect; None while none is alive
+    isolation: Literal["strong", "namespaces", "weak"] | None = (
+        None  # the weakest in effect; None: none alive
+    )
     weak_because: str = ""  # what a weak worker lacks
+    cgroup: Literal["v2", "v1", "none"] | None = None  # the call cgroups in effect; None while none is alive
+    cgroup_because: str = ""  # why there is none
 
 
 class _Worker:
     """One zygote process and the service's end of its pipes."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, cgroup_support: cgroups.CgroupSupport | None = None) -> None:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
         self.hello: dict[str, Any] = {}
+        self.cgroup_support = cgroup_support or cgroups.CgroupSupport("none")
+        self.cgroup: cgroups.CgroupFiles | None = None
 
     @property
     def alive(self) -> bool:
@@ -142,23 +154,36 @@ class _Worker:
         """Start the zygote and read its hello; SandboxError if it does not come up, or comes up with weak
         isolation unless ``allow_weak``."""
         try:
+            self.cgroup = cgroups.create(self.cgroup_support, self.index)
+        except OSError as error:
+            raise SandboxError(f"sandbox worker {self.index} did not start: its cgroup: {error}") from error
+        spec = json.dumps(self.cgroup.to_json()) if self.cgroup else ""
+        try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *ZYGOTE_FLAGS,
-                *(zygote.__file__, str(self.index), network, str(scratch_root), _sandbox_range_accounts()),
+                *(
+                    zygote.__file__,
+                    str(self.index),
+                    network,
+                    str(scratch_root),
+                    _sandbox_range_accounts(),
+                    spec,
+                ),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=ZYGOTE_ENV,
                 start_new_session=True,  # a Ctrl-C meant for the service must not kill a zygote mid-cleanup
             )
         except OSError as error:
+            await self.stop(graceful=False)
             raise SandboxError(f"sandbox worker {self.index} did not start: {error}") from error
         try:
             frame = await asyncio.wait_for(self._read_frame(self.process, MAX_HEADER), START_SECONDS)
             hello = json.loads(frame)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, _WorkerLost, ValueError) as error:
             hello = {"error": f"no hello ({type(error).__name__}: {error})"}
-        if "error" not in hello and hello.get("isolation") != "namespaces" and not allow_weak:
+        if "error" not in hello and hello.get("isolation") not in ("strong", "namespaces") and not allow_weak:
             hello = {"error": f"{WEAK_REFUSED} ({hello.get('weak_because', 'unknown')})"}
         if "error" in hello:
             await self.stop(graceful=False)
@@ -209,10 +234,18 @@ class _Worker:
 
     async def stop(self, *, graceful: bool) -> None:
         """End the zygote: close its stdin (it kills its call and exits), SIGKILL it when not ``graceful``
-        or still there after STOP_SECONDS. Safe to call twice."""
+        or still there after STOP_SECONDS; then remove its cgroup. Safe to call twice."""
         process, self.process = self.process, None
-        if process is None:
-            return
+        try:
+            if process is not None:
+                await self._end(process, graceful)
+        finally:
+            directories, self.cgroup = (self.cgroup.directories if self.cgroup else ()), None
+            if directories:
+                await asyncio.to_thread(cgroups.remove, directories)
+
+    @staticmethod
+    async def _end(process: asyncio.subprocess.Process, graceful: bool) -> None:
         assert process.stdin is not None
         process.stdin.close()
         if graceful:
@@ -310,6 +343,7 @@ class SandboxPool:
         self._state: Literal["new", "started", "closed"] = "new"
         self._scratch_root: Path | None = None
         self._running = self._restarts = 0
+        self._cgroup_support = cgroups.CgroupSupport("none", because="the pool has not started")
 
     @property
     def scratch_root(self) -> Path | None:
@@ -335,9 +369,20 @@ class SandboxPool:
             network=min((hello["network"] for hello in alive), default=None),  # "block" < "namespace"
             separate_uids=bool(alive) and all(hello["as_root"] for hello in alive),
             private_tmp=bool(alive) and all(hello["private_tmp"] for hello in alive),
-            isolation=max((hello["isolation"] for hello in alive), default=None),  # "namespaces" < "weak"
+            isolation=max(
+                (hello["isolation"] for hello in alive), key=ISOLATION_RANK.__getitem__, default=None
+            ),
             weak_because="; ".join(sorted({hello["weak_because"] for hello in alive} - {""})),
+            cgroup=min((hello["cgroup"] for hello in alive), default=None),  # "none" < "v1" < "v2"
+            cgroup_because=self._cgroup_support.because if alive else "",
         )
+
+    @property
+    def cgroup_directories(self) -> list[tuple[str, ...]]:
+        """Each worker's cgroup directories (v1: memory, then pids; v2: one); () for none."""
+        return [
+            worker.cgroup.directories if worker.cgroup else () for worker in self._workers if worker.alive
+        ]
 
     async def start(self) -> None:
         """Start every worker; SandboxError (and nothing left running) if one does not come up."""
@@ -345,6 +390,10 @@ class SandboxPool:
             raise SandboxError(f"the sandbox pool is already {self._state}")
         self._state = "started"
         await asyncio.to_thread(remove_abandoned_scratch_roots)
+        self._cgroup_support = await asyncio.to_thread(cgroups.detect)
+        await asyncio.to_thread(cgroups.remove_abandoned, self._cgroup_support)
+        for worker in self._workers:
+            worker.cgroup_support = self._cgroup_support
         self._scratch_root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         self._scratch_root.chmod(0o711)
         results = await asyncio.gather(

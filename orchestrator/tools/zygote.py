@@ -1,8 +1,9 @@
 """The zygote of one sandbox worker: a warm interpreter that forks a fresh child for every call.
 
 ``orchestrator.tools.sandbox`` starts it as
-``python -I -S -B zygote.py INDEX NETWORK SCRATCH_ROOT ACCOUNTS`` (ACCOUNTS: the real accounts'
-uids among the sandbox uids, comma-separated) and talks to it in frames on stdin/stdout (a 4-byte
+``python -I -S -B zygote.py INDEX NETWORK SCRATCH_ROOT ACCOUNTS CGROUP`` (ACCOUNTS: the real accounts'
+uids among the sandbox uids, comma-separated; CGROUP: the worker's cgroup files as JSON, or "")
+and talks to it in frames on stdin/stdout (a 4-byte
 big-endian length, then that many bytes): a JSON hello, then for each JSON request (code, scratch,
 limits) a JSON header frame and an output frame (stdout bytes, then stderr bytes), written together. End
 of stdin means the service is gone: the zygote kills its call and exits. It imports only the standard
@@ -13,7 +14,13 @@ kernel allows, a user namespace first (its uid mapped to 0 there, setgroups deni
 that gives it the same. Then it enters a PID namespace by forking: the child is the zygote proper, PID 1
 there, with a /proc of its own (hidepid=2) and the whole file system read-only; the parent only waits for
 it (it is the process the service started, and the child dies with it). The isolation it reached is its
-hello's ``isolation``: "namespaces" (all of the above) or "weak" (``weak_because`` says what is missing).
+hello's ``isolation``: "strong" (all of the above and a cgroup), "namespaces" (all of the above) or "weak"
+(``weak_because`` says what is missing).
+
+With a CGROUP (made by the service, see ``tools.cgroup``) the zygote opens its control files first. Before
+each call it writes the call's ``memory_bytes`` and ``processes`` there (the memory limit is also memsw's on
+v1; swap is 0 on v2); the call's child moves itself in before anything else, so the call as a whole, all
+it forks included, is held to them; an OOM kill in the cgroup during the call makes the verdict "memory".
 
 Per call the child starts a new session; with namespaces it gets private mount and IPC namespaces with a
 tmpfs of its own as /tmp, /var/tmp, /dev/shm, cwd and HOME (weak: a fresh SCRATCH_ROOT/call-N directory);
@@ -29,6 +36,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import ctypes
+import errno
 import fcntl
 import gc
 import json
@@ -118,6 +126,22 @@ _NULL = [-1]  # an fd open on /dev/null, each call's stdin (set by prepare())
 _SHARED_TMP_BINDS: tuple[bytes, ...] = ()  # the SHARED_TMP directories besides /tmp that exist (prepare())
 _STD_STREAMS: tuple[Any, Any, Any] = (None, None, None)  # set by prepare()
 _ZYGOTE_STREAMS: tuple[Any, Any, Any] = (None, None, None)
+CGROUP_FD_FLOOR = 10  # the cgroup files' fds sit at or above it, clear of the child's fds 0-3
+
+
+class _Cgroup(NamedTuple):
+    """The worker's cgroup control files, opened before the file system turns read-only (fds)."""
+
+    procs: tuple[int, ...]
+    memory_limits: tuple[int, ...]
+    pids_max: int
+    oom_events: int
+    peak: int  # -1 where there is none
+    reset_peak: bool  # v1: memory.max_usage_in_bytes is reset by writing 0
+
+
+_CGROUP: list[_Cgroup | None] = [None]
+_CGROUP_SET: dict[str, int] = {}  # the limits last written, so a call with the same ones writes nothing
 
 
 class Worker(NamedTuple):
@@ -130,8 +154,9 @@ class Worker(NamedTuple):
     private_tmp: bool
     user_namespace: bool  # without root: the zygote is uid 0 of a user namespace of its own
     pid_namespace: bool  # the zygote is PID 1 of a PID namespace with its own /proc, and / is read-only
-    isolation: str  # "namespaces" | "weak"
-    weak_because: str  # what is missing, "" when the isolation is "namespaces"
+    isolation: str  # "strong" (namespaces and a cgroup per call) | "namespaces" | "weak"
+    weak_because: str  # what is missing, "" when the isolation is "namespaces" or "strong"
+    cgroup: str  # "v2" | "v1" | "none": where the call's memory and processes are limited as a whole
 
 
 # ---- frames ---------------------------------------------------------------------------------------
@@ -342,8 +367,86 @@ def _add_site_packages() -> None:
     sys.path.extend(path for path in site.getsitepackages() if os.path.isdir(path) and path not in sys.path)
 
 
-def prepare(index: int, network: str, scratch_root: str, accounts: frozenset[int] = frozenset()) -> Worker:
-    """Set this zygote up once: preload modules, claim a uid, kill its leftovers, enter namespaces."""
+def _open_cgroup(spec: dict[str, Any]) -> _Cgroup:
+    """Open the control files of ``spec`` (``tools.cgroup.CgroupFiles`` as JSON) above CGROUP_FD_FLOOR;
+    set no swap on v2."""
+
+    def opened(path: str, flags: int) -> int:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, CGROUP_FD_FLOOR)
+        os.close(fd)
+        return moved
+
+    if spec["swap_max"]:
+        fd = opened(spec["swap_max"], os.O_WRONLY)
+        os.write(fd, b"0")
+        os.close(fd)
+    return _Cgroup(
+        tuple(opened(path, os.O_WRONLY) for path in spec["procs"]),
+        tuple(opened(path, os.O_WRONLY) for path in spec["memory_limits"]),
+        opened(spec["pids_max"], os.O_WRONLY),
+        opened(spec["oom_events"], os.O_RDONLY),
+        opened(spec["peak"], os.O_RDWR if spec["kind"] == "v1" else os.O_RDONLY) if spec["peak"] else -1,
+        spec["kind"] == "v1",
+    )
+
+
+def _set_cgroup_limits(cgroup: _Cgroup, limits: dict[str, Any]) -> None:
+    """Write the call's memory and processes limits where they differ from the last call's; reset the peak."""
+    memory, processes = limits["memory_bytes"], limits["processes"]
+    if _CGROUP_SET.get("memory") != memory:
+        _CGROUP_SET.pop("memory", None)
+        value = str(memory).encode()
+        try:
+            for fd in cgroup.memory_limits:
+                os.pwrite(fd, value, 0)
+        except OSError as error:  # v1: the limit may not rise above memsw's, nor memsw fall below it
+            if error.errno != errno.EINVAL or len(cgroup.memory_limits) == 1:
+                raise
+            for fd in reversed(cgroup.memory_limits):
+                os.pwrite(fd, value, 0)
+        _CGROUP_SET["memory"] = memory
+    if _CGROUP_SET.get("processes") != processes:
+        _CGROUP_SET.pop("processes", None)
+        os.pwrite(cgroup.pids_max, str(processes).encode(), 0)
+        _CGROUP_SET["processes"] = processes
+    if cgroup.reset_peak:
+        os.pwrite(cgroup.peak, b"0", 0)
+
+
+def _oom_kills(cgroup: _Cgroup) -> int:
+    """The cgroup's OOM-kill counter (the "oom_kill N" line of memory.oom_control or memory.events)."""
+    for line in os.pread(cgroup.oom_events, 4096, 0).decode().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return 0
+
+
+def _enter_cgroup() -> str:
+    """Move this process (the call's child) into the worker's cgroup(s); "" or why it could not."""
+    cgroup = _CGROUP[0]
+    if cgroup is None:
+        return ""
+    try:
+        for fd in cgroup.procs:
+            os.write(fd, b"0")
+    except OSError as error:
+        return f"cannot enter the call's cgroup: {error}"
+    return ""
+
+
+def prepare(
+    index: int,
+    network: str,
+    scratch_root: str,
+    accounts: frozenset[int] = frozenset(),
+    cgroup: dict[str, Any] | None = None,
+) -> Worker:
+    """Set this zygote up once: open its cgroup, preload modules, claim a uid, kill its leftovers, enter
+    namespaces."""
+    if cgroup is not None:  # first: before a user namespace or a read-only file system
+        _CGROUP[0] = _open_cgroup(cgroup)
     _add_site_packages()
     for name in PRELOAD:
         __import__(name)
@@ -388,6 +491,7 @@ def prepare(index: int, network: str, scratch_root: str, accounts: frozenset[int
     _ZYGOTE_STREAMS = (sys.stdin, sys.stdout, sys.stderr)  # so that a child replacing them frees nothing
     gc.collect()
     gc.freeze()  # children's collections skip what is here now, so they copy fewer pages on write
+    level = "weak" if missing else ("strong" if cgroup is not None else "namespaces")
     return Worker(
         uid,
         gid,
@@ -396,8 +500,9 @@ def prepare(index: int, network: str, scratch_root: str, accounts: frozenset[int
         private_tmp,
         user_namespace,
         pid_namespace,
-        "weak" if missing else "namespaces",
+        level,
         "; ".join(missing),
+        cgroup["kind"] if cgroup is not None else "none",
     )
 
 
@@ -557,14 +662,16 @@ def _wait(pidfd: int, deadline: float) -> str:
             return "exited" if fd == pidfd else "gone"
 
 
-def _verdict(ending: str, status: int, flag: bytes, truncated: bool, cpu: float, cpu_limit: float) -> str:
+def _verdict(
+    ending: str, status: int, flag: bytes, truncated: bool, cpu: float, cpu_limit: float, oom: bool = False
+) -> str:
     if ending == "timeout":
         return "timeout"
     if truncated:
         return "output_truncated"
     if flag == SETUP_FAILED:
         return "killed"
-    if flag == MEMORY:
+    if flag == MEMORY or oom:  # oom: the kernel killed a process of the call's cgroup for memory
         return "memory"
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
@@ -581,6 +688,10 @@ def serve(worker: Worker, request: dict[str, Any]) -> tuple[dict[str, Any], byte
     cap = limits["output_bytes"]
     stdout, stderr = _output_file("stdout", cap), _output_file("stderr", cap)
     flag = os.memfd_create("flag", os.MFD_CLOEXEC)
+    cgroup = _CGROUP[0]
+    if cgroup is not None:
+        _set_cgroup_limits(cgroup, limits)
+    oom_before = _oom_kills(cgroup) if cgroup is not None else 0
     started = time.monotonic()
     work = plan(worker, request)
     pid = os.fork()
@@ -594,6 +705,7 @@ def serve(worker: Worker, request: dict[str, Any]) -> tuple[dict[str, Any], byte
     wall = time.monotonic() - started
     cpu = usage.ru_utime + usage.ru_stime
     orphans = _end_call(worker, pid)
+    oom = cgroup is not None and _oom_kills(cgroup) > oom_before
     sizes = _written(stdout), _written(stderr)
     out = os.pread(stdout, min(sizes[0], cap), 0)
     err = os.pread(stderr, min(sizes[1], cap - len(out)), 0)
@@ -605,7 +717,7 @@ def serve(worker: Worker, request: dict[str, Any]) -> tuple[dict[str, Any], byte
     if ending == "gone":
         return None
     header = {
-        "verdict": _verdict(ending, status, raised, sum(sizes) > cap, cpu, limits["cpu_seconds"]),
+        "verdict": _verdict(ending, status, raised, sum(sizes) > cap, cpu, limits["cpu_seconds"], oom),
         "exit_status": os.waitstatus_to_exitcode(status),
         "wall_seconds": wall,
         "cpu_seconds": cpu + orphans,
@@ -640,8 +752,11 @@ def _child(worker: Worker, work: _Plan, files: tuple[int, int, int]) -> NoReturn
     try:
         for target, fd in enumerate((_NULL[0], *files)):  # every source is >= 3, and 3 is written last
             os.dup2(fd, target)
+        not_entered = _enter_cgroup()  # first, so that all the call forks is inside; then its fds go
         os.closerange(STATUS_FD + 1, 2**31 - 1)  # the zygote's pipes to the service among them
         try:
+            if not_entered:
+                raise OSError(not_entered)
             _confine(worker, work)
         except BaseException as error:
             os.write(STATUS_FD, SETUP_FAILED)
@@ -811,7 +926,8 @@ def main(argv: list[str]) -> None:
     """Say hello, then answer requests until stdin closes."""
     try:
         accounts = frozenset(int(uid) for uid in argv[4].split(",") if uid) if len(argv) > 4 else frozenset()
-        worker = prepare(int(argv[1]), argv[2], argv[3], accounts)
+        cgroup = json.loads(argv[5]) if len(argv) > 5 and argv[5] else None
+        worker = prepare(int(argv[1]), argv[2], argv[3], accounts, cgroup)
     except Exception as error:
         write_frames(1, json.dumps({"error": str(error)}).encode())
         return
