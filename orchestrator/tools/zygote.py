@@ -2,12 +2,11 @@
 
 ``orchestrator.tools.sandbox`` starts it as
 ``python -I -S -B zygote.py INDEX NETWORK SCRATCH_ROOT ACCOUNTS CGROUP`` (ACCOUNTS: the real accounts'
-uids among the sandbox uids, comma-separated; CGROUP: the worker's cgroup files as JSON, or "")
-and talks to it in frames on stdin/stdout (a 4-byte
-big-endian length, then that many bytes): a JSON hello, then for each JSON request (code, scratch,
-limits) a JSON header frame and an output frame (stdout bytes, then stderr bytes), written together. End
-of stdin means the service is gone: the zygote kills its call and exits. It imports only the standard
-library, so it starts fast and a snippet sees no orch code.
+uids among the sandbox uids, comma-separated; CGROUP: the worker's cgroup files as JSON, or "") and talks
+to it in frames on stdin/stdout (a 4-byte big-endian length, then that many bytes): a JSON hello, then
+for each JSON request (code, scratch, limits) a JSON header frame and an output frame (stdout bytes, then
+stderr bytes), written together. End of stdin means the service is gone: the zygote kills its call and
+exits. It imports only the standard library, so it starts fast and a snippet sees no orch code.
 
 At start the zygote enters its namespaces: as root a mount and a network namespace; without root, where the
 kernel allows, a user namespace first (its uid mapped to 0 there, setgroups denied, as bubblewrap does)
