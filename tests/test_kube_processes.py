@@ -113,7 +113,7 @@ def test_a_pod_process_gets_its_env_secrets_ip_names_files_and_token(
 
     seen = json.loads(out.read_text())
     ip = pod(kubelet, "one")["status"]["podIP"]
-    assert ip.startswith("127.0.") and ip != "127.0.0.1"
+    assert ip.startswith("127.") and ip != "127.0.0.1"
     assert seen["argv"] == ["--host", ip, "one", "$(ME)"]
     given = seen["env"]
     assert given["TOKEN"] == "s3cr3t" and given["MY_IP"] == ip and given["LOG"] == "/logs/one.log"

@@ -35,7 +35,7 @@ one (the default in-process) it echoes the prompt, so a router test can check it
 With ``max_model_len`` set, a request whose prompt + ``max_tokens`` exceed it gets 400, like vLLM.
 
 ``request_log``: a file that gets one JSON line per completion answered (``engine``, ``seed``,
-``prompt_sha``: the SHA-256 of the prompt text, ``version``), written just before the answer is sent, so a
+``prompt_sha``: the SHA-256 of the prompt text, ``version``), written once the answer is sent, so a
 test can see which engine answered which request, and that none was answered twice.
 
 ``die()`` makes it fail like a crashed engine: requests in flight and new ones lose their connection
@@ -261,11 +261,15 @@ class FakeEngine:
         if not await self._run(tokens, prompt_tokens + limit):
             return self._refuse(request)
         self.completed += 1
-        if self.request_log is not None:
-            self._log_answer(body.get("seed"), prompt, version)
         answer = _answer(self.name, next(self._ids), text, prompt_tokens, tokens, reason, chat)
         answer["weights_version"] = version
-        return web.json_response(answer, headers={"X-Weights-Version": str(version)})
+        response = web.json_response(answer, headers={"X-Weights-Version": str(version)})
+        if self.request_log is not None:
+            # Logged once the whole answer is sent: an engine killed before that answered nothing.
+            await response.prepare(request)
+            await response.write_eof()
+            self._log_answer(body.get("seed"), prompt, version)
+        return response
 
     def _log_answer(self, seed: object, prompt: str, version: int) -> None:
         digest = hashlib.sha256(prompt.encode()).hexdigest()

@@ -9,8 +9,9 @@ whole process group is signalled; the kernel kills it if the kubelet's thread di
   ``metadata.name``, ``metadata.namespace``, ``status.podIP``, ``spec.nodeName``,
   ``spec.serviceAccountName``; ``$(VAR)`` references in env values, command and args are expanded from the
   container's env (``$$(VAR)`` stays literal), as Kubernetes does. ``HOSTNAME`` is the pod's hostname.
-- **the pod network**: every pod gets an IP of its own in 127.0.0.0/8 (``127.0.<n>.<m>``, from 127.0.1.1;
-  all of it is loopback on Linux), written to ``status.podIP``. The processes share the host's network, so
+- **the pod network**: every pod gets an IP of its own in 127.0.0.0/8 (``127.<a>.<b>.<c>``, from
+  127.1.1.1, never twice in one test process; all of it is loopback on Linux), written to
+  ``status.podIP``. The processes share the host's network, so
   a pod's "own" address is emulated by rewriting: ``0.0.0.0`` in command and args becomes the pod's IP
   (what it binds), and **"DNS"**: a ``<pod>.<subdomain>.<namespace>.svc[.cluster.local]`` name in an env
   value or argument becomes that pod's IP. A name is resolved by pod name, whether or not the pod exists
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import re
@@ -58,6 +60,8 @@ from tests.kube_rig.api_server import FakeKubeServer
 from tests.kube_rig.kubelet import Behavior, FakeKubelet, _condition, _container_status, _now, _set_condition
 
 __all__ = ["ContainerConfigError", "ProcessKubelet"]
+
+_ADDRESSES = itertools.count()
 
 Obj = dict[str, Any]
 _DNS = re.compile(r"\b([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.[a-z0-9-]+\.([a-z0-9-]+)\.svc(\.cluster\.local)?\b")
@@ -131,12 +135,14 @@ class ProcessKubelet(FakeKubelet):
 
     # -- what tests look at --------------------------------------------------------------------------------
     def ip_of(self, namespace: str, name: str) -> str:
-        """The pod's IP (reserved now if the pod has none yet): ``127.0.<n>.<m>``."""
+        """The pod's IP (reserved now if the pod has none yet): ``127.<a>.<b>.<c>``."""
         with self._lock:
             key = (namespace, name)
             if key not in self._ips:
-                n = len(self._ips)
-                self._ips[key] = f"127.0.{1 + n // 250}.{1 + n % 250}"
+                # One counter for the whole test process: a later kubelet never reuses an address a
+                # process of an earlier test may still hold (its port in use: the engine could not bind).
+                n = next(_ADDRESSES)
+                self._ips[key] = f"127.{1 + n // 62500}.{1 + n // 250 % 250}.{1 + n % 250}"
             return self._ips[key]
 
     def pid(self, namespace: str, name: str) -> int:
