@@ -47,6 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "orch"
 ORCH = (sys.executable, "-c", "from cli import main; main()")
 PORT = 19510
+# Colocated engines bind 0.0.0.0 (the launcher's argv is in an env value, which this kubelet does not
+# rewrite to the pod's IP): ports apart from PORT's, so they never collide with another test's engines.
+COLOCATED_PORT = 19530
 POOLS = ("train", "gen")  # one 2-GPU node each
 # ~60 tokens an answer at 20 ms a token: a turn takes about a second, a step a few.
 SLOW = "--fake-seconds-per-token 0.02"
@@ -67,7 +70,7 @@ def kube_quickstart(tmp_path: Path, engine_flags: str, colocated: bool = False) 
     data["checkpoint"]["uri"] = (tmp_path / "checkpoints").as_uri()
     data["trainer"]["env"] = {"ORCH_WORK_DIR": str(tmp_path / "work")}
     engine = data["rollout"]["engine"]
-    engine["port"] = PORT
+    engine["port"] = COLOCATED_PORT if colocated else PORT
     log = f"{tmp_path / 'requests'}/engine-$(ORCH_ENGINE_INDEX).jsonl"
     engine["command"] = f"{engine['command']} --host {{host}} --fake-request-log {log} {engine_flags}"
     return data
