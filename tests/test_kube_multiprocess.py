@@ -9,6 +9,7 @@ trainer is ``orch worker`` with ``examples/learner_example.py`` and the embedded
 work through the ConfigMap mailbox as the ``orch-trainer`` ServiceAccount.
 
 - the run reaches Succeeded with real per-step figures in SQL;
+- colocated (one pool), the engines run inside the trainer's pod, started by its launcher, and answer;
 - SIGKILL an engine's process mid-step: its requests finish on the other engine, the kubelet restarts it
   in place (``restartPolicy: Always``), the gang is not torn down, no request is lost or answered twice;
 - SIGKILL the trainer's process: attempt 2 resumes from the last checkpoint with its weights, no step
@@ -37,6 +38,7 @@ from orchestrator.kube.rbac import CONTROLLER_ACCOUNT, TRAINER_ACCOUNT
 from orchestrator.records import Phase, Run
 from orchestrator.spec import load_spec_data
 from orchestrator.state.store import Store
+from orchestrator.worker.colocated import LAUNCHER
 from tests.kube_rig.api_server import FakeKubeServer
 from tests.kube_rig.processes import ProcessKubelet
 from tests.process_checks import processes_mentioning, until, wait_gone
@@ -45,26 +47,30 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "orch"
 ORCH = (sys.executable, "-c", "from cli import main; main()")
 PORT = 19510
+# Colocated engines bind 0.0.0.0 (the launcher's argv is in an env value, which this kubelet does not
+# rewrite to the pod's IP): ports apart from PORT's, so they never collide with another test's engines.
+COLOCATED_PORT = 19530
 POOLS = ("train", "gen")  # one 2-GPU node each
 # ~60 tokens an answer at 20 ms a token: a turn takes about a second, a step a few.
 SLOW = "--fake-seconds-per-token 0.02"
 ROLLOUTS_PER_STEP = 4 * 2 * 2  # prompts_per_step × samples_per_prompt × the reference trainer's oversampling
 
 
-def kube_quickstart(tmp_path: Path, engine_flags: str) -> dict[str, Any]:
+def kube_quickstart(tmp_path: Path, engine_flags: str, colocated: bool = False) -> dict[str, Any]:
     """``examples/ray-quickstart.yaml`` for pods: the trainer and the engines in pools of their own (so each
-    engine is a pod: colocated engines would live in the trainer's pod), each engine bound to ``{host}``
+    engine is a pod), or with ``colocated`` both in pool "train" (the engines then run inside the trainer's
+    pod, started by its launcher, ``orchestrator.worker.colocated``), each engine bound to ``{host}``
     (0.0.0.0: its pod's IP) and logging its answers to ``requests/engine-<index>.jsonl`` (``$(VAR)`` is
     Kubernetes' own expansion of the container's env)."""
     data = load_spec_data(ROOT / "examples" / "ray-quickstart.yaml")
     data["name"] = "kube-quickstart"
     gpu = data["pools"].pop("gpu")
     data["pools"] = {pool: {**gpu, "gpus": 2, "gpus_per_node": 2} for pool in POOLS}
-    data["trainer"]["pool"], data["rollout"]["pool"] = POOLS
+    data["trainer"]["pool"], data["rollout"]["pool"] = (POOLS[0], POOLS[0]) if colocated else POOLS
     data["checkpoint"]["uri"] = (tmp_path / "checkpoints").as_uri()
     data["trainer"]["env"] = {"ORCH_WORK_DIR": str(tmp_path / "work")}
     engine = data["rollout"]["engine"]
-    engine["port"] = PORT
+    engine["port"] = COLOCATED_PORT if colocated else PORT
     log = f"{tmp_path / 'requests'}/engine-$(ORCH_ENGINE_INDEX).jsonl"
     engine["command"] = f"{engine['command']} --host {{host}} --fake-request-log {log} {engine_flags}"
     return data
@@ -73,12 +79,12 @@ def kube_quickstart(tmp_path: Path, engine_flags: str) -> dict[str, Any]:
 class Rig:
     """One run of the quickstart on the fake cluster: its spec, database, kubelet and controllers."""
 
-    def __init__(self, tmp_path: Path, engine_flags: str = SLOW) -> None:
+    def __init__(self, tmp_path: Path, engine_flags: str = SLOW, colocated: bool = False) -> None:
         self.tmp = tmp_path
         self.requests = tmp_path / "requests"
         self.requests.mkdir()
         self.work = tmp_path / "work"
-        self.data = kube_quickstart(tmp_path, engine_flags)
+        self.data = kube_quickstart(tmp_path, engine_flags, colocated)
         spec_file = tmp_path / "kube-quickstart.yaml"
         spec_file.write_text(yaml.safe_dump(self.data))
         self.server = FakeKubeServer().start()
@@ -219,6 +225,30 @@ def test_the_quickstart_succeeds_on_kubernetes_with_real_processes(fast_rig: Rig
     assert {r.user for r in rig.server.requests} <= {TRAINER_ACCOUNT, "orch-fake-token", CONTROLLER_ACCOUNT}
     assert rig.pod_creates() == 3
     rig.assert_nothing_left()
+
+
+def test_a_colocated_quickstart_runs_its_engines_inside_the_trainer_pod(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, engine_flags="", colocated=True)
+    try:
+        rig.start_controller()
+        trainer = rig.pod_name("trainer", 0)
+        until(lambda: rig.server.get_object("", "pods", NAMESPACE, trainer), 60, "the trainer pod")
+        assert rig.pod(trainer)["spec"]["containers"][0]["command"] == [*LAUNCHER, "--", "orch", "worker"]
+        run = rig.wait_terminal()
+        assert run.phase is Phase.SUCCEEDED, run.message
+        steps = rig.store.steps(run.id)
+        assert [s.step for s in steps] == [1, 2, 3]
+        for s in steps:
+            assert s.rollouts > 0 and s.correct > 0 and s.infra_masked == 0
+            assert s.weights_version == s.step
+        # Both engines answered, each in the trainer's pod at the port the placement gave it.
+        assert {a["engine"] for a in rig.answers()} == {0, 1}
+        assert rig.pod_creates() == 1, "one pod: the trainer's, hosting both engines"
+        log = rig.kubelet.log_path(NAMESPACE, trainer, "trainer").read_text()
+        assert "2 engine(s) serving; starting the trainer" in log
+        rig.assert_nothing_left()  # no engine process outlived the trainer's pod
+    finally:
+        rig.close()
 
 
 def test_sigkill_one_engine_mid_step_its_requests_finish_on_the_other_and_it_restarts(rig: Rig) -> None:

@@ -21,7 +21,9 @@ from orchestrator.kube.objects import (
 from orchestrator.records import Workload, WorkloadStatus
 from orchestrator.spec import RunSpec, parse_spec
 from orchestrator.spec.launch import engine_launch
+from orchestrator.worker.colocated import COMMANDS_ENV, LAUNCHER, ColocatedEngines, decode_commands
 from tests.conftest import spec_data
+from tests.kube_rig.processes import expand
 
 NAMESPACE = "orch"
 POOL = "orch.dev/pool"
@@ -259,6 +261,7 @@ def test_a_trainer_pod_runs_the_trainer_command_with_the_engines_urls() -> None:
     assert env["ORCH_MASTER_ADDR"] == "r1-trainer-0-a1.r1-a1.orch.svc"
     assert trainer["spec"]["serviceAccountName"] == "orch-trainer"
     assert "ports" not in box and "readinessProbe" not in box
+    assert COMMANDS_ENV not in env, "engines of a pool of their own run in pods of their own"
     valid(trainer)
 
 
@@ -271,6 +274,68 @@ def test_colocated_engines_are_reached_in_their_host_trainer_pods_at_their_place
     assert engine_urls(spec, "r1", 2, NAMESPACE, ports) == [
         f"http://r1-trainer-{i // 4}-a2.r1-a2.orch.svc:{8000 + i % 4}" for i in range(8)
     ]
+
+
+def colocated_spec(kubernetes: Doc | None = None, **engine: Any) -> RunSpec:
+    """The quickstart on two 8-GPU nodes: each trainer member hosts four 1-GPU engines."""
+    data = spec_data()
+    if kubernetes is not None:
+        data["kubernetes"] = kubernetes
+    data["pools"] = {"node": {"gpus": 16, "gpus_per_node": 8}}
+    data["trainer"].update(gpus=16, command="orch worker --idle-timeout 60")
+    data["rollout"]["engine"] = {"port": 8000, "startup_timeout_s": 900, **engine}
+    return parse_spec(data)
+
+
+COLOCATED_PORTS = "8000,8001,8002,8003,8000,8001,8002,8003"
+
+
+def test_a_colocated_trainer_pod_starts_its_engines_on_its_gpus_then_the_trainer() -> None:
+    data_volume = {"name": "models", "claim": "model-store", "mount_path": "/models", "roles": ["engine"]}
+    spec = colocated_spec(env_from_secrets={"HF_TOKEN": "hf/token"}, kubernetes={"volumes": [data_volume]})
+    hosted = ",".join(f"r1-engine-{i}-a1" for i in range(4, 8))
+    workload = member(spec, "trainer", 1, ORCH_ENGINE_PORTS=COLOCATED_PORTS, ORCH_COLOCATED_ENGINES=hosted)
+    built = pod(spec, workload)
+    box = container(built)
+    assert box["command"] == [*LAUNCHER, "--", "orch", "worker", "--idle-timeout", "60"]
+    assert box["resources"]["limits"] == {"nvidia.com/gpu": "8"}, "the engines share the trainer's GPUs"
+    env = env_values(built)
+    engines = decode_commands(expand(env[COMMANDS_ENV], env))
+    assert [e.name for e in engines] == hosted.split(",")
+    assert [e.port for e in engines] == [8000, 8001, 8002, 8003]
+    for slot, engine in enumerate(engines):
+        launch = engine_launch(spec, 0, host="0.0.0.0", port=engine.port)
+        assert engine.argv == launch.argv and "--enable-sleep-mode" in engine.argv
+        assert (engine.health_path, engine.startup_timeout_s) == (launch.health_path, 900)
+        assert engine.env["ORCH_ENGINE_INDEX"] == str(4 + slot)
+        assert engine.env["ORCH_ENGINE_PORT"] == str(engine.port)
+        assert engine.env["ORCH_COLOCATED_WITH"] == "r1-trainer-1-a1"
+        assert engine.env["CUDA_VISIBLE_DEVICES"] == str(slot), "each engine on a GPU of its own"
+        assert engine.env["VLLM_SERVER_DEV_MODE"] == "1"
+    # The trainer reaches them in this pod, where the launcher binds them.
+    urls = env["ORCH_ENGINE_URLS"].split(",")[4:]
+    assert urls == [f"http://r1-trainer-1-a1.r1-a1.orch.svc:{p}" for p in (8000, 8001, 8002, 8003)]
+    secrets = {item["name"]: item["valueFrom"] for item in box["env"] if "valueFrom" in item}
+    assert secrets == {"HF_TOKEN": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert "/models" in {mount["mountPath"] for mount in box["volumeMounts"]}, "the engines' volumes too"
+    valid(built)
+
+
+def test_a_colocated_engine_command_keeps_its_own_references_through_kubernetes_expansion() -> None:
+    spec = colocated_spec(
+        kind="command",
+        command="serve --host {host} --port {port} --log /logs/$(ORCH_ENGINE_INDEX).jsonl --cost $$5",
+    )
+    workload = member(spec, "trainer", 0, ORCH_ENGINE_PORTS=COLOCATED_PORTS, ORCH_COLOCATED_ENGINES="x")
+    env = env_values(pod(spec, workload))
+    # The kubelet expands $(VAR) in env values (the trainer's own env has no ORCH_ENGINE_INDEX); the
+    # launcher then expands each engine's argv from that engine's env, as an engine pod's kubelet would.
+    engines = ColocatedEngines(decode_commands(expand(env[COMMANDS_ENV], env)), {"ORCH_RANK": "0"})
+    assert [e.argv for e in engines.engines][1] == [
+        *("serve", "--host", "0.0.0.0", "--port", "8001"),
+        *("--log", "/logs/1.jsonl", "--cost", "$5"),
+    ]
+    assert all("ORCH_RANK" not in e.env for e in engines.engines), "the trainer's ORCH_* stay the trainer's"
 
 
 # ---- what every pod gets -------------------------------------------------------------------------

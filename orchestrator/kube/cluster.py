@@ -6,7 +6,8 @@
   capacity. A pod requests its pool's GPU type's resource name (``orchestrator.hardware``).
 - Every workload is a pod with a deterministic name, pinned by nodeSelector to the node the gang
   placement chose; trainer members share a headless Service for rendezvous. Engines colocated with
-  the trainer run inside its pods and are reported from the host pod's annotation.
+  the trainer run inside its pods, started by the trainer container's launcher
+  (``orchestrator.worker.colocated``), and are reported from the host pod's annotation.
 - All objects of a run are owned by its control ConfigMap, itself owned by the TrainingRun when
   the run came from one, so deleting the TrainingRun (or the ConfigMap) deletes everything.
 - Informers (list + watch with resourceVersion, re-list on 410 Gone) keep caches that every read

@@ -14,6 +14,7 @@ from orchestrator.hardware import GPU_TYPE_ENV, GPU_TYPES, H100_80GB, gpu_resour
 from orchestrator.records import Workload
 from orchestrator.spec import ResourcesSpec, RunSpec
 from orchestrator.spec.launch import engine_launch
+from orchestrator.worker.colocated import COMMANDS_ENV, LAUNCHER, EngineCommand, encode_commands
 from orchestrator.worker.transport import CONFIGMAP_MAILBOX, MAILBOX_KIND_ENV
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "TRAINER_SERVICE_ACCOUNT_ENV",
     "check_service_account",
     "closed_key",
+    "colocated_engine_commands",
     "control_configmap",
     "control_name",
     "engine_service",
@@ -212,6 +214,51 @@ def engine_urls(spec: RunSpec, run_id: str, attempt: int, namespace: str, ports:
     ]
 
 
+def colocated_engine_commands(spec: RunSpec, trainer: Workload, stage_index: int) -> list[EngineCommand]:
+    """The engines the trainer member ``trainer`` hosts (``desired_members``' assignment), as its
+    container's launcher starts them (``orchestrator.worker.colocated``): each bound to ``0.0.0.0`` on the
+    port the placement gave it (``ORCH_ENGINE_PORTS``, by index), with its own member's env, and, on a
+    trainer with GPUs, its own slice of the container's GPUs (``CUDA_VISIBLE_DEVICES``: the hosted engines
+    divide the member's GPUs, ``rollout.gpus_per_engine`` each, in order)."""
+    ports = [int(each) for each in trainer.env.get(ENGINE_PORTS_ENV, "").split(",") if each.strip()]
+    base = spec.rollout.engine.port
+    hosted = [
+        m
+        for m in desired_members(spec, trainer.run_id, trainer.attempt)
+        if m.role == ENGINE and m.same_node_as == trainer.name
+    ]
+    tp = spec.rollout.gpus_per_engine
+    commands = []
+    for slot, member in enumerate(sorted(hosted, key=lambda m: m.index)):
+        port = ports[member.index] if len(ports) == spec.rollout.engines else base + member.index
+        launch = engine_launch(spec, stage_index, host=ENGINE_HOST, port=port)
+        env = {
+            **launch.env,
+            "ORCH_RUN_ID": trainer.run_id,
+            "ORCH_ROLE": ENGINE,
+            "ORCH_ATTEMPT": str(trainer.attempt),
+            "ORCH_ENGINE_INDEX": str(member.index),
+            ENGINE_PORT_ENV: str(port),
+            "ORCH_COLOCATED_WITH": trainer.name,
+        }
+        if GPU_TYPE_ENV in trainer.env:
+            env[GPU_TYPE_ENV] = trainer.env[GPU_TYPE_ENV]
+        if trainer.gpus:
+            devices = [(slot * tp + k) % trainer.gpus for k in range(tp)]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+        commands.append(
+            EngineCommand(
+                name=member.key,
+                argv=launch.argv,
+                port=port,
+                health_path=launch.health_path,
+                startup_timeout_s=spec.rollout.engine.startup_timeout_s,
+                env=env,
+            )
+        )
+    return commands
+
+
 def security_context(spec: RunSpec | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pod, container) securityContext: no privilege escalation, no capabilities, the runtime's seccomp
     profile always; non-root and a uid where the spec says the image allows it (``kubernetes``)."""
@@ -297,7 +344,9 @@ def pod_manifest(
 
     - a trainer runs ``trainer.command`` (split as a shell would) in ``trainer.image``, with
       ``trainer.env``, its mailbox (the ConfigMap transport) and the engines' URLs (``engine_urls``), as
-      ``trainer_service_account`` with its token mounted, to reach the mailbox through the API;
+      ``trainer_service_account`` with its token mounted, to reach the mailbox through the API; when it
+      hosts colocated engines, the command is wrapped by ``orchestrator.worker.colocated``'s launcher,
+      which starts them (``colocated_engine_commands``) in the container before the trainer;
     - an engine runs ``engine_launch`` of curriculum stage ``stage_index``, bound to ``0.0.0.0`` on
       ``rollout.engine.port``, with a startup and a readiness probe on its health path; it never calls the
       API, so it gets no token at all, and it is named through the run's engine Service.
@@ -314,6 +363,7 @@ def pod_manifest(
     )
     env = dict(workload.env)
     secrets: dict[str, str] = {}
+    roles = {workload.role}  # whose volumes the pod mounts: a trainer's also its colocated engines'
     container: dict[str, Any] = {"name": workload.role, "image": workload.image}
     if trainer:
         master = workload.name.replace(f"-trainer-{workload.index}-", "-trainer-0-")
@@ -328,6 +378,14 @@ def pod_manifest(
         secrets = dict(spec.trainer.env_from_secrets)
         container["image"] = spec.trainer.image or spec.image
         container["command"] = shlex.split(spec.trainer.command)
+        engines = colocated_engine_commands(spec, workload, stage_index) if spec.colocated else []
+        if engines:
+            # Kubernetes expands $(VAR) in env values: $$ keeps the commands' own references for the
+            # launcher, which expands them per engine, as an engine pod's command would be.
+            env[COMMANDS_ENV] = encode_commands(engines).replace("$", "$$")
+            container["command"] = [*LAUNCHER, "--", *container["command"]]
+            secrets = {**spec.rollout.engine.env_from_secrets, **secrets}
+            roles.add(ENGINE)
     elif spec is not None:
         engine = spec.rollout.engine
         launch = engine_launch(spec, stage_index, host=ENGINE_HOST, port=engine.port)
@@ -359,7 +417,7 @@ def pod_manifest(
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": role_spec.shm_size}}
         )
         for volume in spec.kubernetes.volumes:
-            if workload.role in volume.roles:
+            if roles & set(volume.roles):
                 mounts.append(
                     {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
                 )

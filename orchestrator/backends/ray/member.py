@@ -21,11 +21,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
+
+from orchestrator.core.restarts import RestartPolicy, restart_delay
 
 __all__ = ["NAMESPACE", "MemberActor", "MemberProcess", "RestartPolicy", "restart_delay"]
 
@@ -36,25 +37,6 @@ PR_SET_PDEATHSIG = 1  # prctl(2)
 
 def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """When an exited process is started again: after ``backoff_s`` doubled per recent exit (at most
-    ``max_backoff_s``), unless it exited ``max_restarts`` + 1 times within ``window_s``."""
-
-    max_restarts: int = 5
-    window_s: float = 600.0
-    backoff_s: float = 1.0
-    max_backoff_s: float = 30.0
-
-
-def restart_delay(exits: Sequence[float], now: float, policy: RestartPolicy) -> float | None:
-    """Seconds to wait before the next start, given the times of every exit so far; None: give up."""
-    recent = sum(1 for at in exits if now - at <= policy.window_s)
-    if recent > policy.max_restarts:
-        return None
-    return min(policy.max_backoff_s, policy.backoff_s * 2 ** max(0, recent - 1))
 
 
 class MemberProcess:
