@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["alive", "describe", "processes_mentioning", "until", "wait_gone"]
 
@@ -57,3 +59,23 @@ def wait_gone(text: str, seconds: float = 30.0) -> None:
     while found := processes_mentioning(text):
         assert time.monotonic() < deadline, f"processes left mentioning {text}: {describe(found)}"
         time.sleep(0.1)
+
+
+def engine_answers(requests: Path, key: str) -> list[dict[str, Any]]:
+    """Every answer the fake engines logged in ``requests/engine-<n>.jsonl``, each with ``key``: ``n``."""
+    lines = []
+    for log in sorted(requests.glob("engine-*.jsonl")):
+        n = int(log.stem.split("-")[1])
+        lines += [{**json.loads(line), key: n} for line in log.read_text().splitlines() if line]
+    return lines
+
+
+def step_report(work: Path, step: int) -> dict[str, Any]:
+    """The reference trainer's ``report.json`` of ``step``."""
+    return dict(json.loads((work / f"step-{step:06d}" / "report.json").read_text()))
+
+
+def batch_versions(work: Path, step: int) -> set[int]:
+    """Every weights version the trained trajectories of ``step`` were generated with."""
+    rows = (work / f"step-{step:06d}" / "batch.jsonl").read_text().splitlines()
+    return {version for row in rows for version in json.loads(row)["weights_versions"]}

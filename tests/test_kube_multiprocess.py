@@ -41,7 +41,14 @@ from orchestrator.state.store import Store
 from orchestrator.worker.colocated import LAUNCHER
 from tests.kube_rig.api_server import FakeKubeServer
 from tests.kube_rig.processes import ProcessKubelet
-from tests.process_checks import processes_mentioning, until, wait_gone
+from tests.process_checks import (
+    batch_versions,
+    engine_answers,
+    processes_mentioning,
+    step_report,
+    until,
+    wait_gone,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "orch"
@@ -145,19 +152,13 @@ class Rig:
         return self.kubelet.pid(NAMESPACE, name)
 
     def answers(self) -> list[dict[str, Any]]:
-        """Every answer of every engine, as the engines logged them (``engine``: its index)."""
-        lines = []
-        for log in sorted(self.requests.glob("engine-*.jsonl")):
-            index = int(log.stem.split("-")[1])
-            lines += [{**json.loads(line), "engine": index} for line in log.read_text().splitlines() if line]
-        return lines
+        return engine_answers(self.requests, "engine")
 
     def report(self, step: int) -> dict[str, Any]:
-        return json.loads((self.work / f"step-{step:06d}" / "report.json").read_text())
+        return step_report(self.work, step)
 
     def batch_versions(self, step: int) -> set[int]:
-        rows = (self.work / f"step-{step:06d}" / "batch.jsonl").read_text().splitlines()
-        return {version for row in rows for version in json.loads(row)["weights_versions"]}
+        return batch_versions(self.work, step)
 
     def wait_terminal(self, seconds: float = 150) -> Run:
         until(lambda: self.run().phase.terminal, seconds, f"the run to end ({self.tmp})")

@@ -32,6 +32,7 @@ from orchestrator.backends.ray.cluster import RayCluster
 from orchestrator.core.members import workload_name
 from orchestrator.records import Phase, Run
 from orchestrator.state.store import Store
+from tests.process_checks import batch_versions, engine_answers, step_report
 from tests.ray_rig import (
     ROOT,
     local_ray,
@@ -109,19 +110,13 @@ class Rig:
         return workload_name(self.run_id, role, index, attempt)
 
     def answers(self) -> list[dict[str, Any]]:
-        """Every answer of every engine, as the engines logged them."""
-        lines = []
-        for log in sorted(self.requests.glob("engine-*.jsonl")):
-            port = int(log.stem.split("-")[1])
-            lines += [{**json.loads(line), "port": port} for line in log.read_text().splitlines() if line]
-        return lines
+        return engine_answers(self.requests, "port")
 
     def report(self, step: int) -> dict[str, Any]:
-        return json.loads((self.work / f"step-{step:06d}" / "report.json").read_text())
+        return step_report(self.work, step)
 
     def batch_versions(self, step: int) -> set[int]:
-        rows = (self.work / f"step-{step:06d}" / "batch.jsonl").read_text().splitlines()
-        return {version for row in rows for version in json.loads(row)["weights_versions"]}
+        return batch_versions(self.work, step)
 
     def wait_terminal(self, seconds: float = 240) -> Run:
         until(lambda: self.run().phase.terminal, seconds, "the run to end")

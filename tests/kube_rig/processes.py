@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.worker.colocated import expand_references
 from tests.kube_rig.api_server import FakeKubeServer
 from tests.kube_rig.kubelet import Behavior, FakeKubelet, _condition, _container_status, _now, _set_condition
 
@@ -65,7 +66,6 @@ _ADDRESSES = itertools.count()
 
 Obj = dict[str, Any]
 _DNS = re.compile(r"\b([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.[a-z0-9-]+\.([a-z0-9-]+)\.svc(\.cluster\.local)?\b")
-_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _TERMINAL = ("Succeeded", "Failed")
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
@@ -76,17 +76,6 @@ class ContainerConfigError(Exception):
 
 def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion: defined names are replaced, ``$$`` is ``$``, the rest stays."""
-
-    def one(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        return env.get(match.group(1), match.group(0))
-
-    return _REFERENCE.sub(one, text)
 
 
 @dataclass
@@ -242,7 +231,7 @@ class ProcessKubelet(FakeKubelet):
 
         env = self._env(pod, container, ip, rewrite)
         argv = [
-            rewrite(expand(word, env)).replace("0.0.0.0", ip)
+            rewrite(expand_references(word, env)).replace("0.0.0.0", ip)
             for word in [*(container.get("command") or []), *(container.get("args") or [])]
         ]
         if not argv:
@@ -409,7 +398,7 @@ class ProcessKubelet(FakeKubelet):
         for item in container.get("env") or []:
             source = item.get("valueFrom")
             if source is None:
-                value = expand(item.get("value", ""), env)
+                value = expand_references(item.get("value", ""), env)
             elif "secretKeyRef" in source:
                 value = self._secret(meta["namespace"], source["secretKeyRef"])
             elif "fieldRef" in source:
