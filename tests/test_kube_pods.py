@@ -21,9 +21,14 @@ from orchestrator.kube.objects import (
 from orchestrator.records import Workload, WorkloadStatus
 from orchestrator.spec import RunSpec, parse_spec
 from orchestrator.spec.launch import engine_launch
-from orchestrator.worker.colocated import COMMANDS_ENV, LAUNCHER, ColocatedEngines, decode_commands
+from orchestrator.worker.colocated import (
+    COMMANDS_ENV,
+    LAUNCHER,
+    ColocatedEngines,
+    decode_commands,
+    expand_references,
+)
 from tests.conftest import spec_data
-from tests.kube_rig.processes import expand
 
 NAMESPACE = "orch"
 POOL = "orch.dev/pool"
@@ -300,7 +305,7 @@ def test_a_colocated_trainer_pod_starts_its_engines_on_its_gpus_then_the_trainer
     assert box["command"] == [*LAUNCHER, "--", "orch", "worker", "--idle-timeout", "60"]
     assert box["resources"]["limits"] == {"nvidia.com/gpu": "8"}, "the engines share the trainer's GPUs"
     env = env_values(built)
-    engines = decode_commands(expand(env[COMMANDS_ENV], env))
+    engines = decode_commands(expand_references(env[COMMANDS_ENV], env))
     assert [e.name for e in engines] == hosted.split(",")
     assert [e.port for e in engines] == [8000, 8001, 8002, 8003]
     for slot, engine in enumerate(engines):
@@ -330,7 +335,7 @@ def test_a_colocated_engine_command_keeps_its_own_references_through_kubernetes_
     env = env_values(pod(spec, workload))
     # The kubelet expands $(VAR) in env values (the trainer's own env has no ORCH_ENGINE_INDEX); the
     # launcher then expands each engine's argv from that engine's env, as an engine pod's kubelet would.
-    engines = ColocatedEngines(decode_commands(expand(env[COMMANDS_ENV], env)), {"ORCH_RANK": "0"})
+    engines = ColocatedEngines(decode_commands(expand_references(env[COMMANDS_ENV], env)), {"ORCH_RANK": "0"})
     assert [e.argv for e in engines.engines][1] == [
         *("serve", "--host", "0.0.0.0", "--port", "8001"),
         *("--log", "/logs/1.jsonl", "--cost", "$5"),
