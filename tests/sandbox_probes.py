@@ -3,6 +3,9 @@ contained; without pytest, so that a test can run them as nobody with the system
 
 from __future__ import annotations
 
+import os
+import sys
+
 from orchestrator.tools import sandbox, zygote
 from orchestrator.tools.sandbox import SandboxPool
 
@@ -18,10 +21,11 @@ PROBES = {
     ),
     # (a) a program started through _posixsubprocess, as the weak mode's probe did, connects to the host
     "program_network": (
-        "import _posixsubprocess, subprocess, sys\n"
+        "import _posixsubprocess, subprocess\n"
         "code = 'import socket; socket.create_connection((\"127.0.0.1\", {port}), timeout=2); '\n"
         "code += 'print(\"connected\")'\n"
-        "run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)\n"
+        # the real interpreter (resolved outside): a virtualenv's under /tmp is hidden by the call's /tmp
+        "run = subprocess.run([{python!r}, '-c', code], capture_output=True, text=True)\n"
         "print('connected' in run.stdout, run.stderr.strip().splitlines()[-1:])"
     ),
     # (b) PostgreSQL's Unix socket, where it lives on this machine
@@ -51,7 +55,12 @@ async def probe_all(pool: SandboxPool, port: int) -> dict[str, str]:
     """Each probe's first stdout line (or its stderr's last), by name."""
     package = [zygote.__file__, sandbox.__file__]
     codes = {
-        name: code.format(port=port, paths=POSTGRES if name == "postgres" else package, secret=SECRET)
+        name: code.format(
+            port=port,
+            paths=POSTGRES if name == "postgres" else package,
+            secret=SECRET,
+            python=os.path.realpath(sys.executable),
+        )
         for name, code in PROBES.items()
     }
     found = {}
