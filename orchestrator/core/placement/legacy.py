@@ -1,4 +1,6 @@
-"""Gang placement, all-or-nothing: filter nodes, score them, bind every member or none.
+"""The placement of one run alone (every member scans every node), all-or-nothing.
+
+Kept for `orch validate` and as the baseline of bench/admission_throughput.py.
 
 Like a kube-scheduler cycle in miniature: a node passes the filter when it is ready, in the
 requested pool and has the GPUs free; among those the best-fit score (fewest GPUs left over)
@@ -8,39 +10,10 @@ wins, which keeps whole nodes free for the next gang.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-__all__ = ["MemberRequest", "NodeView", "Placement", "place_all"]
+from orchestrator.core.placement.views import MemberRequest, NodeView, Placement
 
-
-@dataclass(frozen=True)
-class NodeView:
-    name: str
-    pool: str
-    gpus: int
-    ready: bool = True
-
-
-@dataclass(frozen=True)
-class MemberRequest:
-    key: str
-    pool: str
-    gpus: int
-    same_node_as: str | None = None  # colocated members share another member's node and GPUs
-    role: str = ""
-    index: int = 0
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Either every member bound to a node, or why not (and nothing bound)."""
-
-    nodes: Mapping[str, str]
-    reason: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.reason
+__all__ = ["place_all"]
 
 
 def _fits(node: NodeView, pool: str, gpus: int, free: Mapping[str, int]) -> bool:
