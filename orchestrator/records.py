@@ -18,6 +18,7 @@ __all__ = [
     "GpuSample",
     "NewEvent",
     "Phase",
+    "PreemptionRecord",
     "ProblemResult",
     "ProcessMemory",
     "Run",
@@ -25,6 +26,7 @@ __all__ = [
     "Stage",
     "StageUpdate",
     "Step",
+    "WaitRecord",
     "Workload",
     "WorkloadStatus",
     "checks_exit_code",
@@ -91,6 +93,9 @@ class Run:
     failures: int = 0  # failures in a row at ``failed_step`` (see orchestrator.core.failures)
     failed_step: int = 0  # the step the run was working towards when it last failed
     last_error: str = ""  # one line: the last failure's reason
+    suspend_reason: str = ""  # why it was asked to suspend, or is Suspended: idle | user | preempted
+    admitted_at: float | None = None  # when it was admitted (controller clock); None: holds no quota
+    sim_ready_at: float = 0.0  # simulated pool: the virtual time its work in progress finishes
 
     @property
     def gpu_busy_fraction(self) -> float:
@@ -242,10 +247,12 @@ class RunPatch:
     supersede_steps_after: int | None = None
     problems: tuple[ProblemResult, ...] = ()
     events: tuple[NewEvent, ...] = ()
+    clear_preemption: bool = False  # the run has stopped for the preemption asked of it
 
     def __bool__(self) -> bool:
         return bool(
-            self.run
+            self.clear_preemption
+            or self.run
             or self.stages
             or self.workloads
             or self.step
@@ -254,6 +261,27 @@ class RunPatch:
             or self.problems
             or self.events
         )
+
+
+@dataclass(frozen=True)
+class PreemptionRecord:
+    """A run asked to stop at its next checkpoint so that run ``by`` gets its GPUs."""
+
+    victim: str
+    by: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class WaitRecord:
+    """A run waiting in its queue: its place in line and why, as of the last admission pass."""
+
+    run_id: str
+    queue: str
+    position: int
+    reason: str
+    since: float
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ class RunRow(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     failed_step: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    suspend_reason: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    admitted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sim_ready_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -199,3 +202,67 @@ class RunIdleRow(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[str] = mapped_column(String(16), primary_key=True)
     idle_seconds: Mapped[float] = mapped_column(Float)
+
+
+class QueueRow(Base):
+    """A queue as ``orch queues apply`` stored it (``orchestrator.spec.queues.QueueSpec``)."""
+
+    __tablename__ = "queues"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    spec: Mapped[dict[str, Any]]
+    applied_at: Mapped[float] = mapped_column(Float)
+
+
+class AdmissionLeaseRow(Base):
+    """The one row saying which controller admits; ``epoch`` fences a holder whose lease lapsed."""
+
+    __tablename__ = "admission_lease"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class QueueUsageRow(Base):
+    """GPUs a queue held in a pool, exponentially weighted over time (fair share's memory)."""
+
+    __tablename__ = "queue_usage"
+
+    queue: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pool: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gpus: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PreemptionRow(Base):
+    """A run asked to stop at its next checkpoint so that ``by`` gets its GPUs; gone once it has."""
+
+    __tablename__ = "preemptions"
+
+    victim: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    by: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float)
+
+
+class AdmissionWaitRow(Base):
+    """A run waiting in its queue: its place in line and why, as the last admission pass saw it."""
+
+    __tablename__ = "admission_waits"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    since: Mapped[float] = mapped_column(Float)
+
+
+class ClockRow(Base):
+    """A shared virtual clock (the simulated pool's), so every run waits and runs on one time line."""
+
+    __tablename__ = "clocks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    now: Mapped[float] = mapped_column(Float)

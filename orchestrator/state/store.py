@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
@@ -33,12 +33,14 @@ from orchestrator.records import (
     WorkloadStatus,
 )
 from orchestrator.spec import RunSpec
+from orchestrator.state.admission import AdmissionTables
 from orchestrator.state.engine import Sessions, default_database_url, lost, make_engine, unavailable
 from orchestrator.state.migrations_runner import upgrade_to_head
 from orchestrator.state.models import (
     CheckpointRow,
     EventRow,
     GpuLatestRow,
+    PreemptionRow,
     ProblemRow,
     RunIdleRow,
     RunRow,
@@ -63,7 +65,7 @@ UTILIZATION_BUCKET_SECONDS = 60.0
 TERMINAL = [phase.value for phase in Phase if phase.terminal]
 
 
-class Store:
+class Store(AdmissionTables):
     """SQL state of every run. Open one per process; it is safe to share between threads."""
 
     def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
@@ -203,6 +205,8 @@ class Store:
                 insert(ProblemRow),
                 [dict(asdict(problem), run_id=patch.run_id) for problem in patch.problems],
             )
+        if patch.clear_preemption:
+            session.execute(delete(PreemptionRow).where(PreemptionRow.victim == patch.run_id))
         self._add_events(session, patch.run_id, patch.events)
         try:
             session.flush()
