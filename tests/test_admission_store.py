@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import ConflictError, NotFound
+from orchestrator.errors import ConflictError, NotFound, SpecError
 from orchestrator.records import PreemptionRecord, RunPatch, WaitRecord
 from orchestrator.spec import RunSpec
 from orchestrator.spec.queues import QueueSpec, QuotaSpec
@@ -123,3 +123,15 @@ def test_the_shared_clock_only_moves_forward(store: Store) -> None:
     assert store.advance_clock("sim", 30.0) == 30.0
     assert store.advance_clock("sim", 10.0) == 30.0
     assert store.clock("sim") == 30.0
+
+
+def test_a_run_naming_a_queue_nobody_applied_is_refused_and_nothing_is_stored(store: Store) -> None:
+    before = store.row_counts()
+    with pytest.raises(SpecError, match=r"scheduling.queue: unknown queue 'team-x'.*orch queues apply"):
+        a_run(store, "team-x")
+    assert store.row_counts() == before
+    a_run(store, "default")  # the implicit queue, while none is applied
+    store.apply_queues([queue("team-x")])
+    a_run(store, "team-x")
+    with pytest.raises(SpecError, match="the queues are team-x"):
+        a_run(store, "default")

@@ -92,6 +92,9 @@ class TrainingRunMirror:
             run = store.create_run(spec, external_ref=ref)
         except ConflictError:
             return 0  # another controller mirrored it first
+        except SpecError as error:  # it names a queue nobody applied
+            status = {"phase": "Invalid", "message": str(error), "observedGeneration": meta.get("generation")}
+            return self._patch_status(obj, status)
         self.cluster.ensure_control(run.id, owner)
         return 1
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.errors import ConflictError, NotFound
 from orchestrator.records import Phase, PreemptionRecord, Run, RunPatch, WaitRecord
-from orchestrator.spec.queues import QueueSpec
+from orchestrator.spec.queues import DEFAULT_QUEUE, QueueSpec
 from orchestrator.state.models import (
     AdmissionLeaseRow,
     AdmissionWaitRow,
@@ -24,10 +24,23 @@ from orchestrator.state.models import (
     RunRow,
 )
 
-__all__ = ["AdmissionTables", "AdmissionWrite"]
+__all__ = ["AdmissionTables", "AdmissionWrite", "unknown_queue"]
 
 LEASE_ID = 1
 TERMINAL = [phase.value for phase in Phase if phase.terminal]
+
+
+def unknown_queue(session: Session, name: str) -> str:
+    """Why a run may not name queue ``name`` ("" if it may): once queues are applied, only those exist;
+    before, only the implicit ``default``."""
+    known = list(session.scalars(select(QueueRow.name).order_by(QueueRow.name)))
+    if name in known or (not known and name == DEFAULT_QUEUE):
+        return ""
+    listed = ", ".join(known) if known else f"{DEFAULT_QUEUE} (no queue has been applied)"
+    return (
+        f"scheduling.queue: unknown queue {name!r}; the queues are {listed}; name one of them or apply "
+        f"the queue with `orch queues apply policies/queues/{name}.yaml`"
+    )
 
 
 class AdmissionWrite:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.core.idle import IdleStretch, IdleUpdate
 from orchestrator.core.lifecycle import initial_run
-from orchestrator.errors import ConflictError, NotFound
+from orchestrator.errors import ConflictError, NotFound, SpecError
 from orchestrator.records import (
     Checkpoint,
     Event,
@@ -33,7 +33,7 @@ from orchestrator.records import (
     WorkloadStatus,
 )
 from orchestrator.spec import RunSpec
-from orchestrator.state.admission import AdmissionTables
+from orchestrator.state.admission import AdmissionTables, unknown_queue
 from orchestrator.state.engine import Sessions, default_database_url, lost, make_engine, unavailable
 from orchestrator.state.migrations_runner import upgrade_to_head
 from orchestrator.state.models import (
@@ -115,6 +115,7 @@ class Store(AdmissionTables):
         """
         new = initial_run(spec, f"{spec.name}-{secrets.token_hex(3)}", time.time(), external_ref=external_ref)
         with self._transaction() as session:
+            self._check_queue(session, spec.scheduling.queue)
             row = RunRow(**{**asdict(new.run), "phase": new.run.phase.value})
             session.add(row)
             for stage in new.stages:
@@ -125,6 +126,13 @@ class Store(AdmissionTables):
             except IntegrityError as error:
                 raise ConflictError(f"{external_ref} is already mirrored by another run") from error
             return run_record(row)
+
+    @staticmethod
+    def _check_queue(session: Session, name: str) -> None:
+        """Refuse a run naming a queue nobody applied (in the transaction that would store it)."""
+        problem = unknown_queue(session, name)
+        if problem:
+            raise SpecError(problem)
 
     def get_run(self, ref: str) -> Run:
         """A run by id, or by name when exactly one run has that name."""
