@@ -267,7 +267,7 @@ def test_an_unnamed_stage_is_named_by_its_number() -> None:
     [
         (commands.SuspendReason.IDLE, "its GPUs sat idle (idle.action = suspend)"),
         (commands.SuspendReason.USER, "suspended by user"),
-        (commands.SuspendReason.PREEMPTED, "preempted by a run of higher priority"),
+        (commands.SuspendReason.PREEMPTED, "preempted for another run; back in its queue"),
     ],
 )
 def test_suspend_releases_every_live_workload_and_says_why(reason: commands.SuspendReason, why: str) -> None:
@@ -280,7 +280,14 @@ def test_suspend_releases_every_live_workload_and_says_why(reason: commands.Susp
     patch = commands.suspend(run, workloads, reason, 8)
     message = f"suspended at the checkpoint of step 8: {why}"
     assert (patch.run_id, patch.expected_version) == (run.id, run.version)
-    assert patch.run == {"phase": "Suspended", "suspend_requested": False, "message": message}
+    assert patch.run == {
+        "phase": "Suspended",
+        "suspend_requested": False,
+        "suspend_reason": reason.value,
+        "admitted_at": None,  # its quota is released with its GPUs
+        "message": message,
+    }
+    assert patch.clear_preemption is (reason is commands.SuspendReason.PREEMPTED)
     assert [(w.name, w.status) for w in patch.workloads] == [
         (workloads[0].name, WorkloadStatus.DELETED),
         (workloads[1].name, WorkloadStatus.DELETED),
@@ -288,7 +295,7 @@ def test_suspend_releases_every_live_workload_and_says_why(reason: commands.Susp
     assert [w.reason for w in patch.workloads] == [workloads[0].reason, workloads[1].reason]
     [event] = patch.events
     assert (event.reason, event.message, event.data) == (
-        "Suspended",
+        "Preempted" if reason is commands.SuspendReason.PREEMPTED else "Suspended",
         message,
         {"step": 8, "reason": reason.value},
     )

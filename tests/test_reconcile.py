@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from orchestrator.core.admit import admit_patch, gang
 from orchestrator.core.commands import SuspendReason
-from orchestrator.core.placement import NodeView
-from orchestrator.core.reconcile import cluster_diff, decide
+from orchestrator.core.placement import NodeView, place_all
+from orchestrator.core.reconcile import Decision, cluster_diff, decide
 from orchestrator.core.results import record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
-from orchestrator.core.work import StepOutcome, StepPlan
-from orchestrator.records import Phase, Run, Stage, Workload, WorkloadStatus
+from orchestrator.core.work import CheckpointPlan, StepOutcome, StepPlan
+from orchestrator.records import Phase, PreemptionRecord, Run, RunPatch, Stage, Workload, WorkloadStatus
 from orchestrator.spec import parse_spec
 from tests.conftest import spec_data
 
@@ -70,10 +71,16 @@ def make_snapshot(
     )
 
 
+def admit(snapshot: RunSnapshot) -> RunPatch:
+    """What the admission pass writes for a run it admits: the run's gang placed on the snapshot's nodes."""
+    members = gang(snapshot.run, snapshot.spec)
+    placement = place_all(members, snapshot.nodes, snapshot.used_by_others)
+    assert placement.ok, placement.reason
+    return admit_patch(snapshot, placement.nodes, now=0.0, queue="default")
+
+
 def placed(run: Run) -> tuple[Workload, ...]:
-    patch = decide(make_snapshot(run)).patch
-    assert patch is not None
-    return patch.workloads
+    return admit(make_snapshot(run)).workloads
 
 
 def running(workloads: tuple[Workload, ...]) -> tuple[Workload, ...]:
@@ -84,23 +91,51 @@ def seen(workloads: tuple[Workload, ...], phase: str = "Running") -> list[Observ
     return [ObservedWorkload(w.name, w.run_id, w.node, phase) for w in workloads]
 
 
-def test_a_pending_run_that_fits_is_admitted_with_its_whole_gang_recorded() -> None:
-    decision = decide(make_snapshot(make_run()))
-    assert decision.patch is not None and decision.work is None
-    assert decision.patch.run["phase"] == "Admitted"
-    roles = sorted((w.role, w.index) for w in decision.patch.workloads)
+def test_a_pending_run_is_left_to_the_admission_pass() -> None:
+    assert decide(make_snapshot(make_run())) == Decision()
+
+
+def test_an_admitted_run_has_its_whole_gang_recorded_and_holds_its_quota() -> None:
+    patch = admit(make_snapshot(make_run()))
+    assert patch.run["phase"] == "Admitted" and patch.run["admitted_at"] == 0.0
+    roles = sorted((w.role, w.index) for w in patch.workloads)
     assert roles == [("engine", i) for i in range(8)] + [("trainer", 0)]
-    assert {w.status for w in decision.patch.workloads} == {WorkloadStatus.PENDING}
-    assert {w.name for w in decision.patch.workloads} >= {"qs-1-trainer-0-a1", "qs-1-engine-7-a1"}
+    assert {w.status for w in patch.workloads} == {WorkloadStatus.PENDING}
+    assert {w.name for w in patch.workloads} >= {"qs-1-trainer-0-a1", "qs-1-engine-7-a1"}
+    assert [e.reason for e in patch.events] == ["Admitted", "Placed"]
 
 
-def test_a_run_that_does_not_fit_says_why_once() -> None:
-    first = decide(make_snapshot(make_run(), used_by_others={"n0": 1})).patch
-    assert first is not None and first.workloads == ()
-    [event] = first.events
-    assert event.reason == "Unschedulable" and "7 of 8 GPUs free" in event.message
-    again = decide(make_snapshot(make_run(message=first.run["message"]), used_by_others={"n0": 1}))
-    assert again.patch is None, "the same reason is not recorded twice"
+def test_a_preempted_run_comes_back_as_a_new_attempt_from_its_last_checkpoint() -> None:
+    run = make_run(phase=Phase.SUSPENDED, suspend_reason="preempted", attempt=2, steps_done=4)
+    patch = admit(make_snapshot(run, last_checkpoint=4))
+    assert patch.run["phase"] == "Resuming" and patch.run["attempt"] == 3
+    assert patch.run["steps_done"] == 4 and patch.supersede_steps_after == 4
+    assert {w.attempt for w in patch.workloads} == {3}
+    [trainer] = [w for w in patch.workloads if w.role == "trainer"]
+    assert trainer.env["ORCH_RESUME_STEP"] == "4"
+
+
+def test_a_preempted_running_run_checkpoints_first_then_stops_at_that_checkpoint() -> None:
+    workloads = running(placed(make_run()))
+    preemption = PreemptionRecord("qs-1", "hi-1", "queue a needs 8 GPUs", 0.0)
+    run = make_run(phase=Phase.RUNNING, attempt=1, steps_done=3, version=7, admitted_at=0.0)
+    first = decide(
+        make_snapshot(
+            run, workloads=workloads, observed=seen(workloads), preemption=preemption, last_checkpoint=2
+        )
+    )
+    assert first.work == CheckpointPlan("qs-1", 3, 1, first.work.checkpoint_uri)
+    then = decide(
+        make_snapshot(
+            run, workloads=workloads, observed=seen(workloads), preemption=preemption, last_checkpoint=3
+        )
+    ).patch
+    assert then is not None and then.clear_preemption
+    assert then.run["phase"] == "Suspended" and then.run["suspend_reason"] == "preempted"
+    assert then.run["admitted_at"] is None and then.run["steps_done"] == 3
+    assert {w.status for w in then.workloads} == {WorkloadStatus.DELETED}
+    [event] = then.events
+    assert event.reason == "Preempted" and "hi-1" in event.message and event.data["by"] == "hi-1"
 
 
 def test_a_running_gang_asks_for_the_next_step_at_the_stage_limits() -> None:

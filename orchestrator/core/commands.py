@@ -27,6 +27,7 @@ def cancel(run: Run, workloads: Sequence[Workload]) -> RunPatch:
         expected_version=run.version,
         run={"phase": Phase.CANCELLED.value, "message": message},
         workloads=_released(workloads, "run cancelled"),
+        clear_preemption=True,
         events=(NewEvent("Cancelled", message, {"from": run.phase.value}),),
     )
 
@@ -43,6 +44,8 @@ def resume(run: Run, workloads: Sequence[Workload], last_checkpoint: int) -> Run
             "attempt": run.attempt + 1,
             "steps_done": last_checkpoint,
             "suspend_requested": False,
+            "suspend_reason": "",
+            "admitted_at": None,  # back through its queue's admission
             "failures": 0,
             "message": message,
         },
@@ -84,13 +87,13 @@ class SuspendReason(str, Enum):
 
     IDLE = "idle"  # its GPUs sat idle and the idle policy says suspend
     USER = "user"
-    PREEMPTED = "preempted"  # a run of higher priority needs its GPUs
+    PREEMPTED = "preempted"  # another run needs its GPUs: it waits in its queue to come back
 
 
 SUSPEND_WHY = {
     SuspendReason.IDLE: "its GPUs sat idle (idle.action = suspend)",
     SuspendReason.USER: "suspended by user",
-    SuspendReason.PREEMPTED: "preempted by a run of higher priority",
+    SuspendReason.PREEMPTED: "preempted for another run; back in its queue",
 }
 
 
@@ -111,16 +114,31 @@ def suspend(
     step: int,
     *,
     base: RunPatch | None = None,
+    why: str = "",
+    data: dict[str, object] | None = None,
 ) -> RunPatch:
     """Suspend a run at the checkpoint of ``step`` and release every workload it holds (each keeps its
-    reason). ``base``: the patch this suspend completes in the same transaction (the step's own record)."""
+    reason) and its quota. ``base``: the patch this suspend completes in the same transaction (the step's
+    own record); ``why``: words the message, instead of the reason's own."""
     check_transition(run.phase, Phase.SUSPENDED)
     base = base or RunPatch(run_id=run.id, expected_version=run.version)
-    message = f"suspended at the checkpoint of step {step}: {SUSPEND_WHY[reason]}"
+    message = f"suspended at the checkpoint of step {step}: {why or SUSPEND_WHY[reason]}"
     released = tuple(replace(w, status=WorkloadStatus.DELETED) for w in workloads if w.status.live)
+    fields = {
+        "phase": Phase.SUSPENDED.value,
+        "suspend_requested": False,
+        "suspend_reason": reason.value,
+        "admitted_at": None,
+        "message": message,
+    }
+    event = "Preempted" if reason is SuspendReason.PREEMPTED else "Suspended"
     return replace(
         base,
-        run={**base.run, "phase": Phase.SUSPENDED.value, "suspend_requested": False, "message": message},
+        run={**base.run, **fields},
         workloads=base.workloads + released,
-        events=(*base.events, NewEvent("Suspended", message, {"step": step, "reason": reason.value})),
+        clear_preemption=base.clear_preemption or reason is SuspendReason.PREEMPTED,
+        events=(
+            *base.events,
+            NewEvent(event, message, {"step": step, "reason": reason.value, **(data or {})}),
+        ),
     )

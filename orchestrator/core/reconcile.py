@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from orchestrator.core.after_step import checkpoint_after
+from orchestrator.core.commands import SuspendReason, suspend
 from orchestrator.core.failures import count_failure, give_up
 from orchestrator.core.feasibility import run_problems
 from orchestrator.core.lifecycle import check_transition
-from orchestrator.core.members import ENGINE, TRAINER, desired_members, workload_name
-from orchestrator.core.placement import place_all
-from orchestrator.core.ports import ENGINE_PORT_ENV, ENGINE_PORTS_ENV, assign_engine_ports
+from orchestrator.core.members import desired_members, workload_name
 from orchestrator.core.results import advance, release_workloads, run_patch, with_status
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
 from orchestrator.core.work import (
@@ -26,7 +25,6 @@ from orchestrator.core.work import (
     StepPlan,
     Work,
 )
-from orchestrator.hardware import GPU_TYPE_ENV
 from orchestrator.records import (
     NewEvent,
     Phase,
@@ -58,29 +56,6 @@ def run_checkpoint_dir(spec: RunSpec, run_id: str) -> str:
 
 def checkpoint_uri(spec: RunSpec, run_id: str, step: int) -> str:
     return f"{run_checkpoint_dir(spec, run_id)}/step-{step:06d}"
-
-
-def _env(snapshot: RunSnapshot, role: str, index: int, attempt: int, world: int) -> dict[str, str]:
-    run, spec = snapshot.run, snapshot.spec
-    pool = spec.pools[spec.trainer.pool if role == TRAINER else spec.rollout.pool]
-    env = {
-        "ORCH_RUN_ID": run.id,
-        "ORCH_ROLE": role,
-        "ORCH_ATTEMPT": str(attempt),
-        GPU_TYPE_ENV: pool.gpu_type,
-    }
-    if role == TRAINER:
-        resume = snapshot.last_checkpoint
-        env |= {
-            "ORCH_RANK": str(index),
-            "ORCH_WORLD_SIZE": str(world),
-            "ORCH_CHECKPOINT_URI": run_checkpoint_dir(spec, run.id),
-            "ORCH_RESUME_STEP": str(resume),
-            "ORCH_RESUME_FROM": checkpoint_uri(spec, run.id, resume) if resume else "",
-        }
-    else:
-        env["ORCH_ENGINE_INDEX"] = str(index)
-    return env
 
 
 def _failures(snapshot: RunSnapshot) -> list[tuple[Workload, str]]:
@@ -122,8 +97,12 @@ def decide(snapshot: RunSnapshot) -> Decision:
     failures = _failures(snapshot)
     if failures:
         return Decision(_gang_failure(snapshot, failures, stale))
-    if not snapshot.current_workloads:
-        return Decision(_place(snapshot, stale))
+    if snapshot.preemption is not None and (
+        not snapshot.current_workloads or run.steps_done <= snapshot.last_checkpoint
+    ):
+        return Decision(_stop_for_preemption(snapshot))  # nothing to save first
+    if not snapshot.current_workloads:  # the admission pass places it (orchestrator.core.admission)
+        return Decision(run_patch(snapshot, workloads=stale) if stale else None)
     if stale:
         return Decision(run_patch(snapshot, workloads=stale))
 
@@ -225,69 +204,33 @@ def _gang_failure(
     )
 
 
-def _place(snapshot: RunSnapshot, stale: tuple[Workload, ...]) -> RunPatch | None:
-    run, spec = snapshot.run, snapshot.spec
-    attempt = max(run.attempt, 1)
-    members = desired_members(spec, run.id, attempt)
-    placement = place_all(members, snapshot.nodes, snapshot.used_by_others)
-    if not placement.ok:
-        message = f"waiting for GPUs: {placement.reason}"
-        if message == run.message and not stale:
-            return None
-        events = () if message == run.message else (NewEvent("Unschedulable", message),)
-        return run_patch(snapshot, run={"message": message}, workloads=stale, events=events)
-    trainers = sum(1 for m in members if m.role == TRAINER)
-    hosted: dict[str, list[str]] = {}
-    for member in members:
-        if member.same_node_as:
-            hosted.setdefault(member.same_node_as, []).append(member.key)
-    engines = sorted((m for m in members if m.role == ENGINE), key=lambda m: m.index)
-    ports = assign_engine_ports(
-        spec.rollout.engine.port, [placement.nodes[m.key] for m in engines], snapshot.ports_by_others
-    )
-    port_of = {m.key: port for m, port in zip(engines, ports, strict=True)}
-    workloads = []
-    for member in members:
-        role, index = member.role, member.index
-        env = _env(snapshot, role, index, attempt, trainers)
-        if role == ENGINE:
-            env[ENGINE_PORT_ENV] = str(port_of[member.key])
-        else:
-            env[ENGINE_PORTS_ENV] = ",".join(map(str, ports))
-        if member.same_node_as:
-            env["ORCH_COLOCATED_WITH"] = member.same_node_as
-        if member.key in hosted:
-            env["ORCH_COLOCATED_ENGINES"] = ",".join(hosted[member.key])
-        workloads.append(
-            Workload(
-                name=member.key,
-                run_id=run.id,
-                role=role,
-                index=index,
-                attempt=attempt,
-                pool=member.pool,
-                node=placement.nodes[member.key],
-                gpus=member.gpus,
-                status=WorkloadStatus.PENDING,
-                env=env,
-                image=spec.image,
-            )
-        )
-    fields: dict[str, object] = {"attempt": attempt, "message": f"placing attempt {attempt}"}
-    if run.phase is Phase.PENDING:
-        fields["phase"] = check_transition(run.phase, Phase.ADMITTED).value
-    nodes = sorted(set(placement.nodes.values()))
-    message = f"attempt {attempt}: placed {len(members)} workload(s) on {', '.join(nodes)}"
-    return run_patch(
-        snapshot,
-        run=fields,
-        workloads=stale + tuple(workloads),
-        events=(NewEvent("Placed", message, {"attempt": attempt, "nodes": nodes}),),
+def _stop_for_preemption(snapshot: RunSnapshot) -> RunPatch:
+    """Suspend a preempted run at its last checkpoint, releasing its GPUs and quota: it waits in its
+    queue again and resumes from that checkpoint."""
+    run, preemption = snapshot.run, snapshot.preemption
+    assert preemption is not None
+    why = f"preempted for run {preemption.by} ({preemption.reason}); back in queue {run.queue}"
+    return suspend(
+        run,
+        snapshot.workloads,
+        SuspendReason.PREEMPTED,
+        snapshot.last_checkpoint,
+        base=run_patch(snapshot, run={"steps_done": snapshot.last_checkpoint}),
+        why=why,
+        data={"by": preemption.by, "queue": run.queue},
     )
 
 
 def _next_work(snapshot: RunSnapshot) -> Decision:
     run, spec, stage = snapshot.run, snapshot.spec, snapshot.stage
+    if snapshot.preemption is not None:  # stop at a checkpoint: take one first if steps would be lost
+        if snapshot.last_checkpoint < run.steps_done:
+            return Decision(
+                work=CheckpointPlan(
+                    run.id, run.steps_done, run.attempt, checkpoint_uri(spec, run.id, run.steps_done)
+                )
+            )
+        return Decision(_stop_for_preemption(snapshot))
     if run.advance_requested:
         if snapshot.last_checkpoint < run.steps_done:
             return Decision(

@@ -198,7 +198,8 @@ def _left_out(outcome: StepOutcome) -> str:
 
 
 def record_checkpoint(snapshot: RunSnapshot, plan: CheckpointPlan, seconds: float) -> RunPatch | None:
-    """A stage-boundary checkpoint, then the stage advance it was taken for."""
+    """A checkpoint taken between steps, then what it was taken for: the stage advance asked for, or
+    (a preempted run) nothing more: the run stops at it on the next pass."""
     run = snapshot.run
     if _stale(snapshot, plan.attempt, plan.step):
         return None
@@ -206,7 +207,10 @@ def record_checkpoint(snapshot: RunSnapshot, plan: CheckpointPlan, seconds: floa
     event = NewEvent(
         "CheckpointSaved", f"checkpoint at step {plan.step}: {plan.checkpoint_uri}", {"step": plan.step}
     )
-    patch = advance(snapshot, "advance requested", {"sim_seconds": sim_seconds}, (event,))
+    if run.advance_requested:
+        patch = advance(snapshot, "advance requested", {"sim_seconds": sim_seconds}, (event,))
+    else:
+        patch = run_patch(snapshot, run={"sim_seconds": sim_seconds}, events=(event,))
     checkpoint = Checkpoint(run.id, plan.step, plan.checkpoint_uri, sim_seconds)
     return replace(patch, checkpoint=checkpoint)
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.core.placement import NodeView
-from orchestrator.records import Run, Stage, Workload
+from orchestrator.records import PreemptionRecord, Run, Stage, Workload
 from orchestrator.spec import RunSpec
 
 __all__ = ["ObservedWorkload", "RunSnapshot"]
@@ -35,6 +35,7 @@ class RunSnapshot:
     ports_by_others: Mapping[str, frozenset[int]] = field(default_factory=dict)  # engine ports per node
     last_checkpoint: int = 0
     dropped_problems: frozenset[int] = frozenset()
+    preemption: PreemptionRecord | None = None  # asked to stop at its next checkpoint for another run
 
     @property
     def stage(self) -> Stage:

@@ -12,7 +12,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import ConflictError, NotFound
-from orchestrator.records import Phase, PreemptionRecord, Run, RunPatch, WaitRecord
+from orchestrator.records import NewEvent, Phase, PreemptionRecord, Run, RunPatch, WaitRecord
 from orchestrator.spec.queues import DEFAULT_QUEUE, QueueSpec
 from orchestrator.state.models import (
     AdmissionLeaseRow,
@@ -23,6 +23,7 @@ from orchestrator.state.models import (
     QueueUsageRow,
     RunRow,
 )
+from orchestrator.state.rows import run_record
 
 __all__ = ["AdmissionTables", "AdmissionWrite", "unknown_queue"]
 
@@ -53,12 +54,18 @@ class AdmissionWrite:
         waits: Sequence[WaitRecord] = (),
         usage: Mapping[tuple[str, str], float] | None = None,
         usage_at: float = 0.0,
+        events: Sequence[tuple[str, NewEvent]] = (),
+        forget: Sequence[str] = (),
     ) -> None:
+        """``events``: (run id, event) written without touching the run (its owner may be stepping it);
+        ``forget``: preemptions of runs that no longer hold GPUs (finished meanwhile)."""
         self.patches = tuple(patches)
         self.preemptions = tuple(preemptions)
         self.waits = tuple(waits)
         self.usage = dict(usage or {})
         self.usage_at = usage_at
+        self.events = tuple(events)
+        self.forget = tuple(forget)
 
 
 class AdmissionTables:
@@ -67,6 +74,7 @@ class AdmissionTables:
     _sessions: Callable[[], AbstractContextManager[Session]]
     _transaction: Callable[[], AbstractContextManager[Session]]
     _apply: Callable[[Session, RunPatch, float], Run]
+    _add_events: Callable[[Session, str | None, Sequence[NewEvent]], None]
 
     # ---- queues -------------------------------------------------------------------------------
 
@@ -119,7 +127,7 @@ class AdmissionTables:
         with self._transaction() as session:
             row = session.get(AdmissionLeaseRow, LEASE_ID, with_for_update=True)
             if row is None:  # made by migration 0008; only a hand-edited database lacks it
-                row = AdmissionLeaseRow(id=LEASE_ID, owner=None, epoch=0, expires_at=0.0)
+                row = AdmissionLeaseRow(id=LEASE_ID, owner=None, epoch=0, expires_at=0.0, pass_at=0.0)
                 session.add(row)
             if row.owner == owner and row.expires_at >= now:
                 row.expires_at = now + seconds
@@ -133,6 +141,13 @@ class AdmissionTables:
         with self._sessions() as session:
             row = session.get(AdmissionLeaseRow, LEASE_ID)
             return row.owner if row is not None and row.expires_at >= time.time() else None
+
+    def admission_clock(self) -> float:
+        """The controller clock's reading at the last admission pass (virtual on the simulated pool): a
+        waiting run has waited this minus its ``since``."""
+        with self._sessions() as session:
+            row = session.get(AdmissionLeaseRow, LEASE_ID)
+            return row.pass_at if row is not None else 0.0
 
     def release_admission(self, owner: str) -> None:
         with self._transaction() as session:
@@ -157,14 +172,18 @@ class AdmissionTables:
                     AdmissionLeaseRow.epoch == epoch,
                     AdmissionLeaseRow.expires_at >= now,
                 )
-                .values(expires_at=AdmissionLeaseRow.expires_at)
+                .values(pass_at=write.usage_at)
             )
             if fenced.rowcount != 1:
                 raise ConflictError(f"admission lease lost by {owner} (epoch {epoch}); admitting nothing")
             for patch in write.patches:
                 self._apply(session, patch, now)
+            if write.forget:
+                session.execute(delete(PreemptionRow).where(PreemptionRow.victim.in_(write.forget)))
             for record in write.preemptions:
                 session.merge(PreemptionRow(**_fields(record)))
+            for run_id, event in write.events:
+                self._add_events(session, run_id, [event])
             self._write_waits(session, write.waits)
             for (queue, pool), gpus in write.usage.items():
                 session.merge(QueueUsageRow(queue=queue, pool=pool, gpus=gpus, updated_at=write.usage_at))
@@ -208,6 +227,14 @@ class AdmissionTables:
             rows = list(session.scalars(select(QueueUsageRow)))
             usage = {(row.queue, row.pool): row.gpus for row in rows}
             return usage, max((row.updated_at for row in rows), default=None)
+
+    def runs_busy_after(self, now: float) -> list[Run]:
+        """Runs whose work (virtual time) ends after ``now``, finished or not: on the simulated pool a run's
+        last step is recorded when it starts, and its GPUs stay taken until it ends."""
+        with self._sessions() as session:
+            return [
+                run_record(row) for row in session.scalars(select(RunRow).where(RunRow.sim_ready_at > now))
+            ]
 
     # ---- the shared virtual clock ---------------------------------------------------------------
 

@@ -223,6 +223,7 @@ class AdmissionLeaseRow(Base):
     owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     epoch: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[float] = mapped_column(Float)
+    pass_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # the last pass's clock
 
 
 class QueueUsageRow(Base):

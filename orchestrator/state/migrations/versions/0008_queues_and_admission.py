@@ -33,9 +33,10 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(128), nullable=True),
         sa.Column("epoch", sa.Integer(), nullable=False),
         sa.Column("expires_at", sa.Float(), nullable=False),
+        sa.Column("pass_at", sa.Float(), nullable=False, server_default="0"),
     )
     # The one row exists from the start, so controllers only ever update it (no race to insert it).
-    op.bulk_insert(lease, [{"id": 1, "owner": None, "epoch": 0, "expires_at": 0.0}])
+    op.bulk_insert(lease, [{"id": 1, "owner": None, "epoch": 0, "expires_at": 0.0, "pass_at": 0.0}])
     op.create_table(
         "queue_usage",
         sa.Column("queue", sa.String(64), primary_key=True),

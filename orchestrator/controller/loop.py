@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from orchestrator.backends.base import (
@@ -27,12 +27,16 @@ from orchestrator.backends.base import (
     WorkInProgress,
     never_transient,
 )
+from orchestrator.controller.admission import Admitter
+from orchestrator.controller.clock import Clock, WallClock
 from orchestrator.core import commands
+from orchestrator.core.admit import waits_in_queue
 from orchestrator.core.attribution import attribute_samples
 from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.core.failures import allowed_attempts, one_line, work_failed
 from orchestrator.core.idle import account_idle, idle_consequences
 from orchestrator.core.ports import ports_in_use
+from orchestrator.core.queueing import AdmissionSettings
 from orchestrator.core.reconcile import cluster_diff, decide
 from orchestrator.core.results import record_checkpoint, record_filter, record_step
 from orchestrator.core.snapshot import ObservedWorkload, RunSnapshot
@@ -122,10 +126,12 @@ class DatabaseOutage:
 
 
 def nothing_to_drive(store: Store, cluster: ClusterBackend | None = None) -> bool:
-    """No run is left that a controller could move: each is finished or Suspended (awaits `orch resume`),
-    and nothing is left to release, in SQL or, given ``cluster``, in the cluster (a run just cancelled
-    still has its members running until a pass deletes them)."""
-    if not all(run.phase is Phase.SUSPENDED for run in store.list_runs(active_only=True)):
+    """No run is left that a controller could move: each is finished or Suspended (awaits `orch resume`;
+    a preempted run waits in its queue, which a controller does move), and nothing is left to release,
+    in SQL or, given ``cluster``, in the cluster (a run just cancelled still has its members running
+    until a pass deletes them)."""
+    runs = store.list_runs(active_only=True)
+    if not all(run.phase is Phase.SUSPENDED and not waits_in_queue(run) for run in runs):
         return False
     return not store.workloads(live_only=True) and (cluster is None or not cluster.list_workloads())
 
@@ -158,6 +164,8 @@ class Controller:
         telemetry: TelemetryFeed | None = None,
         transient: Callable[[BaseException], bool] = never_transient,
         only: frozenset[str] | None = None,
+        clock: Clock | None = None,
+        admission: AdmissionSettings | None = None,
     ) -> None:
         """``transient`` tells errors of the environment (API server, network) from the run's own;
         ``only``: reconcile just these runs (``orch submit --wait`` drives its own run, no other)."""
@@ -172,6 +180,11 @@ class Controller:
         self.only = only
         self._cluster_version = 0
         self._transient_error = ""
+        self.clock: Clock = clock or WallClock()
+        self._busy_until: list[float] = []  # virtual clock: when the runs skipped this pass finish their work
+        self.admitter = Admitter(
+            store, cluster, self.identity, lease_seconds=lease_seconds, clock=self.clock, settings=admission
+        )
 
     # ---- one pass ---------------------------------------------------------------------------
 
@@ -182,9 +195,14 @@ class Controller:
         changes = self._guarded(
             "pulling runs", lambda: sum(source.pull(self.store) for source in self.sources)
         )
+        changes += self._guarded("admitting runs", self.admitter.admit_once)
         run_ids = self.store.acquire_leases(self.identity, self.lease_seconds, only=self.only)
+        self._busy_until = []
         for run_id in run_ids:
             changes += self._reconcile_isolated(run_id)
+        if not changes and self._busy_until:  # nothing can happen before the next run's work finishes
+            self.clock.advance_to(min(self._busy_until))
+            changes += 1
         changes += self._guarded("deleting orphans", self._delete_orphans)
         changes += self._guarded(
             "sweeping finished runs",
@@ -302,11 +320,15 @@ class Controller:
             ports_by_others=ports_in_use(w for w in live if w.run_id != run_id),
             last_checkpoint=last_checkpoint((c.step for c in checkpoints), run.steps_done),
             dropped_problems=self.store.dropped_problems(run_id),
+            preemption=self.store.preemptions().get(run_id),
         )
 
     def _reconcile_run(self, run_id: str) -> int:
         self._prepare_pools(run_id)
         snapshot = self._snapshot(run_id)
+        if self.clock.virtual and snapshot.run.sim_ready_at > self.clock.now():
+            self._busy_until.append(snapshot.run.sim_ready_at)  # still doing its last work, in virtual time
+            return 0
         decision = decide(snapshot)
         changed = 0
         if decision.patch:
@@ -341,6 +363,9 @@ class Controller:
             return 1
         except WorkInProgress:
             return 0
+        if patch and self.clock.virtual:  # the work ends its virtual duration from now
+            took = float(patch.run.get("sim_seconds", snapshot.run.sim_seconds)) - snapshot.run.sim_seconds
+            patch = replace(patch, run={**patch.run, "sim_ready_at": self.clock.now() + took})
         return self._apply(patch)
 
     def _sync_cluster(self, run_id: str) -> int:
@@ -408,5 +433,6 @@ class Controller:
     def _release_leases(self) -> None:
         try:
             self.store.release_leases(self.identity)
+            self.admitter.release()
         except DatabaseUnavailable as error:
             log.warning("could not release the leases (%s); they expire in %g s", error, self.lease_seconds)
