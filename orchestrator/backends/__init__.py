@@ -60,7 +60,7 @@ def make_backend(
         cluster = SimCluster.from_env()
         pace = sim_pace if sim_pace is not None else _pace_from_env()
         trainer = SimTrainer(cluster, StepSimulator(rollout_metrics), pace=pace)
-        return BackendParts(cluster, trainer, telemetry=cluster.telemetry, in_process=True)
+        return BackendParts(cluster, trainer, telemetry=cluster.telemetry, in_process=True, virtual_time=True)
     if name == "ray":
         from orchestrator.backends.ray.backend import make_ray_backend
 

@@ -120,7 +120,8 @@ class BackendParts:
     """The parts a controller drives: the cluster (a ``ClusterBackend``), the training executor, run sources.
 
     ``transient`` tells errors of the environment (API server, network: retried, never a run's failure)
-    from the run's own; ``in_process`` says the cluster lives in this process, its workloads dying with it.
+    from the run's own; ``in_process`` says the cluster lives in this process, its workloads dying with it;
+    ``virtual_time``: its runs share one virtual clock (``orchestrator.controller.clock``).
     """
 
     cluster: ClusterBackend
@@ -130,6 +131,7 @@ class BackendParts:
     telemetry: TelemetryFeed | None = None
     transient: Callable[[BaseException], bool] = never_transient
     in_process: bool = False
+    virtual_time: bool = False  # the cluster runs on the shared virtual clock (the simulated pool)
 
     def close(self) -> None:
         """Stop background watches; the backend is unusable afterwards."""

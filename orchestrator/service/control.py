@@ -17,6 +17,7 @@ from orchestrator.controller import (
     nothing_to_drive,
     with_database,
 )
+from orchestrator.controller.clock import SharedVirtualClock, WallClock
 from orchestrator.errors import OrchError
 from orchestrator.health import HealthServer, LoopHeartbeat
 from orchestrator.httpguard import GuardConfig
@@ -49,6 +50,7 @@ def build_controller(
         telemetry=backend.telemetry,
         transient=backend.transient,
         only=only,
+        clock=SharedVirtualClock(store) if backend.virtual_time else WallClock(),
     )
 
 

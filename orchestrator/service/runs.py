@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.core import commands
 from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.core.feasibility import run_problems
+from orchestrator.core.inventory_fit import inventory_problems
 from orchestrator.errors import SpecError
 from orchestrator.records import Checkpoint, Event, GpuReading, Run, Stage, Step, Workload
+from orchestrator.sim.cluster import SimCluster
 from orchestrator.spec import RunSpec, load_spec
+from orchestrator.spec.inventory import CLUSTER_FILE_ENV, load_cluster_file
 from orchestrator.state.store import Store
 from orchestrator.telemetry.latest import latest_readings
 
@@ -21,6 +25,7 @@ __all__ = [
     "cancel_run",
     "events",
     "gpu_readings",
+    "inventory_check",
     "list_runs",
     "other_runs",
     "planned_steps",
@@ -53,10 +58,21 @@ class RunReport:
 def validate(path: str | Path) -> RunSpec:
     """Parse and check a spec without storing anything: refuses what the controller would refuse."""
     spec = load_spec(path)
-    problems = run_problems(spec)
+    problems = run_problems(spec) + inventory_check(spec)
     if problems:
         raise SpecError(*(f"{path}: {problem}" for problem in problems))
     return spec
+
+
+def inventory_check(spec: RunSpec) -> list[str]:
+    """The run against the simulated cluster file, when one is set (``ORCH_SIM_CLUSTER``); a real cluster's
+    inventory is checked by its controller, which reads the nodes."""
+    path = os.environ.get(CLUSTER_FILE_ENV, "").strip()
+    if not path:
+        return []
+    inventory = load_cluster_file(path)
+    nodes = SimCluster.from_inventory(inventory).list_nodes()
+    return inventory_problems(spec, nodes, {name: pool.gpu_type for name, pool in inventory.pools.items()})
 
 
 def submit(store: Store, spec: RunSpec) -> Run:

@@ -19,6 +19,7 @@ from orchestrator.errors import SpecError
 from orchestrator.records import Workload
 from orchestrator.sim.pool_telemetry import SimTelemetry
 from orchestrator.spec import PoolSpec
+from orchestrator.spec.inventory import CLUSTER_FILE_ENV, ClusterFile, load_cluster_file
 
 __all__ = ["FAULTS_ENV", "Fault", "SimCluster", "parse_faults"]
 
@@ -53,6 +54,8 @@ class _Node:
     pool: str
     gpus: int
     ready: bool = True
+    zone: str = ""
+    rack: str = ""
 
 
 @dataclass
@@ -91,7 +94,24 @@ class SimCluster:
 
     @classmethod
     def from_env(cls) -> SimCluster:
-        return cls(faults=parse_faults(os.environ.get(FAULTS_ENV, "")))
+        """Faults from ``ORCH_SIM_FAULTS``; the nodes of the cluster file ``ORCH_SIM_CLUSTER`` if set (then
+        a run names one of its pools), else each run's pools made on first sight."""
+        faults = parse_faults(os.environ.get(FAULTS_ENV, ""))
+        path = os.environ.get(CLUSTER_FILE_ENV, "").strip()
+        if not path:
+            return cls(faults=faults)
+        return cls.from_inventory(load_cluster_file(path), faults=faults)
+
+    @classmethod
+    def from_inventory(cls, inventory: ClusterFile, *, faults: Iterable[Fault] = ()) -> SimCluster:
+        """The nodes of a cluster file, and no others."""
+        cluster = cls(autoprovision=False, faults=faults)
+        for name, pool in inventory.pools.items():
+            for index in range(pool.nodes):
+                node = f"sim-{name}-{index}"
+                zone, rack = pool.topology(index)
+                cluster._nodes[node] = _Node(node, name, pool.gpus_per_node, zone=zone, rack=rack)
+        return cluster
 
     def _add_pool(self, name: str, pool: PoolSpec) -> None:
         for index in range(pool.nodes):
@@ -109,7 +129,7 @@ class SimCluster:
 
     def list_nodes(self) -> list[NodeView]:
         with self._lock:
-            return [NodeView(n.name, n.pool, n.gpus, n.ready) for n in self._nodes.values()]
+            return [NodeView(n.name, n.pool, n.gpus, n.ready, n.zone, n.rack) for n in self._nodes.values()]
 
     def list_workloads(self, run_id: str | None = None) -> list[ObservedWorkload]:
         with self._lock:
@@ -228,7 +248,9 @@ class SimCluster:
                     self._emit("MODIFIED", pod)
             self._replacements += 1
             replacement = f"sim-{node.pool}-r{self._replacements}"
-            self._nodes[replacement] = _Node(replacement, node.pool, node.gpus)
+            self._nodes[replacement] = _Node(
+                replacement, node.pool, node.gpus, zone=node.zone, rack=node.rack
+            )
             return replacement
 
     def _observed(self, pod: _Pod) -> ObservedWorkload:
