@@ -128,7 +128,8 @@ def admit_patch(
         message = f"admitted from queue {queue} after waiting {waited_s:.0f} s" + (
             f", borrowing {lent} from its cohort" if lent else ""
         )
-        events.append(NewEvent("Admitted", message, {"queue": queue, "borrowed": dict(borrowed or {})}))
+        data = {"queue": queue, "borrowed": dict(borrowed or {}), "waited_s": round(waited_s, 3)}
+        events.append(NewEvent("Admitted", message, data))
     if run.phase is Phase.PENDING:
         fields["phase"] = check_transition(run.phase, Phase.ADMITTED).value
     elif run.phase is Phase.SUSPENDED:  # preempted, now back: resume from the last checkpoint
