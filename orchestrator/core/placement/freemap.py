@@ -19,25 +19,14 @@ __all__ = ["Bucketed", "FreeMap", "PoolIndex"]
 class Bucketed:
     """The ready nodes of one domain (a pool, or a zone or rack of a pool) by free GPUs."""
 
-    __slots__ = ("_free", "_live", "capacity", "counts", "free", "heaps")
+    __slots__ = ("_free", "capacity", "counts", "free", "heaps")
 
     def __init__(self, free: dict[str, int], size: int) -> None:
         self._free = free  # the FreeMap's own dict: an entry is stale when its node's count moved
-        self._live: dict[str, int] = {}  # node → bit f set while it has an entry (stale or not) in heaps[f]
         self.heaps: list[list[str]] = [[] for _ in range(size)]
         self.counts = [0] * size  # nodes with exactly f GPUs free (nodes with fewer than 0: none)
         self.free = 0  # GPUs free over the domain's nodes
         self.capacity = 0  # GPUs over the domain's nodes
-
-    def add(self, name: str, gpus: int, free: int) -> None:
-        """Count a node in, at build time, in name order (so each bucket list is already a heap)."""
-        self.capacity += gpus
-        self.free += free
-        if free >= 0:
-            self._grow(free)
-            self.counts[free] += 1
-            self.heaps[free].append(name)
-            self._live[name] = 1 << free
 
     def move(self, name: str, old: int, new: int) -> None:
         self.free += new - old
@@ -46,10 +35,9 @@ class Bucketed:
         if new >= 0:
             self._grow(new)
             self.counts[new] += 1
-            live = self._live.get(name, 0)
-            if not live >> new & 1:  # an entry there (even stale) is valid again now
-                heapq.heappush(self.heaps[new], name)
-                self._live[name] = live | 1 << new
+            # A stale entry of the node may still sit in heaps[new] (it is valid again now): the duplicate
+            # costs a pop later; a FreeMap lives for one pass, so heaps grow by at most one per move.
+            heapq.heappush(self.heaps[new], name)
 
     def lowest(self, free: int) -> str | None:
         """The lowest-named node with exactly ``free`` GPUs free, if any."""
@@ -61,7 +49,6 @@ class Bucketed:
             if self._free[name] == free:
                 return name
             heapq.heappop(heap)
-            self._live[name] &= ~(1 << free)
         return None
 
     def _grow(self, free: int) -> None:
@@ -109,26 +96,32 @@ class FreeMap:
                 size[node.pool] = max(size.get(node.pool, 0), node.gpus + 1, free[node.name] + 1)
         for pool, pool_size in size.items():
             self._index[pool] = PoolIndex(Bucketed(free, pool_size))
+        # In name order, so every bucket list is already a heap. Inlined: this runs once per pass per node.
         for name in sorted(self.nodes):
             node = self.nodes[name]
             if not node.ready:
                 continue
             index = self._index[node.pool]
-            domains = [index.pool]
+            domains: tuple[Bucketed, ...] = (index.pool,)
             if node.zone:
                 zone = index.zones.get(node.zone)
                 if zone is None:
                     zone = index.zones[node.zone] = Bucketed(free, size[node.pool])
-                domains.append(zone)
+                domains += (zone,)
             if node.rack:
                 key = (node.zone, node.rack)
                 rack = index.racks.get(key)
                 if rack is None:
                     rack = index.racks[key] = Bucketed(free, size[node.pool])
-                domains.append(rack)
+                domains += (rack,)
+            gpus = free[name]
             for domain in domains:
-                domain.add(name, node.gpus, free[name])
-            self._domains[name] = tuple(domains)
+                domain.capacity += node.gpus
+                domain.free += gpus
+                if gpus >= 0:
+                    domain.counts[gpus] += 1
+                    domain.heaps[gpus].append(name)
+            self._domains[name] = domains
 
     def free(self, node: str) -> int:
         return self._free[node] if self.nodes[node].ready else 0
