@@ -1,17 +1,55 @@
-"""Place one gang on a ``FreeMap``, all members or none, under a ``PlacementPolicy``."""
+"""Place one gang on a ``FreeMap``, all members or none, under a ``PlacementPolicy``.
+
+Members are placed in order, each on the best candidate node for it (``search``), the gang's state
+(nodes, racks, zones taken so far) informing the next; a colocated member shares its host's node.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from orchestrator.core.placement.freemap import FreeMap
+from orchestrator.core.placement.plugins import score_plugins
+from orchestrator.core.placement.search import (
+    choose_exhaustive,
+    choose_indexed,
+    holding_exhaustive,
+    holding_indexed,
+)
+from orchestrator.core.placement.topology import GangState, Holding, gang_sizes
 from orchestrator.core.placement.views import MemberRequest, Placement, PlacementPolicy
 
-__all__ = ["bind", "place_gang"]
+__all__ = ["bind", "place_gang", "place_gang_exhaustive"]
+
+_Choose = Callable[[FreeMap, MemberRequest, GangState, tuple[str, ...]], "str | None"]
+_Holding = Callable[[FreeMap, str, list[int]], Holding]
 
 
 def place_gang(members: Sequence[MemberRequest], free: FreeMap, policy: PlacementPolicy) -> Placement:
-    """Where every member of the gang would go, or why it cannot; ``free`` is left as it was."""
+    """Where every member of the gang would go, or why it cannot; ``free`` is left as it was.
+    Each member costs about O(GPUs per node) index look-ups, not O(nodes)."""
+    return _place(members, free, policy, choose_indexed, holding_indexed)
+
+
+def place_gang_exhaustive(
+    members: Sequence[MemberRequest], free: FreeMap, policy: PlacementPolicy
+) -> Placement:
+    """``place_gang`` by scanning every node for every member: the reference the index is tested against."""
+    return _place(members, free, policy, choose_exhaustive, holding_exhaustive)
+
+
+def _place(
+    members: Sequence[MemberRequest],
+    free: FreeMap,
+    policy: PlacementPolicy,
+    choose: _Choose,
+    holding: _Holding,
+) -> Placement:
+    scores = tuple(policy.scores)
+    state = GangState()
+    if any(plugin.uses_affinity for plugin in score_plugins(scores)):
+        # The domains that could hold each pool's members are judged once, before any member is placed.
+        state.holding = {pool: holding(free, pool, sizes) for pool, sizes in gang_sizes(members).items()}
     bound: dict[str, str] = {}
     taken: list[tuple[str, int]] = []
     try:
@@ -19,17 +57,17 @@ def place_gang(members: Sequence[MemberRequest], free: FreeMap, policy: Placemen
             if member.same_node_as is not None:
                 bound[member.key] = bound[member.same_node_as]
                 continue
-            fits = [n for n in free.pool_nodes(member.pool) if free.free(n.name) >= member.gpus]
-            if not fits:
+            node = choose(free, member, state, scores)
+            if node is None:
                 reason = f"no node of pool {member.pool!r} has {member.gpus} GPUs free"
                 return Placement(nodes={}, reason=reason)
-            best = min(fits, key=lambda n: (free.free(n.name) - member.gpus, n.name))
-            free.take(best.name, member.gpus)
-            taken.append((best.name, member.gpus))
-            bound[member.key] = best.name
+            free.take(node, member.gpus)
+            taken.append((node, member.gpus))
+            state.add(free.nodes[node])
+            bound[member.key] = node
         return Placement(nodes=bound)
     finally:
-        for node, gpus in taken:
+        for node, gpus in reversed(taken):
             free.give(node, gpus)
 
 
