@@ -125,7 +125,7 @@ class _Pass:
         self.holders = sorted(snapshot.holders, key=lambda h: h.run_id)
         self.claimed: set[str] = set()  # stopping or preempted holders whose GPUs a nominated run will take
         self.closed: dict[str, str] = {}  # pool → the starving run it is kept for
-        self.capacity = {node.pool: self.free.pool_capacity(node.pool) for node in snapshot.nodes}
+        self.capacity = {pool: self.free.pool_capacity(pool) for pool in {n.pool for n in snapshot.nodes}}
         self.in_pass: dict[tuple[str, str], int] = defaultdict(int)
         self.admitted: list[Admit] = []
         self.preemptions: list[Preempt] = []
