@@ -119,6 +119,9 @@ class Wait:
     queue: str
     position: int  # 1-based place in its queue's line
     reason: str  # which quota or which GPUs it waits for, and who holds them
+    # quota | nodes | held (a starving run keeps the pool) | stopping (victims are releasing GPUs for it)
+    # | queue (the queue does not exist)
+    kind: str = ""
 
 
 @dataclass(frozen=True)
