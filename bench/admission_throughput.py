@@ -29,7 +29,6 @@ import time
 from collections.abc import Sequence
 
 from orchestrator.core.admission import admission_pass
-
 from orchestrator.core.placement import MemberRequest, NodeView, place_all
 from orchestrator.core.queueing import AdmissionSnapshot, Candidate, Holder, QueueView
 
@@ -170,12 +169,11 @@ def main() -> None:
     base_placed, base_seconds, base_left = baseline(nodes, gangs)
     base_rate = base_placed / base_seconds
     print(f"{'placement':34s} {'pods placed':>12s} {'seconds':>9s} {'pods/s':>10s} {'GPUs stranded':>14s}")
-    print(
-        f"{'admission pass (indexed, best-fit)':34s} {placed:12d} {seconds:9.3f} {ours_rate:10.0f} {ours_left:14d}"
-    )
-    print(
-        f"{'baseline: every gang scans nodes':34s} {base_placed:12d} {base_seconds:9.3f} {base_rate:10.0f} {base_left:14d}"
-    )
+    for label, count, took, rate, left in (
+        ("admission pass (indexed, best-fit)", placed, seconds, ours_rate, ours_left),
+        ("baseline: every gang scans nodes", base_placed, base_seconds, base_rate, base_left),
+    ):
+        print(f"{label:34s} {count:12d} {took:9.3f} {rate:10.0f} {left:14d}")
 
     rng = random.Random(SEED + 1)
     pending = [arrivals.gang(1.0) for _ in range(size["pending"])]

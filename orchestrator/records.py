@@ -282,6 +282,7 @@ class WaitRecord:
     position: int
     reason: str
     since: float
+    kind: str = ""  # quota | nodes | held | stopping | queue (orchestrator.core.queueing.Wait.kind)
 
 
 @dataclass(frozen=True)

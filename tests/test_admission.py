@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from orchestrator.core.admission import admission_pass
@@ -215,7 +217,7 @@ def test_a_higher_priority_run_stops_the_fewest_lowest_priority_most_recent_runs
     assert "lower priority (1 < 5) in the same queue" in preempt.reason
     wait = waits(result)["urgent"]
     assert wait.kind == "stopping"
-    assert wait.reason == "waiting for run new-low to checkpoint and release 8 GPUs (preempted for this run)"
+    assert wait.reason == "waiting for run new-low to stop and release 8 GPUs (preempted for this run)"
 
 
 def test_a_lender_reclaims_its_nominal_quota_from_a_borrowing_queue() -> None:
@@ -285,9 +287,7 @@ def test_a_run_whose_victim_is_already_stopping_waits_without_preempting_again()
     )
     result = admission_pass(snapshot)
     assert result.preemptions == ()
-    assert (
-        waits(result)["x"].reason == "waiting for run v to checkpoint and release 8 GPUs (already stopping)"
-    )
+    assert waits(result)["x"].reason == "waiting for run v to stop and release 8 GPUs (already stopping)"
 
 
 def test_gpus_reserved_for_a_preempting_run_are_not_taken_by_a_later_run_of_the_pass() -> None:
@@ -315,6 +315,38 @@ def test_a_stopping_run_is_claimed_by_one_waiting_run_only() -> None:
     result = admission_pass(snapshot)
     assert waits(result)["x1"].kind == "stopping"
     assert waits(result)["x2"].kind == "nodes"
+
+
+def test_a_run_that_preempted_takes_the_freed_gpus_before_a_head_with_a_lower_share() -> None:
+    # x (queue a, heavy past usage) preempted last pass; its victim is gone now. z (queue b, no usage)
+    # would be first by fair share and take the freed node: x is nominated and goes first.
+    runs = [
+        replace(make_run("x").queue("a").gpus(8).candidate(), nominated=True),
+        make_run("z").queue("b").gpus(8).candidate(),
+    ]
+    queues = [make_queue("a", 16), make_queue("b", 16)]
+    usage = {("a", "h100"): 16.0}
+    snapshot = make_snapshot(queues=queues, nodes=make_nodes(1), candidates=runs, usage=usage)
+    result = admission_pass(snapshot)
+    assert admitted(result) == ["x"]
+    assert waits(result)["z"].kind == "nodes"
+
+
+def test_two_runs_reclaiming_a_cohort_stop_one_borrower_each_not_more() -> None:
+    # b borrows 16 of a's nominal 16 (cohort of 32, full); a's two runs of 8 reclaim it: one victim each.
+    holders = [
+        make_run(f"b{i}").queue("b").gpus(8).on({f"h100-{i}": 8}).admitted(-10_000 + i).holder()
+        for i in range(4)
+    ]
+    runs = [make_run(f"a{i}").queue("a").priority(5).gpus(8).queued(i).candidate() for i in range(2)]
+    queues = [
+        make_queue("a", 16, cohort="lab"),
+        make_queue("b", 16, cohort="lab", borrowing_limit={"h100": 16}),
+    ]
+    snapshot = make_snapshot(queues=queues, nodes=make_nodes(4), holders=holders, candidates=runs)
+    result = admission_pass(snapshot)
+    assert len(victims(result)) == 2 and len(set(victims(result))) == 2
+    assert {waits(result)[r].kind for r in ("a0", "a1")} == {"stopping"}
 
 
 # ---- the pass as a function -------------------------------------------------------------------------

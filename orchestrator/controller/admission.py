@@ -206,7 +206,7 @@ class Admitter:
         waits = []
         for wait in result.waiting:
             since = by_id[wait.run_id].queued_since
-            waits.append(WaitRecord(wait.run_id, wait.queue, wait.position, wait.reason, since))
+            waits.append(WaitRecord(wait.run_id, wait.queue, wait.position, wait.reason, since, wait.kind))
             previous = seen.waits.get(wait.run_id)
             if previous is None or previous.reason != wait.reason:
                 data = {"queue": wait.queue, "position": wait.position}
@@ -304,6 +304,7 @@ class Admitter:
             queued_since=wait.since if wait is not None else now,
             members=gang(run, spec),
             holds_quota=run.admitted_at is not None,
+            nominated=wait is not None and wait.kind == "stopping",
         )
 
     def _run_snapshot(self, run: Run, seen: _Observed, live: list[Workload]) -> RunSnapshot:

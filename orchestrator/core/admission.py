@@ -54,8 +54,12 @@ def admission_pass(snapshot: AdmissionSnapshot) -> AdmissionResult:
     for candidate in snapshot.candidates:
         if not candidate.holds_quota and candidate.queue not in queues:
             state.wait(candidate, f"queue {candidate.queue!r} does not exist", "queue")
-    cursor = dict.fromkeys(lines, 0)
-    heap = [state.head_key(name, line[0]) for name, line in lines.items()]
+    for candidate in sorted((c for line in lines.values() for c in line if c.nominated), key=_fifo):
+        state.consider(candidate, queues[candidate.queue])  # its victims' GPUs were kept for it
+    cursor = {name: sum(1 for c in line if c.nominated) for name, line in lines.items()}
+    heap = [
+        state.head_key(name, line[cursor[name]]) for name, line in lines.items() if cursor[name] < len(line)
+    ]
     heapq.heapify(heap)
     while heap:  # 4.
         name = heapq.heappop(heap)[-1]
@@ -78,12 +82,13 @@ def _fifo(candidate: Candidate) -> tuple[int, float, str]:
 
 
 def _lines(snapshot: AdmissionSnapshot, queues: dict[str, QueueView]) -> dict[str, list[Candidate]]:
+    """Each queue's line: nominated runs first, then in ``line_order``."""
     lines: dict[str, list[Candidate]] = defaultdict(list)
     for candidate in snapshot.candidates:
         if not candidate.holds_quota and candidate.queue in queues:
             lines[candidate.queue].append(candidate)
     for name, line in lines.items():
-        line.sort(key=lambda c: line_order(c, queues[name], snapshot.now))
+        line.sort(key=lambda c: (not c.nominated, *line_order(c, queues[name], snapshot.now)))
     return dict(sorted(lines.items()))
 
 
@@ -229,8 +234,8 @@ class _Pass:
                 self.free.take(node, gpus)
 
     def _nominate(self, candidate: Candidate, queue: QueueView, plan: _Plan) -> None:
-        """Reserve for ``candidate`` what it will take once its victims release: the quota (counted twice
-        until then, which errs on the safe side) and, per node, the GPUs the victims will not give back."""
+        """Reserve for ``candidate`` what it will take once its victims release: the quota (net of what the
+        victims give back to its queue and cohort) and, per node, the GPUs the victims will not give back."""
         released = [*plan.returning, *(holder for holder, _ in plan.victims)]
         back: dict[str, int] = defaultdict(int)
         for holder in released:
@@ -241,6 +246,7 @@ class _Pass:
             if gpus > back[node]:
                 self.free.take(node, gpus - back[node])
         self._count(candidate, queue.name)
+        self.ledger.offset(queue.name, candidate.gpus, released)  # the victims' quota becomes its own
         needs = _gpus_text(candidate.gpus)
         for holder, why in plan.victims:
             reason = f"run {candidate.run_id} (queue {queue.name}) needs {needs}; run {holder.run_id}: {why}"
@@ -249,7 +255,7 @@ class _Pass:
         ids = [h.run_id for h in released]
         since = "preempted for this run" if plan.victims else "already stopping"
         run_s = "run" if len(ids) == 1 else "runs"
-        why = f"waiting for {run_s} {names(ids)} to checkpoint and release {freed} GPUs ({since})"
+        why = f"waiting for {run_s} {names(ids)} to stop and release {freed} GPUs ({since})"
         self.wait(candidate, why, "stopping")
 
     # ---- bookkeeping -------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class Candidate:
     queued_since: float
     members: tuple[MemberRequest, ...]
     holds_quota: bool = False  # admitted already (its gang failed): needs nodes, not quota
+    nominated: bool = False  # it preempted runs for their GPUs (last pass): it goes first to take them
 
     @property
     def gpus(self) -> dict[str, int]:

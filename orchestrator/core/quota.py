@@ -63,6 +63,24 @@ class QuotaLedger:
             if cohort is not None:
                 self._cohort_used[(cohort, pool)] += count
 
+    def offset(self, queue: str, gpus: Mapping[str, int], released: Iterable[Holder]) -> None:
+        """A run reserved ``gpus`` of ``queue`` that ``released`` holders will give back: count no more
+        than the net in the queue and its cohort. What the holders give back beyond ``gpus`` stays
+        counted (they hold it until they stop), so the pass hands out nothing that is not free yet."""
+        cohort = self.cohort(queue)
+        same_queue: dict[str, int] = defaultdict(int)
+        same_cohort: dict[str, int] = defaultdict(int)
+        for holder in released:
+            for pool, count in holder.gpus.items():
+                if holder.queue == queue:
+                    same_queue[pool] += count
+                if cohort is not None and self.cohort(holder.queue) == cohort:
+                    same_cohort[pool] += count
+        for pool, need in gpus.items():
+            self.used[(queue, pool)] -= min(need, same_queue[pool])
+            if cohort is not None:
+                self._cohort_used[(cohort, pool)] -= min(need, same_cohort[pool])
+
     def borrowing(self, queue: str, pool: str) -> int:
         return max(0, self.used.get((queue, pool), 0) - self.nominal(queue, pool))
 

@@ -200,8 +200,18 @@ class AdmissionTables:
             row = current.get(run_id)
             if row is None:
                 session.add(AdmissionWaitRow(**_fields(wait)))
-            elif (row.queue, row.position, row.reason) != (wait.queue, wait.position, wait.reason):
-                row.queue, row.position, row.reason = wait.queue, wait.position, wait.reason
+            elif (row.queue, row.position, row.reason, row.kind) != (
+                wait.queue,
+                wait.position,
+                wait.reason,
+                wait.kind,
+            ):
+                row.queue, row.position, row.reason, row.kind = (
+                    wait.queue,
+                    wait.position,
+                    wait.reason,
+                    wait.kind,
+                )
 
     # ---- reads --------------------------------------------------------------------------------
 
@@ -217,7 +227,7 @@ class AdmissionTables:
         """Runs waiting in their queues, by run id."""
         with self._sessions() as session:
             return {
-                row.run_id: WaitRecord(row.run_id, row.queue, row.position, row.reason, row.since)
+                row.run_id: WaitRecord(row.run_id, row.queue, row.position, row.reason, row.since, row.kind)
                 for row in session.scalars(select(AdmissionWaitRow))
             }
 

@@ -258,6 +258,7 @@ class AdmissionWaitRow(Base):
     position: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
     since: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class ClockRow(Base):

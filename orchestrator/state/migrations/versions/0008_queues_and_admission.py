@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("since", sa.Float(), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False, server_default=""),
     )
     op.create_table(
         "clocks",
