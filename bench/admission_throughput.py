@@ -12,7 +12,9 @@ of the GPUs each, borrowing unlimited), one pool.
    used nodes: the fit). The pass is timed whole, building its free-GPU map included; best of 3.
 2. Pass time at 1,000 pending gangs. From the full cluster, passes in a steady state: before each pass a
    random 3% of the admitted runs finish; the pass admits what fits out of 1,000 pending gangs (refilled
-   from new arrivals after it). p50 and p99 pass time over the passes.
+   from new arrivals after it). p50 and p99 pass time over the passes, twice: with the quotas above (a
+   full cluster is a full cohort, so most waits end at the quota check) and with every queue's quota as
+   large as the cluster (every wait ends at the node search). The headline takes the worse p99.
 
 Goals (ISSUE 16): ≥ 10,000 pods/s and ≥ 5× the baseline; p99 pass < 100 ms at 1,000 pending gangs; GPUs
 stranded no more than the baseline's. Same interpreter, same machine, same run.
@@ -46,8 +48,13 @@ def cluster(count: int) -> tuple[NodeView, ...]:
     )
 
 
-def queues(nodes: int) -> tuple[QueueView, ...]:
-    share = nodes * GPUS // QUEUES
+def queues(nodes: int, *, quota_binds: bool = True) -> tuple[QueueView, ...]:
+    """``quota_binds``: an even share each in one cohort (a full cluster is a full cohort: waits end at the
+    quota check); else each queue may use the whole cluster (waits end at the node search)."""
+    capacity = nodes * GPUS
+    if not quota_binds:
+        return tuple(QueueView(f"q{i:02d}", nominal={POOL: capacity}) for i in range(QUEUES))
+    share = capacity // QUEUES
     return tuple(
         QueueView(f"q{i:02d}", nominal={POOL: share}, borrowing_limit={POOL: None}, cohort=COHORT)
         for i in range(QUEUES)
@@ -140,6 +147,25 @@ def used_by(holders: Sequence[Holder]) -> dict[str, int]:
     return used
 
 
+def steady_passes(nodes, views, holders, by_id, arrivals, size) -> list[float]:  # type: ignore[no-untyped-def]
+    """Pass times in a steady state: before each pass 3% of the admitted runs finish; the pass admits what
+    fits out of ``size["pending"]`` pending gangs, refilled from ``arrivals`` after it."""
+    rng = random.Random(SEED + 1)
+    pending = [arrivals.gang(1.0) for _ in range(size["pending"])]
+    times = []
+    for index in range(size["passes"]):
+        now = 2.0 + index
+        holders = [h for h in holders if rng.random() >= 0.03]
+        by_id.update({c.run_id: c for c in pending})
+        result, seconds = one_pass(nodes, views, pending, holders, used_by(holders), now)
+        times.append(seconds)
+        admitted = {a.run_id for a in result.admitted}
+        holders = holders + admitted_holders(result, by_id, now)
+        pending = [c for c in pending if c.run_id not in admitted]
+        pending += [arrivals.gang(now) for _ in range(size["pending"] - len(pending))]
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI size: 1,000 nodes, 2,000 pods")
@@ -175,22 +201,18 @@ def main() -> None:
     ):
         print(f"{label:34s} {count:12d} {took:9.3f} {rate:10.0f} {left:14d}")
 
-    rng = random.Random(SEED + 1)
-    pending = [arrivals.gang(1.0) for _ in range(size["pending"])]
-    times = []
-    for index in range(size["passes"]):
-        now = 2.0 + index
-        holders = [h for h in holders if rng.random() >= 0.03]
-        by_id.update({c.run_id: c for c in pending})
-        result, seconds = one_pass(nodes, queue_views, pending, holders, used_by(holders), now)
-        times.append(seconds)
-        admitted = {a.run_id for a in result.admitted}
-        holders += admitted_holders(result, by_id, now)
-        pending = [c for c in pending if c.run_id not in admitted]
-        pending += [arrivals.gang(now) for _ in range(size["pending"] - len(pending))]
-    p50 = statistics.median(times) * 1e3
-    p99 = statistics.quantiles(times, n=100)[98] * 1e3 if len(times) >= 2 else times[0] * 1e3
-    print(f"passes at {size['pending']} pending gangs: {len(times)}, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    p99 = 0.0
+    for quota_binds in (True, False):
+        views = queues(size["nodes"], quota_binds=quota_binds)
+        times = steady_passes(nodes, views, holders, dict(by_id), Arrivals(SEED + 2), size)
+        p50 = statistics.median(times) * 1e3
+        worst = statistics.quantiles(times, n=100)[98] * 1e3
+        p99 = max(p99, worst)
+        stop = "quota check (cohort full)" if quota_binds else "node search (quota as large as the cluster)"
+        print(
+            f"passes at {size['pending']} pending gangs, waits end at the {stop}: {len(times)} passes, "
+            f"p50 {p50:.1f} ms, p99 {worst:.1f} ms"
+        )
 
     ratio = ours_rate / base_rate
     rate_met = ours_rate >= GOAL_RATE and ratio >= GOAL_RATIO

@@ -1,4 +1,4 @@
-"""Run all six benchmarks at full size, one after another, in one run, and keep their output together.
+"""Run all seven benchmarks at full size, one after another, in one run, and keep their output together.
 
 Each bench runs as its own process (``python bench/<name>.py``, plus ``--quick`` with ``--quick``), in this
 order, with nothing else of orch running; the log starts with what was measured on (commit, Python,
@@ -26,6 +26,7 @@ BENCHES = (
     "tool_burst",
     "telemetry_overhead",
     "worker_overhead",
+    "admission_throughput",
 )
 HERE = Path(__file__).resolve().parent
 

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import ROOT
 
 BENCHES = {
+    "admission_throughput.py": "headline:",
     "rollout_sim_speed.py": "speedup vs token-by-token",
     "telemetry_overhead.py": "estimated (fake NVML with published call costs)",
     "rollout_balance.py": "headline:",

@@ -233,6 +233,13 @@ def test_the_index_stays_right_as_gangs_are_bound_one_after_another(cluster, str
         check_fits(gang, nodes, before[0], fast)
         if fast.ok:
             bind(gang, fast, free)
+            after_bind = snapshot(free)
+            for node, gpus in ((fast.nodes[m.key], m.gpus) for m in gang if m.same_node_as is None):
+                free.give(node, gpus)
+            assert place_gang(gang, free, policy, keep=True) == fast  # keep: found and bound at once
+            assert snapshot(free) == after_bind
+        else:
+            assert place_gang(gang, free, policy, keep=True) == fast and snapshot(free) == before
         assert recount(free) == (snapshot(free)[1], snapshot(free)[2])
 
 

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.core.fairshare import decay_usage, dominant_share, effective_priority, is_starving
-from orchestrator.core.placement import FreeMap, MemberRequest, Placement, PlacementPolicy, bind, place_gang
-from orchestrator.core.preemption import smallest_set, victims_for
+from orchestrator.core.placement import FreeMap, MemberRequest, Placement, PlacementPolicy, place_gang
+from orchestrator.core.preemption import protected, smallest_set, victims_for
 from orchestrator.core.queueing import (
     AdmissionResult,
     AdmissionSnapshot,
@@ -128,6 +128,13 @@ class _Pass:
         ]
         self.ledger = QuotaLedger(snapshot.queues, [*snapshot.holders, *extra])
         self.holders = sorted(snapshot.holders, key=lambda h: h.run_id)
+        # Looked at for every candidate that does not fit: kept short, once per pass.
+        self._stopping = [h for h in self.holders if h.stopping]
+        self._stoppable = [
+            h
+            for h in self.holders
+            if h.preemptible and not h.stopping and not protected(h, self.queues, self.now)
+        ]
         self.claimed: set[str] = set()  # stopping or preempted holders whose GPUs a nominated run will take
         self.closed: dict[str, str] = {}  # pool → the starving run it is kept for
         self.capacity = {pool: self.free.pool_capacity(pool) for pool in {n.pool for n in snapshot.nodes}}
@@ -135,10 +142,7 @@ class _Pass:
         self.admitted: list[Admit] = []
         self.preemptions: list[Preempt] = []
         self.waits: dict[str, tuple[str, str]] = {}  # run id → (reason, kind)
-        self._on_node: dict[str, list[Holder]] = defaultdict(list)
-        for holder in self.holders:
-            for node in holder.nodes:
-                self._on_node[node].append(holder)
+        self._held_by: dict[str, tuple[list[str], int]] = {}
 
     # ---- order -------------------------------------------------------------------------------------
 
@@ -155,9 +159,8 @@ class _Pass:
     def place_again(self, candidate: Candidate) -> None:
         queue = self.queues.get(candidate.queue)
         policy = queue.placement if queue is not None else PlacementPolicy()
-        placement = place_gang(candidate.members, self.free, policy)
+        placement = place_gang(candidate.members, self.free, policy, keep=True)
         if placement.ok:
-            bind(candidate.members, placement, self.free)
             self.admitted.append(Admit(candidate.run_id, dict(placement.nodes)))
         else:
             self.wait(candidate, self._nodes_reason(candidate), "nodes")
@@ -172,9 +175,8 @@ class _Pass:
             return
         quota = self.ledger.check(queue.name, gpus)
         if quota.ok:
-            placement = place_gang(candidate.members, self.free, queue.placement)
+            placement = place_gang(candidate.members, self.free, queue.placement, keep=True)
             if placement.ok:
-                bind(candidate.members, placement, self.free)
                 self._count(candidate, queue.name)
                 self.admitted.append(Admit(candidate.run_id, dict(placement.nodes), dict(quota.borrowed)))
                 return
@@ -197,10 +199,8 @@ class _Pass:
 
     def _plan(self, candidate: Candidate, queue: QueueView) -> _Plan | None:
         pools = set(candidate.gpus)
-        returning = [
-            h for h in self.holders if h.stopping and h.run_id not in self.claimed and pools & set(h.gpus)
-        ]
-        victims = victims_for(candidate, queue, self.holders, self.ledger, self.now, self.claimed)
+        returning = [h for h in self._stopping if h.run_id not in self.claimed and pools & set(h.gpus)]
+        victims = victims_for(candidate, queue, self._stoppable, self.ledger, self.now, self.claimed)
         if not returning and not victims:
             return None
         found: dict[tuple[str, ...], Placement] = {}
@@ -266,16 +266,15 @@ class _Pass:
             self.in_pass[(queue, pool)] += gpus
 
     def _nodes_reason(self, candidate: Candidate) -> str:
-        """Which pool is short, by how much, and which runs hold the nodes the gang could use."""
+        """Which pool is short, by how much, and which runs hold it: O(1) per pool, from the index."""
         for pool, need in sorted(candidate.gpus.items()):
             largest = max((m.gpus for m in candidate.members if m.pool == pool), default=0)
-            usable = [n.name for n in self.free.pool_nodes(pool) if n.ready and n.gpus >= largest]
-            if not usable:
+            index = self.free.pool_index(pool)
+            if index is None or index.top < largest:
                 return f"pool {pool}: no ready node has {largest} GPUs for one member of the gang"
-            free = sum(self.free.free(node) for node in usable)
-            holding = sorted({h.run_id for node in usable for h in self._on_node.get(node, ())})
-            held = sum(h.nodes[node] for node in usable for h in self._on_node.get(node, ()))
-            who = f" (runs {names(holding)} hold {held} on the nodes it could use)" if holding else ""
+            free = self.free.pool_free(pool)
+            holding, held = self._holding(pool)
+            who = f" (runs {names(holding)} hold {held})" if holding else ""
             if free < need:
                 return f"pool {pool}: {free} GPUs free, the gang needs {need}{who}"
             if len(candidate.gpus) == 1:
@@ -284,6 +283,19 @@ class _Pass:
                     f"{largest} on one node{who}"
                 )
         return f"the gang needs {_gpus_text(candidate.gpus)}; they are free, but not on nodes that fit it"
+
+    def _holding(self, pool: str) -> tuple[list[str], int]:
+        """The runs holding GPUs of ``pool`` (most first) and how many they hold, once per pass."""
+        if pool not in self._held_by:
+            held: dict[str, int] = defaultdict(int)
+            for holder in self.holders:
+                for node, gpus in holder.nodes.items():
+                    view = self.free.nodes.get(node)
+                    if view is not None and view.pool == pool:
+                        held[holder.run_id] += gpus
+            ranked = sorted(held, key=lambda run: (-held[run], run))
+            self._held_by[pool] = (ranked, sum(held.values()))
+        return self._held_by[pool]
 
     def result(self, lines: dict[str, list[Candidate]], placed_again: list[Candidate]) -> AdmissionResult:
         waiting: list[Wait] = []

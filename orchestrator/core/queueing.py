@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from orchestrator.core.placement import MemberRequest, NodeView, PlacementPolicy
 
@@ -83,7 +84,7 @@ class Candidate:
     holds_quota: bool = False  # admitted already (its gang failed): needs nodes, not quota
     nominated: bool = False  # it preempted runs for their GPUs (last pass): it goes first to take them
 
-    @property
+    @cached_property
     def gpus(self) -> dict[str, int]:
         return gang_gpus(self.members)
 

@@ -97,31 +97,51 @@ class FreeMap:
         for pool, pool_size in size.items():
             self._index[pool] = PoolIndex(Bucketed(free, pool_size))
         # In name order, so every bucket list is already a heap. Inlined: this runs once per pass per node.
+        # Zones and racks are indexed only once a topology plugin asks (``index_topology``).
         for name in sorted(self.nodes):
             node = self.nodes[name]
             if not node.ready:
                 continue
+            pool = self._index[node.pool].pool
+            gpus = free[name]
+            pool.capacity += node.gpus
+            pool.free += gpus
+            if gpus >= 0:
+                pool.counts[gpus] += 1
+                pool.heaps[gpus].append(name)
+            self._domains[name] = (pool,)
+        self._topology = False
+
+    def index_topology(self) -> None:
+        """Index each pool's zones and racks too (once): what the topology plugin searches."""
+        if self._topology:
+            return
+        self._topology = True
+        free = self._free
+        for name in sorted(self._domains):
+            node = self.nodes[name]
             index = self._index[node.pool]
-            domains: tuple[Bucketed, ...] = (index.pool,)
+            added: tuple[Bucketed, ...] = ()
             if node.zone:
                 zone = index.zones.get(node.zone)
                 if zone is None:
-                    zone = index.zones[node.zone] = Bucketed(free, size[node.pool])
-                domains += (zone,)
+                    zone = index.zones[node.zone] = Bucketed(free, len(index.pool.heaps))
+                added += (zone,)
             if node.rack:
                 key = (node.zone, node.rack)
                 rack = index.racks.get(key)
                 if rack is None:
-                    rack = index.racks[key] = Bucketed(free, size[node.pool])
-                domains += (rack,)
+                    rack = index.racks[key] = Bucketed(free, len(index.pool.heaps))
+                added += (rack,)
             gpus = free[name]
-            for domain in domains:
+            for domain in added:
                 domain.capacity += node.gpus
                 domain.free += gpus
                 if gpus >= 0:
+                    domain._grow(gpus)
                     domain.counts[gpus] += 1
                     domain.heaps[gpus].append(name)
-            self._domains[name] = domains
+            self._domains[name] += added
 
     def free(self, node: str) -> int:
         return self._free[node] if self.nodes[node].ready else 0

@@ -25,10 +25,13 @@ _Choose = Callable[[FreeMap, MemberRequest, GangState, tuple[str, ...]], "str | 
 _Holding = Callable[[FreeMap, str, list[int]], Holding]
 
 
-def place_gang(members: Sequence[MemberRequest], free: FreeMap, policy: PlacementPolicy) -> Placement:
-    """Where every member of the gang would go, or why it cannot; ``free`` is left as it was.
-    Each member costs about O(GPUs per node) index look-ups, not O(nodes)."""
-    return _place(members, free, policy, choose_indexed, holding_indexed)
+def place_gang(
+    members: Sequence[MemberRequest], free: FreeMap, policy: PlacementPolicy, *, keep: bool = False
+) -> Placement:
+    """Where every member of the gang would go, or why it cannot; ``free`` is left as it was, unless
+    ``keep``: then a placement found is bound in ``free`` too (as ``bind`` would). Each member costs about
+    O(GPUs per node) index look-ups, not O(nodes)."""
+    return _place(members, free, policy, choose_indexed, holding_indexed, keep=keep)
 
 
 def place_gang_exhaustive(
@@ -44,10 +47,18 @@ def _place(
     policy: PlacementPolicy,
     choose: _Choose,
     holding: _Holding,
+    *,
+    keep: bool = False,
 ) -> Placement:
+    for pool, need in _pool_needs(members).items():  # cheap refusal: not enough GPUs free in the pool
+        if free.pool_free(pool) < need:
+            return Placement(
+                nodes={}, reason=f"pool {pool!r} has {free.pool_free(pool)} GPUs free, not {need}"
+            )
     scores = tuple(policy.scores)
     state = GangState()
     if any(plugin.uses_affinity for plugin in score_plugins(scores)):
+        free.index_topology()
         # The domains that could hold each pool's members are judged once, before any member is placed.
         state.holding = {pool: holding(free, pool, sizes) for pool, sizes in gang_sizes(members).items()}
     bound: dict[str, str] = {}
@@ -65,10 +76,20 @@ def _place(
             taken.append((node, member.gpus))
             state.add(free.nodes[node])
             bound[member.key] = node
+        if keep:
+            taken = []  # bound: the GPUs stay taken
         return Placement(nodes=bound)
     finally:
         for node, gpus in reversed(taken):
             free.give(node, gpus)
+
+
+def _pool_needs(members: Sequence[MemberRequest]) -> dict[str, int]:
+    needs: dict[str, int] = {}
+    for member in members:
+        if member.same_node_as is None:
+            needs[member.pool] = needs.get(member.pool, 0) + member.gpus
+    return needs
 
 
 def bind(members: Sequence[MemberRequest], placement: Placement, free: FreeMap) -> None:
