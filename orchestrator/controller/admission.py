@@ -9,8 +9,9 @@ controllers never admit onto the same GPUs.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from orchestrator.backends.base import ClusterBackend
@@ -92,28 +93,39 @@ class Admitter:
         lease_seconds: float = 15.0,
         clock: Clock,
         settings: AdmissionSettings | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: the admission's time (virtual on the simulated pool); ``wall``: the lease's."""
         self.store = store
         self.cluster = cluster
         self.identity = identity
         self.lease_seconds = lease_seconds
         self.clock = clock
         self.settings = settings or AdmissionSettings()
+        self.wall = wall
 
     def admit_once(self) -> int:
         """One admission pass; the number of runs admitted or asked to stop (0 if not the holder)."""
-        epoch = self.store.acquire_admission(self.identity, self.lease_seconds)
+        return sum(self.steps())
+
+    def steps(self) -> Iterator[int]:
+        """The pass one step at a time (take the lease, observe, decide, commit), yielding the changes each
+        made: lets a test interleave two controllers at every step."""
+        epoch = self.store.acquire_admission(self.identity, self.lease_seconds, now=self.wall())
+        yield 0
         if epoch is None:
-            return 0
+            return
         now = self.clock.now()
         seen = self._observe(now)
+        yield 0
         write, changes = self._decide(seen, now)
+        yield 0
         try:
-            self.store.commit_admission(self.identity, epoch, write)
+            self.store.commit_admission(self.identity, epoch, write, now=self.wall())
         except ConflictError as error:
             log.info("%s; admitting again on the next pass", error)
-            return 0
-        return changes
+            return
+        yield changes
 
     def release(self) -> None:
         self.store.release_admission(self.identity)

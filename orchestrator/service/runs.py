@@ -58,7 +58,7 @@ class RunReport:
 def validate(path: str | Path) -> RunSpec:
     """Parse and check a spec without storing anything: refuses what the controller would refuse."""
     spec = load_spec(path)
-    problems = run_problems(spec) + inventory_check(spec)
+    problems = [*run_problems(spec), *inventory_check(spec)]
     if problems:
         raise SpecError(*(f"{path}: {problem}" for problem in problems))
     return spec
