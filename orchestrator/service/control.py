@@ -20,6 +20,7 @@ from orchestrator.controller import (
 from orchestrator.errors import OrchError
 from orchestrator.health import HealthServer, LoopHeartbeat
 from orchestrator.httpguard import GuardConfig
+from orchestrator.service.queues import queue_report
 from orchestrator.state.store import Store
 from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
@@ -95,7 +96,7 @@ def run_controller(
     health = None
     try:
         if http_port is not None:
-            REGISTRY.register(SchedulerCollector(store))
+            REGISTRY.register(SchedulerCollector(store, lambda: queue_report(store)))
             REGISTRY.register(GpuCollector(store.latest_gpu_samples))
             guard = http_guard or GuardConfig()
             health = HealthServer(http_port, heartbeat, store.ping, guard.host, guard=guard).start()
