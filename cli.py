@@ -24,6 +24,7 @@ from orchestrator.commands.doctor import doctor
 from orchestrator.commands.gpus import gpus, top
 from orchestrator.commands.logs import logs
 from orchestrator.commands.manifests import manifests
+from orchestrator.commands.queues import queues
 from orchestrator.commands.servers import agent, router, tools
 from orchestrator.commands.worker import worker
 from orchestrator.controller import DB_OUTAGE_SECONDS
@@ -156,12 +157,13 @@ def submit(obj: Context, file: str, wait: bool, pace: float | None, backend: str
 
 
 @main.command("list")
+@click.option("--queue", default=None, metavar="NAME", help="only the runs of this queue")
 @OUTPUT
 @pass_context
-def list_runs(obj: Context, output: str) -> None:
+def list_runs(obj: Context, queue: str | None, output: str) -> None:
     """List runs."""
     now = time.time()
-    runs = service.list_runs(obj.store)
+    runs = service.list_runs(obj.store, queue=queue)
     rows = [run_view.run_row(run, now) for run in runs]
     emit(rows, output, lambda: run_view.runs_table(runs, now, console.width))
 
@@ -171,7 +173,8 @@ def list_runs(obj: Context, output: str) -> None:
 @OUTPUT
 @pass_context
 def status(obj: Context, run: str, output: str) -> None:
-    """Show one run: phase, stage, steps, checkpoints, GPU busy fraction."""
+    """Show one run: phase, stage, steps, checkpoints, GPU busy fraction; its queue, its place in line
+    and why it waits, who preempted it."""
     now = time.time()
     report = service.report(obj.store, run)
     summary = run_view.report_record(report, now)
@@ -290,7 +293,7 @@ def upgrade(obj: Context) -> None:
     click.echo(f"database at revision {service.upgrade_database(obj.database_url)}")
 
 
-for command in (logs, gpus, top, agent, router, tools, manifests, worker, doctor):
+for command in (logs, gpus, top, agent, router, tools, manifests, worker, doctor, queues):
     main.add_command(command)
 
 if __name__ == "__main__":

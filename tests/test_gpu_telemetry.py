@@ -238,6 +238,7 @@ def test_every_metric_the_dashboard_queries_is_really_exported(store: Store, tmp
     """Scrape the controller's registry (scheduler, rollout and SQL-backed GPU series) after a simulated
     run and the agent's exposition, then check every name in every PromQL expression against them."""
     from orchestrator.backends import make_backend
+    from orchestrator.service.control import scheduler_collector
     from orchestrator.telemetry.exporter import GpuCollector
     from orchestrator.telemetry.rollout_metrics import RolloutMetrics
     from tests.test_views import DASHBOARD, all_panels, exprs
@@ -253,7 +254,7 @@ def test_every_metric_the_dashboard_queries_is_really_exported(store: Store, tmp
     live = service.submit(store, service.validate(spec))  # a live run, so per-run series exist at scrape time
     while store.get_run(live.id).steps_done < 3:
         controller.reconcile_once()
-    registry.register(SchedulerCollector(store))
+    registry.register(scheduler_collector(store))  # as the controller registers it
     registry.register(GpuCollector(store.latest_gpu_samples))
     controller_text = generate_latest(registry).decode()
     agent = CliRunner().invoke(main, ["agent", "--simulate", "--once"])

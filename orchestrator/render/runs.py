@@ -25,6 +25,7 @@ from orchestrator.service import RunReport
 
 __all__ = [
     "event_row",
+    "queue_lines",
     "report_record",
     "rows_table",
     "run_row",
@@ -81,6 +82,20 @@ def report_record(report: RunReport, now: float) -> dict[str, Any]:
         ],
         "simulated_seconds": round(run.sim_seconds, 1),
         "message": progress["message"],
+        "queue": run.queue,
+        "priority": run.priority,
+        "suspend_reason": run.suspend_reason or None,
+        "waiting": {
+            "queue": report.wait.queue,
+            "position": report.wait.position,
+            "reason": report.wait.reason,
+            "since": iso_time(report.wait.since),
+        }
+        if report.wait
+        else None,
+        "preempted": {"by": report.preemption.by, "reason": report.preemption.reason}
+        if report.preemption
+        else None,
         "controller": lease_holder(run, now),
         "lease_owner": run.lease_owner,
         "lease_expires_at": iso_time(run.lease_expires_at) if run.lease_owner else None,
@@ -193,9 +208,30 @@ def summary_table(summary: dict[str, Any], controller: str | None = None) -> Tab
         ("last step's engines", engines),
     ):
         table.add_row(label, str(value))
+    for label, value in queue_lines(summary):
+        table.add_row(label, value)
     if controller is not None:
         table.add_row("controller", controller)
     return table
+
+
+def queue_lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """``orch status``'s lines on the run's queue: which, its place in line and why it waits, who
+    preempted it, why it is suspended."""
+    lines: list[tuple[str, str]] = []
+    if summary.get("queue"):
+        lines.append(("queue", f"{summary['queue']} (priority {summary.get('priority', 0)})"))
+    waiting = summary.get("waiting")
+    if waiting:
+        lines.append(
+            ("waiting", f"#{waiting['position']} in line in queue {waiting['queue']}: {waiting['reason']}")
+        )
+    preempted = summary.get("preempted")
+    if preempted:
+        lines.append(("preempted", f"preempted by {preempted['by']}: {preempted['reason']}"))
+    if summary.get("phase") == "Suspended" and summary.get("suspend_reason"):
+        lines.append(("suspended because", str(summary["suspend_reason"])))
+    return lines
 
 
 def event_row(event: Event, *, for_people: bool) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from orchestrator.service.control import build_controller, run_controller
 from orchestrator.service.doctor import DoctorReport, run_doctor
 from orchestrator.service.embedded import run_to_completion, settled
 from orchestrator.service.logs import RunLogs, run_logs
+from orchestrator.service.queues import QueueRow, apply_queues, delete_queue, queue_report
 from orchestrator.service.runs import (
     OtherRun,
     RunReport,
@@ -29,17 +30,21 @@ from orchestrator.service.runs import (
 __all__ = [
     "DoctorReport",
     "OtherRun",
+    "QueueRow",
     "RunLogs",
     "RunReport",
     "advance_stage",
+    "apply_queues",
     "build_controller",
     "cancel_run",
+    "delete_queue",
     "events",
     "gpu_agent",
     "gpu_readings",
     "list_runs",
     "other_runs",
     "planned_steps",
+    "queue_report",
     "report",
     "resume_run",
     "run_controller",

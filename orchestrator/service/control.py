@@ -21,12 +21,18 @@ from orchestrator.controller.clock import SharedVirtualClock, WallClock
 from orchestrator.errors import OrchError
 from orchestrator.health import HealthServer, LoopHeartbeat
 from orchestrator.httpguard import GuardConfig
+from orchestrator.service.queues import queue_report
 from orchestrator.state.store import Store
 from orchestrator.telemetry.exporter import GpuCollector
 from orchestrator.telemetry.rollout_metrics import RolloutMetrics
 from orchestrator.telemetry.scheduler_metrics import SchedulerCollector
 
-__all__ = ["build_controller", "run_controller"]
+__all__ = ["build_controller", "run_controller", "scheduler_collector"]
+
+
+def scheduler_collector(store: Store) -> SchedulerCollector:
+    """What the controller's ``/metrics`` serves of runs and queues, read from SQL at scrape time."""
+    return SchedulerCollector(store, lambda: queue_report(store))
 
 
 def build_controller(
@@ -97,7 +103,7 @@ def run_controller(
     health = None
     try:
         if http_port is not None:
-            REGISTRY.register(SchedulerCollector(store))
+            REGISTRY.register(scheduler_collector(store))
             REGISTRY.register(GpuCollector(store.latest_gpu_samples))
             guard = http_guard or GuardConfig()
             health = HealthServer(http_port, heartbeat, store.ping, guard.host, guard=guard).start()

@@ -11,7 +11,17 @@ from orchestrator.core.curriculum import last_checkpoint
 from orchestrator.core.feasibility import run_problems
 from orchestrator.core.inventory_fit import inventory_problems
 from orchestrator.errors import SpecError
-from orchestrator.records import Checkpoint, Event, GpuReading, Run, Stage, Step, Workload
+from orchestrator.records import (
+    Checkpoint,
+    Event,
+    GpuReading,
+    PreemptionRecord,
+    Run,
+    Stage,
+    Step,
+    WaitRecord,
+    Workload,
+)
 from orchestrator.sim.cluster import SimCluster
 from orchestrator.spec import RunSpec, load_spec
 from orchestrator.spec.inventory import CLUSTER_FILE_ENV, load_cluster_file
@@ -49,6 +59,8 @@ class RunReport:
     superseded_steps: int
     idle_gpu_seconds: dict[str, float]
     utilization: list[tuple[float, float, float]]
+    wait: WaitRecord | None = None  # waiting in its queue: place in line and why (last admission pass)
+    preemption: PreemptionRecord | None = None  # asked to stop at its next checkpoint: by whom and why
 
     @property
     def stage_changes(self) -> int:
@@ -80,9 +92,10 @@ def submit(store: Store, spec: RunSpec) -> Run:
     return store.create_run(spec)
 
 
-def list_runs(store: Store) -> list[Run]:
-    """Every run, oldest first."""
-    return store.list_runs()
+def list_runs(store: Store, queue: str | None = None) -> list[Run]:
+    """Every run, oldest first; with ``queue``, only the runs that name it."""
+    runs = store.list_runs()
+    return runs if queue is None else [run for run in runs if run.queue == queue]
 
 
 def planned_steps(store: Store, run_id: str) -> int:
@@ -116,6 +129,8 @@ def report(store: Store, ref: str) -> RunReport:
         superseded_steps=sum(1 for s in all_steps if s.superseded),
         idle_gpu_seconds=store.run_idle_seconds(run.id),
         utilization=store.run_utilization(run.id),
+        wait=store.waits().get(run.id),
+        preemption=store.preemptions().get(run.id),
     )
 
 

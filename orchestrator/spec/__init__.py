@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from orchestrator.spec.dataset import Problem, read_problems
 from orchestrator.spec.engines import ENGINE_CLIS, EngineCli
-from orchestrator.spec.files import load_dispatch_policy, load_spec, load_spec_data, resolve_dispatch_policy
+from orchestrator.spec.files import (
+    load_dispatch_policy,
+    load_queue_files,
+    load_spec,
+    load_spec_data,
+    resolve_dispatch_policy,
+)
 from orchestrator.spec.models import (
     DISPATCH_POLICIES,
     DTYPE_BYTES,
@@ -68,6 +74,7 @@ __all__ = [
     "canonical_policy_name",
     "closest",
     "load_dispatch_policy",
+    "load_queue_files",
     "load_spec",
     "load_spec_data",
     "parse_spec",

@@ -3,6 +3,7 @@ line, and write a policy file a spec names into the spec."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,15 @@ from orchestrator.spec.models import (
     is_policy_file,
 )
 from orchestrator.spec.problems import parse_spec, validate_mapping
+from orchestrator.spec.queues import QueueSpec
 
-__all__ = ["load_dispatch_policy", "load_spec", "load_spec_data", "resolve_dispatch_policy"]
+__all__ = [
+    "load_dispatch_policy",
+    "load_queue_files",
+    "load_spec",
+    "load_spec_data",
+    "resolve_dispatch_policy",
+]
 
 
 def _read_text(path: Path) -> str:
@@ -55,6 +63,54 @@ def load_dispatch_policy(path: str | Path) -> DispatchPolicySpec:
     """Read and validate a dispatch policy file (``policies/dispatch/*.yaml``)."""
     path = Path(path)
     return validate_mapping(DispatchPolicySpec, _read_yaml(path), str(path), "with a policy field")
+
+
+def _queue_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The files named, a folder standing for the ``*.yaml`` and ``*.yml`` files in it."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+def load_queue_files(paths: Sequence[str | Path]) -> list[QueueSpec]:
+    """Read and validate queue files (``policies/queues/*.yaml``; a folder stands for its YAML files): a
+    file holds one queue mapping or a list of them. Every problem in every file is one ``SpecError`` line
+    naming the file and the field; a queue name defined twice is one."""
+    problems: list[str] = []
+    queues: list[QueueSpec] = []
+    where: dict[str, str] = {}  # queue name -> where it was first defined
+    files = _queue_paths(paths)
+    if not files:
+        raise SpecError(f"{', '.join(map(str, paths))}: no queue files (*.yaml) found")
+    for path in files:
+        try:
+            data = _read_yaml(path)
+        except SpecError as error:
+            problems += error.problems
+            continue
+        items = data if isinstance(data, list) else [data]
+        for index, item in enumerate(items):
+            source = f"{path}[{index}]" if isinstance(data, list) else str(path)
+            try:
+                queue = validate_mapping(QueueSpec, item, source, "of queue settings")
+            except SpecError as error:
+                problems += error.problems
+                continue
+            if queue.name in where:
+                problems.append(
+                    f"{source}: name: queue {queue.name!r} is also defined in {where[queue.name]}; "
+                    "define each queue once"
+                )
+                continue
+            where[queue.name] = source
+            queues.append(queue)
+    if problems:
+        raise SpecError(*problems)
+    return queues
 
 
 def resolve_dispatch_policy(text: str) -> str:

@@ -29,6 +29,17 @@ GPU_METRICS: dict[str, tuple[str, str]] = {
 SCHEDULER_METRICS: dict[str, tuple[str, str]] = {
     "orch_runs": ("gauge", "Runs by phase"),
     "orch_queue_length": ("gauge", "Runs waiting for admission, by queue"),
+    "orch_queue_nominal_gpus": ("gauge", "GPUs of a pool a queue is guaranteed (its nominal quota)"),
+    "orch_queue_borrowing_limit_gpus": ("gauge", "Most GPUs of a pool a queue may borrow beyond its quota"),
+    "orch_queue_used_gpus": ("gauge", "GPUs of a pool a queue's admitted runs hold"),
+    "orch_queue_borrowed_gpus": ("gauge", "GPUs of a pool a queue holds beyond its nominal quota"),
+    "orch_queue_pending_runs": ("gauge", "Runs waiting in a queue for GPUs of a pool"),
+    "orch_queue_pending_gpus": ("gauge", "GPUs of a pool the runs waiting in a queue ask for"),
+    "orch_queue_admitted_runs": ("gauge", "Runs of a queue holding GPUs of a pool"),
+    "orch_queue_preemptions_in_flight": (
+        "gauge",
+        "Runs of a queue asked to stop at their next checkpoint for another run",
+    ),
     "orch_run_stage": ("gauge", "Current curriculum stage of a run (1-based)"),
     "orch_run_step": ("gauge", "Steps a run has completed"),
     "orch_run_checkpoint_age_seconds": ("gauge", "Simulated or wall seconds since the run's last checkpoint"),
