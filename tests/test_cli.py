@@ -407,6 +407,8 @@ def narrow(orch: Orch, *args: str) -> list[str]:
 
 
 def test_list_fits_80_columns_with_whole_headers_and_ids(orch: Orch) -> None:
+    queues = str(EXAMPLES.parent / "policies" / "queues")
+    assert orch("queues", "apply", queues).exit_code == 0  # rstar2-math names queue research
     runs = [orch.submit(), orch.submit(RSTAR2)]
     lines = narrow(orch, "list")
     [header] = [line for line in lines if " phase " in line]

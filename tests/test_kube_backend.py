@@ -263,7 +263,7 @@ def test_a_pool_one_gpu_short_keeps_the_run_waiting_and_creates_no_pod(
     waiting = store.get_run(run.id)
     assert waiting.phase is Phase.PENDING
     [event] = [e for e in store.events(run.id) if e.reason == "Unschedulable"]
-    assert "pool 'node' has 7 of 8 GPUs free" in event.message or "has 7 of 7 GPUs free" in event.message
+    assert "no ready node has 8 GPUs for one member" in event.message or "7 GPUs free" in event.message
     assert cluster.pod_creates() == 0
 
 

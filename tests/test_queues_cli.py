@@ -87,7 +87,7 @@ def rows_by_queue(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_the_example_queues_share_32_gpus_of_the_quickstart_pool_in_one_cohort() -> None:
     queues = load_queue_files([QUEUES])
-    assert {q.name for q in queues} == {"research", "product", "batch"}
+    assert {q.name for q in queues} == {"research", "product", "batch", "default"}
     assert sum(q.nominal("node") for q in queues) == 32
     assert {q.cohort for q in queues} == {"shared"}
     assert "node" in RunSpec.model_validate(spec_data()).pools
@@ -114,13 +114,16 @@ def test_applying_the_examples_creates_them_and_applying_again_changes_nothing(o
     first = orch.ok("queues", "apply", *map(str, sorted(QUEUES.glob("*.yaml"))))
     assert first.stdout.splitlines() == [
         "queue batch: created",
+        "queue default: created",
         "queue product: created",
         "queue research: created",
     ]
     again = orch.ok("queues", "apply", str(QUEUES))  # a folder stands for its YAML files
-    assert again.stdout.splitlines() == [f"queue {q}: unchanged" for q in ("batch", "product", "research")]
+    names = ("batch", "default", "product", "research")
+    assert again.stdout.splitlines() == [f"queue {q}: unchanged" for q in names]
     rows = rows_by_queue(orch.json("queues"))
-    assert {name: row["nominal"] for name, row in rows.items()} == {"batch": 8, "product": 8, "research": 16}
+    nominal = {name: row["nominal"] for name, row in rows.items()}
+    assert nominal == {"batch": 8, "default": 0, "product": 8, "research": 16}
     assert rows["research"]["borrowing_limit"] == 8 and rows["batch"]["borrowing_limit"] is None
 
 
@@ -190,7 +193,7 @@ def test_deleting_a_queue_with_unfinished_runs_says_which_and_an_unused_one_goes
     assert refused.exit_code == ConflictError.exit_code != 0
     assert run_id in refused.stderr and len(refused.stderr.splitlines()) == 1
     assert orch.ok("queues", "delete", "product").stdout.strip() == "queue product: deleted"
-    assert sorted({row["queue"] for row in orch.json("queues")}) == ["batch", "research"]
+    assert sorted({row["queue"] for row in orch.json("queues")}) == ["batch", "default", "research"]
 
 
 # ---- orch status ------------------------------------------------------------------------------------

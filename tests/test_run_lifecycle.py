@@ -174,7 +174,7 @@ def test_a_gang_one_gpu_short_waits_with_an_event_and_places_nothing(db_url: str
     assert waiting.phase is Phase.PENDING
     assert cluster.created == [] and store.workloads(run.id) == []
     [event] = [e for e in store.events(run.id) if e.reason == "Unschedulable"]
-    assert "pool 'node' has 7 of 7 GPUs free" in event.message and "needs 8" in event.message
+    assert "pool node: no ready node has 8 GPUs for one member of the gang" in event.message
     store.close()
 
 

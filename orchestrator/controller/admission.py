@@ -222,7 +222,8 @@ class Admitter:
             previous = seen.waits.get(wait.run_id)
             if previous is None or previous.reason != wait.reason:
                 data = {"queue": wait.queue, "position": wait.position}
-                events.append((wait.run_id, NewEvent("Waiting", f"queue {wait.queue}: {wait.reason}", data)))
+                kind = "Unschedulable" if wait.kind == "nodes" else "Waiting"  # no node fits, or quota etc.
+                events.append((wait.run_id, NewEvent(kind, f"queue {wait.queue}: {wait.reason}", data)))
             run = seen.runs[wait.run_id]
             message = f"waiting in queue {wait.queue}, #{wait.position} in line: {wait.reason}"
             if run.message != message and run.id not in {p.run_id for p in patches}:

@@ -89,7 +89,8 @@ def report_record(report: RunReport, now: float) -> dict[str, Any]:
             "queue": report.wait.queue,
             "position": report.wait.position,
             "reason": report.wait.reason,
-            "since": iso_time(report.wait.since),
+            # Seconds of the controller's clock: simulated seconds on the simulated pool.
+            "waited_s": round(report.waited_s or 0.0, 1),
         }
         if report.wait
         else None,
@@ -224,7 +225,11 @@ def queue_lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
     waiting = summary.get("waiting")
     if waiting:
         lines.append(
-            ("waiting", f"#{waiting['position']} in line in queue {waiting['queue']}: {waiting['reason']}")
+            (
+                "waiting",
+                f"#{waiting['position']} in line in queue {waiting['queue']} for {waiting['waited_s']:g} s: "
+                f"{waiting['reason']}",
+            )
         )
     preempted = summary.get("preempted")
     if preempted:

@@ -61,6 +61,7 @@ class RunReport:
     utilization: list[tuple[float, float, float]]
     wait: WaitRecord | None = None  # waiting in its queue: place in line and why (last admission pass)
     preemption: PreemptionRecord | None = None  # asked to stop at its next checkpoint: by whom and why
+    waited_s: float | None = None  # how long it has waited, in the controller's clock (virtual on sim)
 
     @property
     def stage_changes(self) -> int:
@@ -120,6 +121,7 @@ def upgrade_database(url: str | None) -> str:
 def report(store: Store, ref: str) -> RunReport:
     run = store.get_run(ref)
     all_steps = store.steps(run.id, include_superseded=True)
+    wait = store.waits().get(run.id)
     return RunReport(
         run=run,
         stages=store.stages(run.id),
@@ -129,8 +131,9 @@ def report(store: Store, ref: str) -> RunReport:
         superseded_steps=sum(1 for s in all_steps if s.superseded),
         idle_gpu_seconds=store.run_idle_seconds(run.id),
         utilization=store.run_utilization(run.id),
-        wait=store.waits().get(run.id),
+        wait=wait,
         preemption=store.preemptions().get(run.id),
+        waited_s=max(0.0, store.admission_clock() - wait.since) if wait is not None else None,
     )
 
 
