@@ -9,9 +9,8 @@ from hypothesis import strategies as st
 
 from orchestrator.backends.ray.launch import member_launch
 from orchestrator.core.ports import ENGINE_PORT_ENV, ENGINE_PORTS_ENV, assign_engine_ports, ports_in_use
-from orchestrator.core.reconcile import decide
 from orchestrator.records import WorkloadStatus
-from tests.test_reconcile import SPEC, make_run, make_snapshot, placed
+from tests.test_reconcile import SPEC, admit, make_run, make_snapshot, placed
 
 
 def test_a_run_alone_gets_port_port_plus_one_and_so_on() -> None:
@@ -49,8 +48,7 @@ def test_a_second_run_on_the_same_node_gets_other_ports() -> None:
     first = placed(make_run())
     live = [replace(w, status=WorkloadStatus.RUNNING) for w in first]
     snapshot = make_snapshot(make_run(id="qs-2"), ports_by_others=ports_in_use(live))
-    patch = decide(snapshot).patch
-    assert patch is not None
+    patch = admit(snapshot)
     mine = {int(w.env[ENGINE_PORT_ENV]) for w in patch.workloads if w.role == "engine"}
     theirs = {int(w.env[ENGINE_PORT_ENV]) for w in first if w.role == "engine"}
     assert mine and not mine & theirs

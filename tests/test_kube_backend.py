@@ -17,6 +17,7 @@ from orchestrator.backends.base import BackendParts
 from orchestrator.controller import Controller
 from orchestrator.errors import SpecError
 from orchestrator.kube.backend import make_kube_backend
+from orchestrator.kube.cluster import RACK_LABEL, ZONE_LABEL
 from orchestrator.kube.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from orchestrator.kube.rbac import CONTROLLER_ACCOUNT, TRAINER_ACCOUNT, load_rbac_rules, rbac_allows
 from orchestrator.records import Phase, Run
@@ -376,6 +377,37 @@ def test_an_invalid_training_run_is_marked_and_not_run(store: Store, cluster: Fa
     status = api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "bad")["status"]
     assert status["phase"] == "Invalid" and "trainer.gpus" in status["message"]
     assert store.list_runs() == []
+
+
+def test_a_training_run_naming_a_queue_nobody_applied_is_marked_and_not_run(
+    store: Store, cluster: FakeCluster
+) -> None:
+    api = client.CustomObjectsApi(cluster.server.api_client())
+    data = spec_data()
+    data["scheduling"] = {"queue": "team-x"}
+    api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, training_run("queued", data))
+    controller, _ = cluster.controller(store)
+    controller.reconcile_once()
+    time.sleep(0.2)
+    status = api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "queued")["status"]
+    assert status["phase"] == "Invalid" and "scheduling.queue: unknown queue 'team-x'" in status["message"]
+    assert store.list_runs() == []
+
+
+def test_nodes_carry_their_zone_and_rack_labels_to_placement(store: Store, cluster: FakeCluster) -> None:
+    cluster.kubelet.add_node(
+        "gpu-0",
+        gpus=8,
+        labels={POOL: "node", ZONE_LABEL: "eu-1a", RACK_LABEL: "r7"},
+        taints=[GPU_TAINT],
+    )
+    cluster.node("gpu-1")
+    backend = cluster.backend()
+    deadline = time.monotonic() + 5
+    while len(backend.cluster.list_nodes()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    views = {view.name: (view.zone, view.rack) for view in backend.cluster.list_nodes()}
+    assert views == {"gpu-0": ("eu-1a", "r7"), "gpu-1": ("", "")}
 
 
 def test_deleting_a_training_run_cancels_its_run_and_its_pods_go(store: Store, cluster: FakeCluster) -> None:

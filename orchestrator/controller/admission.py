@@ -35,11 +35,13 @@ from orchestrator.core.snapshot import RunSnapshot
 from orchestrator.errors import ConflictError
 from orchestrator.records import NewEvent, PreemptionRecord, Run, RunPatch, WaitRecord, Workload
 from orchestrator.spec import RunSpec
-from orchestrator.spec.queues import QueueSpec, default_queue
+from orchestrator.spec.queues import DEFAULT_QUEUE, QueueSpec
 from orchestrator.state.admission import AdmissionWrite
 from orchestrator.state.store import Store
 
-__all__ = ["Admitter", "queue_view"]
+__all__ = ["UNLIMITED", "Admitter", "queue_view"]
+
+UNLIMITED = 2**31 - 1  # GPUs: the implicit default queue's quota
 
 log = logging.getLogger("orch.admission")
 
@@ -60,11 +62,10 @@ def queue_view(spec: QueueSpec) -> QueueView:
     )
 
 
-def _capacity(nodes: Iterable[NodeView]) -> dict[str, int]:
-    capacity: dict[str, int] = defaultdict(int)
-    for node in nodes:
-        capacity[node.pool] += node.gpus
-    return dict(capacity)
+def _implicit_default(nodes: Iterable[NodeView]) -> QueueView:
+    """While no queue is applied, every run is in ``default``, which no quota limits: a run waits for
+    nodes only (``orch queues`` shows it holding the whole cluster, ``default_queue``)."""
+    return QueueView(name=DEFAULT_QUEUE, nominal=dict.fromkeys({node.pool for node in nodes}, UNLIMITED))
 
 
 @dataclass
@@ -163,7 +164,7 @@ class Admitter:
     # ---- decide ---------------------------------------------------------------------------------
 
     def _decide(self, seen: _Observed, now: float) -> tuple[AdmissionWrite, int]:
-        queues = seen.queues or [default_queue(_capacity(seen.nodes))]
+        views = [queue_view(queue) for queue in seen.queues] or [_implicit_default(seen.nodes)]
         live_by_run: dict[str, list[Workload]] = defaultdict(list)
         for workload in seen.live:
             live_by_run[workload.run_id].append(workload)
@@ -193,7 +194,7 @@ class Admitter:
         )
         snapshot = AdmissionSnapshot(
             now=now,
-            queues=tuple(queue_view(queue) for queue in queues),
+            queues=tuple(views),
             nodes=seen.nodes,
             used=dict(used),
             holders=tuple(holders),
@@ -223,7 +224,7 @@ class Admitter:
             if previous is None or previous.reason != wait.reason:
                 data = {"queue": wait.queue, "position": wait.position}
                 kind = "Unschedulable" if wait.kind == "nodes" else "Waiting"  # no node fits, or quota etc.
-                events.append((wait.run_id, NewEvent(kind, f"queue {wait.queue}: {wait.reason}", data)))
+                events.append((wait.run_id, NewEvent(kind, wait.reason, data)))
             run = seen.runs[wait.run_id]
             message = f"waiting in queue {wait.queue}, #{wait.position} in line: {wait.reason}"
             if run.message != message and run.id not in {p.run_id for p in patches}:

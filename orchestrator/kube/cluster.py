@@ -71,6 +71,8 @@ __all__ = [
 
 DEFAULT_NAMESPACE = "orch"
 DEFAULT_POOL_LABEL = "orch.dev/pool"
+ZONE_LABEL = "topology.kubernetes.io/zone"  # the well-known label; the topology placement plugin reads it
+RACK_LABEL = "orch.dev/rack"  # no well-known rack label exists; operators label their nodes with this one
 
 
 def _ready(node: dict[str, Any]) -> bool:
@@ -144,6 +146,8 @@ class KubeCluster:
                     pool=meta["labels"][self.pool_label],
                     gpus=max(0, allocatable - used.get(meta["name"], 0)),
                     ready=_ready(node),
+                    zone=meta["labels"].get(ZONE_LABEL, ""),
+                    rack=meta["labels"].get(RACK_LABEL, ""),
                 )
             )
         return sorted(views, key=lambda view: view.name)
