@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from orchestrator.controller import Controller
 from orchestrator.controller.clock import SharedVirtualClock
 from orchestrator.records import Phase
@@ -101,4 +103,26 @@ def test_a_high_priority_run_preempts_a_borrower_at_its_checkpoint_and_the_victi
     never = [r for r in [*batch, product] if r not in preempted]
     assert all("Preempted" not in {e.reason for e in events[r]} for r in never)
     assert clock.now() > 0
+    store.close()
+
+
+def test_runs_share_one_virtual_clock_and_a_waiting_run_starts_when_the_last_step_before_it_ends(
+    tmp_path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'orch.db'}")
+    cluster = SimCluster.from_inventory(ClusterFile(pools={"node": InventoryPool(nodes=1)}))
+    clock = SharedVirtualClock(store)
+    controller = Controller(store, cluster, SimTrainer(cluster), identity="ctl", clock=clock)
+    first, second = (store.create_run(run_spec(name, "default")).id for name in ("first", "second"))
+    for _ in range(500):
+        controller.reconcile_once()
+        if all(store.get_run(r).phase.terminal for r in (first, second)):
+            break
+    done = {r: store.get_run(r) for r in (first, second)}
+    assert {run.phase for run in done.values()} == {Phase.SUCCEEDED}
+    admitted = next(e for e in store.events(second) if e.reason == "Admitted")
+    # One 8-GPU node: the second run waits the whole of the first's simulated time, not a moment less.
+    assert admitted.data["waited_s"] >= done[first].sim_seconds > 0
+    assert done[second].admitted_at == pytest.approx(done[first].sim_ready_at)
+    assert done[second].sim_ready_at == pytest.approx(done[second].admitted_at + done[second].sim_seconds)
     store.close()

@@ -200,9 +200,8 @@ class Controller:
         self._busy_until = []
         for run_id in run_ids:
             changes += self._reconcile_isolated(run_id)
-        if not changes and self._busy_until:  # nothing can happen before the next run's work finishes
-            self.clock.advance_to(min(self._busy_until))
-            changes += 1
+        if not changes and self.clock.virtual:
+            changes += self._next_event()
         changes += self._guarded("deleting orphans", self._delete_orphans)
         changes += self._guarded(
             "sweeping finished runs",
@@ -213,6 +212,16 @@ class Controller:
         )
         self._guarded("ingesting telemetry", lambda: self._ingest_telemetry() or 0)
         return PassReport(runs=len(run_ids), changes=changes, transient=self._transient_error)
+
+    def _next_event(self) -> int:
+        """Virtual time: nothing can happen before the next run's work ends (a finished run's last step
+        too: its GPUs come back then), so jump there. 1 if the clock moved."""
+        now = self.clock.now()
+        ends = [*self._busy_until, *(run.sim_ready_at for run in self.store.runs_busy_after(now))]
+        if not ends:
+            return 0
+        self.clock.advance_to(min(ends))
+        return 1
 
     def _is_transient(self, error: Exception) -> bool:
         return isinstance(error, TransientError) or self.transient(error)
