@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from orchestrator.backends.base import BackendParts
+from orchestrator.core.admit import waits_in_queue
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.records import Phase, Run
 from orchestrator.service.control import build_controller
@@ -15,9 +16,10 @@ from orchestrator.state.store import Store
 __all__ = ["run_to_completion", "settled"]
 
 
-def settled(phase: Phase) -> bool:
-    """Nothing more happens to a run in this phase unless a person acts: final, or Suspended."""
-    return phase.terminal or phase is Phase.SUSPENDED
+def settled(run: Run) -> bool:
+    """Nothing more happens to the run unless a person acts: final, or Suspended (but not preempted: a
+    preempted run waits in its queue and comes back by itself)."""
+    return run.phase.terminal or (run.phase is Phase.SUSPENDED and not waits_in_queue(run))
 
 
 def run_to_completion(
@@ -39,7 +41,7 @@ def run_to_completion(
 
     def drive() -> None:
         try:
-            controller.run(until=lambda: settled(store.get_run(run_id).phase), stop=stop)
+            controller.run(until=lambda: settled(store.get_run(run_id)), stop=stop)
         except BaseException as error:  # re-raised in the caller's thread: one line, no thread traceback
             failed.append(error)
         finally:
