@@ -35,7 +35,7 @@ from orchestrator.core.placement import MemberRequest, NodeView, place_all
 from orchestrator.core.queueing import AdmissionSnapshot, Candidate, Holder, QueueView
 
 GPUS, POOL, QUEUES, COHORT = 8, "h100", 20, "all"
-FULL = {"nodes": 5_000, "pods": 10_000, "pending": 1_000, "passes": 60}
+FULL = {"nodes": 5_000, "pods": 10_000, "pending": 1_000, "passes": 200}
 QUICK = {"nodes": 1_000, "pods": 2_000, "pending": 200, "passes": 20}
 GOAL_RATE, GOAL_RATIO, GOAL_P99_MS = 10_000, 5.0, 100.0
 SEED = 1

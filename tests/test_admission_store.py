@@ -135,3 +135,13 @@ def test_a_run_naming_a_queue_nobody_applied_is_refused_and_nothing_is_stored(st
     a_run(store, "team-x")
     with pytest.raises(SpecError, match="the queues are team-x"):
         a_run(store, "default")
+
+
+def test_a_pass_for_some_runs_only_leaves_the_other_runs_waits_alone(store: Store) -> None:
+    mine, other = a_run(store), a_run(store)
+    epoch = store.acquire_admission("one", 10, now=NOW)
+    assert epoch is not None
+    both = [WaitRecord(mine, "default", 2, "GPUs", NOW), WaitRecord(other, "default", 1, "GPUs", NOW)]
+    store.commit_admission("one", epoch, AdmissionWrite(waits=both), now=NOW)
+    store.commit_admission("one", epoch, AdmissionWrite(waits=[], scope=frozenset({mine})), now=NOW)
+    assert set(store.waits()) == {other}

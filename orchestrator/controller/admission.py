@@ -95,8 +95,11 @@ class Admitter:
         clock: Clock,
         settings: AdmissionSettings | None = None,
         wall: Callable[[], float] = time.time,
+        only: frozenset[str] | None = None,
     ) -> None:
-        """``clock``: the admission's time (virtual on the simulated pool); ``wall``: the lease's."""
+        """``clock``: the admission's time (virtual on the simulated pool); ``wall``: the lease's;
+        ``only``: admit just these runs (``orch submit --wait``), holding the lease for one pass at a time
+        so that a controller of the whole cluster takes over admission whenever one runs."""
         self.store = store
         self.cluster = cluster
         self.identity = identity
@@ -104,10 +107,15 @@ class Admitter:
         self.clock = clock
         self.settings = settings or AdmissionSettings()
         self.wall = wall
+        self.only = only
 
     def admit_once(self) -> int:
         """One admission pass; the number of runs admitted or asked to stop (0 if not the holder)."""
-        return sum(self.steps())
+        try:
+            return sum(self.steps())
+        finally:
+            if self.only is not None:
+                self.release()
 
     def steps(self) -> Iterator[int]:
         """The pass one step at a time (take the lease, observe, decide, commit), yielding the changes each
@@ -226,7 +234,7 @@ class Admitter:
                 kind = "Unschedulable" if wait.kind == "nodes" else "Waiting"  # no node fits, or quota etc.
                 events.append((wait.run_id, NewEvent(kind, wait.reason, data)))
             run = seen.runs[wait.run_id]
-            message = f"waiting in queue {wait.queue}, #{wait.position} in line: {wait.reason}"
+            message = f"waiting for GPUs in queue {wait.queue}, #{wait.position} in line: {wait.reason}"
             if run.message != message and run.id not in {p.run_id for p in patches}:
                 patches.append(RunPatch(run.id, run.version, run={"message": message}))
         preemptions = []
@@ -262,6 +270,7 @@ class Admitter:
             usage_at=now,
             events=events,
             forget=forget,
+            scope=self.only,
         )
         return write, len(result.admitted) + len(result.preemptions)
 
@@ -299,11 +308,12 @@ class Admitter:
             stopping=run.id in seen.preemptions,
         )
 
-    @staticmethod
-    def _candidate(run: Run, seen: _Observed, live: list[Workload], now: float) -> Candidate | None:
+    def _candidate(self, run: Run, seen: _Observed, live: list[Workload], now: float) -> Candidate | None:
         """The run as a candidate, if it waits for GPUs: in its queue, or (gang failed) for nodes."""
         if not waits_in_queue(run) or run.id in seen.preemptions:
             return None
+        if self.only is not None and run.id not in self.only:
+            return None  # someone else's run, left to a controller of the whole cluster
         if any(w.attempt == run.attempt for w in live):
             return None  # placed already
         spec = seen.specs[run.id]

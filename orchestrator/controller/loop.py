@@ -183,7 +183,13 @@ class Controller:
         self.clock: Clock = clock or WallClock()
         self._busy_until: list[float] = []  # virtual clock: when the runs skipped this pass finish their work
         self.admitter = Admitter(
-            store, cluster, self.identity, lease_seconds=lease_seconds, clock=self.clock, settings=admission
+            store,
+            cluster,
+            self.identity,
+            lease_seconds=lease_seconds,
+            clock=self.clock,
+            settings=admission,
+            only=only,
         )
 
     # ---- one pass ---------------------------------------------------------------------------

@@ -56,9 +56,11 @@ class AdmissionWrite:
         usage_at: float = 0.0,
         events: Sequence[tuple[str, NewEvent]] = (),
         forget: Sequence[str] = (),
+        scope: frozenset[str] | None = None,
     ) -> None:
         """``events``: (run id, event) written without touching the run (its owner may be stepping it);
-        ``forget``: preemptions of runs that no longer hold GPUs (finished meanwhile)."""
+        ``forget``: preemptions of runs that no longer hold GPUs (finished meanwhile); ``scope``: the runs
+        whose waits this pass decided (None: all), the others' rows are left as they are."""
         self.patches = tuple(patches)
         self.preemptions = tuple(preemptions)
         self.waits = tuple(waits)
@@ -66,6 +68,7 @@ class AdmissionWrite:
         self.usage_at = usage_at
         self.events = tuple(events)
         self.forget = tuple(forget)
+        self.scope = scope
 
 
 class AdmissionTables:
@@ -184,14 +187,15 @@ class AdmissionTables:
                 session.merge(PreemptionRow(**_fields(record)))
             for run_id, event in write.events:
                 self._add_events(session, run_id, [event])
-            self._write_waits(session, write.waits)
+            self._write_waits(session, write.waits, write.scope)
             for (queue, pool), gpus in write.usage.items():
                 session.merge(QueueUsageRow(queue=queue, pool=pool, gpus=gpus, updated_at=write.usage_at))
 
     @staticmethod
-    def _write_waits(session: Session, waits: Sequence[WaitRecord]) -> None:
-        """Keep a row per waiting run, rewritten only when it changed."""
-        current = {row.run_id: row for row in session.scalars(select(AdmissionWaitRow))}
+    def _write_waits(session: Session, waits: Sequence[WaitRecord], scope: frozenset[str] | None) -> None:
+        """Keep a row per waiting run (of ``scope``, if given), rewritten only when it changed."""
+        rows = session.scalars(select(AdmissionWaitRow))
+        current = {row.run_id: row for row in rows if scope is None or row.run_id in scope}
         wanted = {wait.run_id: wait for wait in waits}
         gone = [run_id for run_id in current if run_id not in wanted]
         if gone:
