@@ -143,6 +143,7 @@ class _Pass:
         self.preemptions: list[Preempt] = []
         self.waits: dict[str, tuple[str, str]] = {}  # run id → (reason, kind)
         self._held_by: dict[str, tuple[list[str], int]] = {}
+        self._unfit: set[tuple[tuple[str, ...], tuple[tuple[str, int, bool], ...]]] = set()
 
     # ---- order -------------------------------------------------------------------------------------
 
@@ -159,7 +160,7 @@ class _Pass:
     def place_again(self, candidate: Candidate) -> None:
         queue = self.queues.get(candidate.queue)
         policy = queue.placement if queue is not None else PlacementPolicy()
-        placement = place_gang(candidate.members, self.free, policy, keep=True)
+        placement = self._place(candidate, policy)
         if placement.ok:
             self.admitted.append(Admit(candidate.run_id, dict(placement.nodes)))
         else:
@@ -175,7 +176,7 @@ class _Pass:
             return
         quota = self.ledger.check(queue.name, gpus)
         if quota.ok:
-            placement = place_gang(candidate.members, self.free, queue.placement, keep=True)
+            placement = self._place(candidate, queue.placement)
             if placement.ok:
                 self._count(candidate, queue.name)
                 self.admitted.append(Admit(candidate.run_id, dict(placement.nodes), dict(quota.borrowed)))
@@ -191,6 +192,21 @@ class _Pass:
         if is_starving(candidate.queued_since, self.now, self.snapshot.settings.starvation_s):
             for pool in gpus:
                 self.closed.setdefault(pool, candidate.run_id)
+
+    def _place(self, candidate: Candidate, policy: PlacementPolicy) -> Placement:
+        """Place and bind the gang, or say why not. GPUs are only taken during a pass (dry runs give back
+        what they borrow), so a gang of a shape that did not fit will not fit later in the pass either:
+        such a shape is refused without a search."""
+        shape = (
+            policy.scores,
+            tuple(sorted((m.pool, m.gpus, m.same_node_as is None) for m in candidate.members)),
+        )
+        if shape in self._unfit:
+            return Placement(nodes={}, reason="a gang of this shape did not fit earlier in the pass")
+        placement = place_gang(candidate.members, self.free, policy, keep=True)
+        if not placement.ok:
+            self._unfit.add(shape)
+        return placement
 
     def wait(self, candidate: Candidate, reason: str, kind: str) -> None:
         self.waits[candidate.run_id] = (reason, kind)
