@@ -335,7 +335,7 @@ class Controller:
             ports_by_others=ports_in_use(w for w in live if w.run_id != run_id),
             last_checkpoint=last_checkpoint((c.step for c in checkpoints), run.steps_done),
             dropped_problems=self.store.dropped_problems(run_id),
-            preemption=self.store.preemptions().get(run_id),
+            preemption=self.store.preemption(run_id),
         )
 
     def _reconcile_run(self, run_id: str) -> int:

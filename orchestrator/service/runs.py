@@ -132,7 +132,7 @@ def report(store: Store, ref: str) -> RunReport:
         idle_gpu_seconds=store.run_idle_seconds(run.id),
         utilization=store.run_utilization(run.id),
         wait=wait,
-        preemption=store.preemptions().get(run.id),
+        preemption=store.preemption(run.id),
         waited_s=max(0.0, store.admission_clock() - wait.since) if wait is not None else None,
     )
 

@@ -227,6 +227,12 @@ class AdmissionTables:
                 for row in session.scalars(select(PreemptionRow))
             }
 
+    def preemption(self, run_id: str) -> PreemptionRecord | None:
+        """The stop asked of one run, if any (one row: what each run's reconcile reads)."""
+        with self._sessions() as session:
+            row = session.get(PreemptionRow, run_id)
+            return PreemptionRecord(row.victim, row.by, row.reason, row.at) if row is not None else None
+
     def waits(self) -> dict[str, WaitRecord]:
         """Runs waiting in their queues, by run id."""
         with self._sessions() as session:
